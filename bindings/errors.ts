@@ -1,0 +1,243 @@
+/**
+ * Typed errors of the SDK. Every error thrown by `@krepis/sdk` is a
+ * {@linkcode KrepisError} with a stable `code`; subclasses let applications
+ * `catch` by kind with `instanceof`.
+ *
+ * @module
+ */
+
+/** Stable, documented error codes (never renamed once released). */
+export type KrepisErrorCode =
+  | "LOAD"
+  | "INTEGRITY"
+  | "ABI_MISMATCH"
+  | "CLOSED"
+  | "PERMISSION"
+  | "INVALID_ARGUMENT"
+  | "PANIC"
+  | "IO"
+  | "RESOURCE_EXHAUSTED"
+  | "INTERNAL";
+
+/** Options shared by every error constructor. */
+export interface KrepisErrorOptions {
+  /** The underlying error, if any. */
+  cause?: unknown;
+  /** Structured details (e.g. `{ field: "workerThreads" }`). */
+  details?: Record<string, string>;
+}
+
+/**
+ * Base class of every error the SDK throws.
+ *
+ * @example
+ * ```ts
+ * import { Kernel, KrepisError } from "@krepis/sdk";
+ * try {
+ *   await Kernel.open({ workerThreads: -1 });
+ * } catch (error) {
+ *   if (error instanceof KrepisError) console.error(error.code, error.message);
+ * }
+ * ```
+ */
+export class KrepisError extends Error {
+  /** Stable machine-readable code. */
+  readonly code: KrepisErrorCode;
+  /** Structured details; empty when there are none. */
+  readonly details: Readonly<Record<string, string>>;
+
+  /** Creates an error with a code; prefer the subclasses. */
+  constructor(code: KrepisErrorCode, message: string, options: KrepisErrorOptions = {}) {
+    super(message, { cause: options.cause });
+    this.code = code;
+    this.details = Object.freeze({ ...options.details });
+    this.name = new.target.name;
+  }
+}
+
+/**
+ * The native library could not be found, downloaded or opened.
+ *
+ * @example
+ * ```ts
+ * import { Kernel, LoadError } from "@krepis/sdk";
+ * await Kernel.open({ libraryPath: "/nonexistent.so" }).catch((e) => e instanceof LoadError);
+ * ```
+ */
+export class LoadError extends KrepisError {
+  /** Creates a load error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("LOAD", message, options);
+  }
+}
+
+/**
+ * A downloaded library did not match the SHA-256 in the package's manifest
+ * (after one refetch), or the manifest has no entry for this platform.
+ *
+ * @example
+ * ```ts
+ * import { IntegrityError } from "@krepis/sdk";
+ * const error = new IntegrityError("checksum mismatch");
+ * console.log(error.code); // "INTEGRITY"
+ * ```
+ */
+export class IntegrityError extends KrepisError {
+  /** Creates an integrity error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("INTEGRITY", message, options);
+  }
+}
+
+/** Which identity of a library did not match. */
+export interface AbiMismatch {
+  /** What the bindings expect. */
+  expected: { version: string; abiHash: string };
+  /** What the library reported. */
+  actual: { version: string; abiHash: string };
+}
+
+/**
+ * The library's version or ABI hash is not exactly the one these bindings were
+ * generated from. The message names both sides.
+ *
+ * @example
+ * ```ts
+ * import { AbiMismatchError, Kernel } from "@krepis/sdk";
+ * try {
+ *   await Kernel.open();
+ * } catch (error) {
+ *   if (error instanceof AbiMismatchError) console.error(error.expected, error.actual);
+ * }
+ * ```
+ */
+export class AbiMismatchError extends KrepisError {
+  /** What the bindings expect. */
+  readonly expected: { readonly version: string; readonly abiHash: string };
+  /** What the library reported. */
+  readonly actual: { readonly version: string; readonly abiHash: string };
+
+  /** Creates an ABI mismatch error. */
+  constructor(message: string, mismatch: AbiMismatch, options?: KrepisErrorOptions) {
+    super("ABI_MISMATCH", message, options);
+    this.expected = Object.freeze({ ...mismatch.expected });
+    this.actual = Object.freeze({ ...mismatch.actual });
+  }
+}
+
+/**
+ * The object (kernel, buffer, …) was closed before this use.
+ *
+ * @example
+ * ```ts
+ * import { ClosedError, Kernel } from "@krepis/sdk";
+ * const kernel = await Kernel.open({ dataDir: null });
+ * await kernel.close();
+ * try { kernel.stats(); } catch (e) { console.log(e instanceof ClosedError); } // true
+ * ```
+ */
+export class ClosedError extends KrepisError {
+  /** Creates a closed error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("CLOSED", message, options);
+  }
+}
+
+/**
+ * A Deno permission (or an operating-system permission) needed for the
+ * operation is missing. The message names the flag to add.
+ *
+ * @example
+ * ```ts
+ * import { PermissionError } from "@krepis/sdk";
+ * new PermissionError("needs --allow-ffi").code; // "PERMISSION"
+ * ```
+ */
+export class PermissionError extends KrepisError {
+  /** Creates a permission error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("PERMISSION", message, options);
+  }
+}
+
+/**
+ * An argument had the wrong type, was out of range, or was malformed
+ * (including handles that were never issued).
+ *
+ * @example
+ * ```ts
+ * import { InvalidArgumentError, Kernel } from "@krepis/sdk";
+ * await Kernel.open({ workerThreads: 1.5 }).catch((e) => e instanceof InvalidArgumentError);
+ * ```
+ */
+export class InvalidArgumentError extends KrepisError {
+  /** Creates an invalid argument error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("INVALID_ARGUMENT", message, options);
+  }
+}
+
+/**
+ * The kernel panicked; the panic was caught at the boundary, the process is
+ * fine, and the operation did not happen. Please report it.
+ *
+ * @example
+ * ```ts
+ * import { NativePanicError } from "@krepis/sdk";
+ * new NativePanicError("kernel panicked").code; // "PANIC"
+ * ```
+ */
+export class NativePanicError extends KrepisError {
+  /** Creates a native panic error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("PANIC", message, options);
+  }
+}
+
+/**
+ * An operating-system I/O error inside the kernel.
+ *
+ * @example
+ * ```ts
+ * import { IoError } from "@krepis/sdk";
+ * new IoError("disk full").code; // "IO"
+ * ```
+ */
+export class IoError extends KrepisError {
+  /** Creates an I/O error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("IO", message, options);
+  }
+}
+
+/**
+ * A kernel limit (handles, threads, memory) was reached.
+ *
+ * @example
+ * ```ts
+ * import { ResourceExhaustedError } from "@krepis/sdk";
+ * new ResourceExhaustedError("too many handles").code; // "RESOURCE_EXHAUSTED"
+ * ```
+ */
+export class ResourceExhaustedError extends KrepisError {
+  /** Creates a resource exhausted error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("RESOURCE_EXHAUSTED", message, options);
+  }
+}
+
+/**
+ * An unexpected failure inside the kernel or the SDK (a bug: please report it).
+ *
+ * @example
+ * ```ts
+ * import { InternalError } from "@krepis/sdk";
+ * new InternalError("unexpected").code; // "INTERNAL"
+ * ```
+ */
+export class InternalError extends KrepisError {
+  /** Creates an internal error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("INTERNAL", message, options);
+  }
+}

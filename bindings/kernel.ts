@@ -1,0 +1,246 @@
+/**
+ * The kernel: the native runtime behind every other API of the SDK.
+ *
+ * @module
+ */
+
+import { KernelConfig, Stats } from "./_gen/proto/krepis/v1/kernel.ts";
+import { type LibraryOptions, loadLibrary } from "./_loader.ts";
+import type { NativeLibrary } from "./_native.ts";
+import { requirePermission } from "./_permissions.ts";
+import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
+
+/** Most worker threads a kernel accepts. */
+export const MAX_WORKER_THREADS = 256;
+
+/** Options of {@linkcode Kernel.open}. */
+export interface KernelOptions extends LibraryOptions {
+  /** Tokio worker threads; default one per CPU core. 1–256. */
+  workerThreads?: number;
+  /**
+   * The kernel's data directory (store, journal), created if missing.
+   * Relative paths resolve against the current directory. `null` = the kernel
+   * touches no files. Default: `.krepis`. Needs read and write permission.
+   */
+  dataDir?: string | URL | null;
+  /** How long `close()` waits for running kernel tasks, in ms. Default 5000. */
+  shutdownGraceMs?: number;
+}
+
+/** A snapshot of a kernel's counters, from {@linkcode Kernel.stats}. */
+export interface KernelStats {
+  /** Process-unique id of this kernel. */
+  readonly kernelId: number;
+  /** Version of the native library. */
+  readonly version: string;
+  /** Worker threads of the kernel's runtime. */
+  readonly workerThreads: number;
+  /** Tasks alive on the kernel's runtime. */
+  readonly aliveTasks: number;
+  /** Milliseconds since the kernel was opened. */
+  readonly uptimeMs: number;
+  /** Kernels open in this process. */
+  readonly openKernels: number;
+  /** Absolute data directory, or `null`. */
+  readonly dataDir: string | null;
+}
+
+function checkInteger(field: string, value: unknown, min: number, max: number): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
+    throw new InvalidArgumentError(
+      `${field} must be an integer from ${min} to ${max}, got ${
+        typeof value === "number" ? value : typeof value
+      }`,
+      { details: { field } },
+    );
+  }
+  return value;
+}
+
+function resolveDataDir(dataDir: string | URL | null | undefined): string {
+  if (dataDir === null) return "";
+  const given = dataDir ?? ".krepis";
+  let path: string;
+  if (given instanceof URL) {
+    if (given.protocol !== "file:") {
+      throw new InvalidArgumentError(`dataDir must be a file: URL, got ${given.protocol}`, {
+        details: { field: "dataDir" },
+      });
+    }
+    path = decodeURIComponent(given.pathname).replace(/^\/([A-Za-z]:)/, "$1");
+  } else if (typeof given === "string" && given.length > 0) {
+    path = given;
+  } else {
+    throw new InvalidArgumentError("dataDir must be a non-empty string, a file: URL or null", {
+      details: { field: "dataDir" },
+    });
+  }
+  const absolute = /^([A-Za-z]:)?[\\/]/.test(path);
+  if (!absolute) {
+    let cwd: string;
+    try {
+      cwd = Deno.cwd();
+    } catch (cause) {
+      throw new PermissionError(
+        `resolving the relative dataDir "${path}" needs the current directory (--allow-read); ` +
+          "or pass an absolute dataDir",
+        { cause, details: { permission: "read" } },
+      );
+    }
+    path = `${cwd.replace(/[\\/]+$/, "")}/${path}`;
+  }
+  requirePermission({ name: "read", path }, `opening the data dir ${path}`, `--allow-read`);
+  requirePermission({ name: "write", path }, `opening the data dir ${path}`, `--allow-write`);
+  return path;
+}
+
+const leaks = new FinalizationRegistry<{ native: NativeLibrary; handle: number }>(
+  ({ native, handle }) => {
+    // Safety net for a kernel that was never closed: stop its runtime.
+    native.symbols.krepis_kernel_close(handle);
+  },
+);
+
+/**
+ * A running kernel. Open one per application (or per isolated component) and
+ * close it when done; `await using` does that for you.
+ *
+ * @example
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ *
+ * await using kernel = await Kernel.open({ workerThreads: 2, dataDir: null });
+ * console.log(kernel.version, kernel.stats().workerThreads); // "0.1.0" 2
+ * ```
+ */
+export class Kernel implements AsyncDisposable {
+  /** Version of the native library (equal to the package version). */
+  readonly version: string;
+  /** ABI hash of the native library (equal to the bindings'). */
+  readonly abiHash: string;
+  readonly #native: NativeLibrary;
+  readonly #handle: number;
+  #closing: Promise<void> | undefined;
+
+  private constructor(native: NativeLibrary, handle: number) {
+    this.#native = native;
+    this.#handle = handle;
+    this.version = native.version;
+    this.abiHash = native.abiHash;
+    leaks.register(this, { native, handle }, this);
+  }
+
+  /**
+   * Loads the native library (once per process), checks permissions and opens
+   * a kernel.
+   *
+   * Needs `--allow-ffi`, and read/write permission for `dataDir` unless it is
+   * `null`. Without a local library (`libraryPath` / `KREPIS_LIBRARY_PATH`) it
+   * downloads the verified release artifact, which needs `--allow-net`.
+   *
+   * @throws {InvalidArgumentError} an option has the wrong type or range.
+   * @throws {PermissionError} a Deno permission is missing.
+   * @throws {LoadError} the library cannot be found or opened.
+   * @throws {IntegrityError} a downloaded library fails its checksum.
+   * @throws {AbiMismatchError} the library is another version or ABI.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * const kernel = await Kernel.open({ dataDir: "./.krepis" });
+   * await kernel.close();
+   * ```
+   */
+  static async open(options: KernelOptions = {}): Promise<Kernel> {
+    if (typeof options !== "object" || options === null) {
+      throw new InvalidArgumentError("Kernel.open options must be an object");
+    }
+    const workerThreads = options.workerThreads === undefined
+      ? 0
+      : checkInteger("workerThreads", options.workerThreads, 1, MAX_WORKER_THREADS);
+    const shutdownGraceMs = options.shutdownGraceMs === undefined
+      ? 0
+      : checkInteger("shutdownGraceMs", options.shutdownGraceMs, 1, 3_600_000);
+    const native = await loadLibrary(options);
+    const dataDir = resolveDataDir(options.dataDir);
+    const config = KernelConfig.encode({
+      workerThreads,
+      dataDir,
+      shutdownGraceMs,
+      threadName: "",
+    }).finish();
+    const out = new Uint32Array(1);
+    native.check(native.symbols.krepis_kernel_open(config, config.length, out));
+    return new Kernel(native, out[0]);
+  }
+
+  /** True once {@linkcode Kernel.close} was called. */
+  get closed(): boolean {
+    return this.#closing !== undefined;
+  }
+
+  #assertOpen(operation: string): void {
+    if (this.#closing !== undefined) {
+      throw new ClosedError(`${operation}: the kernel is closed`);
+    }
+  }
+
+  /**
+   * A snapshot of the kernel's counters (one synchronous FFI call).
+   *
+   * @throws {ClosedError} after `close()`.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({ dataDir: null });
+   * console.log(kernel.stats().uptimeMs);
+   * ```
+   */
+  stats(): KernelStats {
+    this.#assertOpen("Kernel.stats");
+    const bytes = this.#native.readOutput((out, cap) =>
+      this.#native.symbols.krepis_kernel_stats(this.#handle, out, cap)
+    );
+    const stats = Stats.decode(bytes);
+    return {
+      kernelId: Number(stats.kernelId),
+      version: stats.version,
+      workerThreads: stats.workerThreads,
+      aliveTasks: Number(stats.aliveTasks),
+      uptimeMs: Number(stats.uptimeUs) / 1000,
+      openKernels: stats.openKernels,
+      dataDir: stats.dataDir === "" ? null : stats.dataDir,
+    };
+  }
+
+  /**
+   * Stops the kernel's runtime (waiting up to `shutdownGraceMs` for its tasks)
+   * and releases everything it owns. Idempotent: later calls resolve when the
+   * first finishes.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * const kernel = await Kernel.open({ dataDir: null });
+   * await kernel.close();
+   * await kernel.close(); // no-op
+   * ```
+   */
+  close(): Promise<void> {
+    if (this.#closing === undefined) {
+      leaks.unregister(this);
+      // A throwing executor rejects the promise: close never throws synchronously.
+      this.#closing = new Promise((resolve) => {
+        this.#native.check(this.#native.symbols.krepis_kernel_close(this.#handle));
+        resolve();
+      });
+    }
+    return this.#closing;
+  }
+
+  /** Closes the kernel (for `await using`). */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}

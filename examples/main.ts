@@ -1,0 +1,34 @@
+/**
+ * The main example: open a kernel, read its stats, pass an explicit request
+ * context around, close it. Run with `deno task example`.
+ *
+ * @module
+ */
+
+import { createContext, Kernel, KrepisError, Priority } from "../mod.ts";
+
+const dataDir = await Deno.makeTempDir({ prefix: "krepis-example-" });
+try {
+  await using kernel = await Kernel.open({ workerThreads: 2, dataDir });
+  console.log(`krepis kernel ${kernel.version} (ABI ${kernel.abiHash.slice(0, 12)}…)`);
+
+  const ctx = createContext({ tenantId: "acme", priority: Priority.HIGH, timeoutMs: 1_000 });
+  console.log(`request ${ctx.requestId} for tenant ${ctx.tenantId}`);
+
+  const stats = kernel.stats();
+  console.log(
+    `kernel #${stats.kernelId}: ${stats.workerThreads} workers, up ${
+      stats.uptimeMs.toFixed(2)
+    } ms, data in ${stats.dataDir}`,
+  );
+
+  // Errors are typed and say what was wrong.
+  try {
+    await Kernel.open({ workerThreads: 100_000, dataDir: null });
+  } catch (error) {
+    if (!(error instanceof KrepisError)) throw error;
+    console.log(`refused as expected: ${error.code}: ${error.message}`);
+  }
+} finally {
+  await Deno.remove(dataDir, { recursive: true });
+}

@@ -1,0 +1,20 @@
+//! The krepis kernel: the native half of `@krepis/sdk`.
+//!
+//! Deno loads this library through FFI. Every export is `extern "C"`, named
+//! `krepis_*`, runs inside [`boundary::call`] (which catches panics) and
+//! returns an `i32`: `>= 0` means success (a length or 0), `< 0` is the
+//! negated [`proto::ErrorCode`], with details in the calling thread's last
+//! error ([`boundary::krepis_last_error`]). Objects cross the boundary as
+//! `u32` handles ([`handles`]), never as pointers.
+//!
+//! One capability per module:
+//! - [`identity`]: version and ABI hash, checked by the loader before use.
+//! - [`boundary`]: panic catching, status codes, the last error.
+//! - [`kernel`]: kernel lifecycle (a tokio runtime) and stats.
+
+pub mod boundary;
+pub mod error;
+pub mod handles;
+pub mod identity;
+pub mod kernel;
+pub mod proto;

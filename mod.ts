@@ -1,0 +1,53 @@
+/**
+ * `@krepis/sdk`: native speed inside a Deno application.
+ *
+ * The SDK loads a prebuilt Rust kernel through Deno FFI (verified by SHA-256
+ * and pinned to this exact version and ABI) and exposes it as typed APIs.
+ *
+ * ```ts
+ * import { createContext, Kernel } from "@krepis/sdk";
+ *
+ * await using kernel = await Kernel.open();   // data in ./.krepis
+ * console.log(kernel.version, kernel.stats());
+ * const ctx = createContext({ tenantId: "acme", timeoutMs: 500 });
+ * ```
+ *
+ * Permissions: `--allow-ffi`, read/write for the data dir, and `--allow-net`
+ * for the one-time library download (or `KREPIS_LIBRARY_PATH` with
+ * `--allow-env=KREPIS_LIBRARY_PATH` to use a local build).
+ *
+ * @module
+ */
+
+export {
+  Kernel,
+  type KernelOptions,
+  type KernelStats,
+  MAX_WORKER_THREADS,
+} from "./bindings/kernel.ts";
+export {
+  type Context,
+  type ContextInit,
+  createContext,
+  MAX_CONTEXT_ID_BYTES,
+  Priority,
+  remainingMs,
+} from "./bindings/context.ts";
+export {
+  type AbiMismatch,
+  AbiMismatchError,
+  ClosedError,
+  IntegrityError,
+  InternalError,
+  InvalidArgumentError,
+  IoError,
+  KrepisError,
+  type KrepisErrorCode,
+  type KrepisErrorOptions,
+  LoadError,
+  NativePanicError,
+  PermissionError,
+  ResourceExhaustedError,
+} from "./bindings/errors.ts";
+export { type LibraryOptions } from "./bindings/_loader.ts";
+export { VERSION } from "./bindings/_version.ts";

@@ -1,0 +1,90 @@
+/**
+ * Test helpers. Tests run against the real kernel library named by
+ * `KREPIS_LIBRARY_PATH` (set by `deno task test`).
+ *
+ * @module
+ */
+
+/** Path of the locally built kernel library. */
+export function libraryPath(): string {
+  const path = Deno.env.get("KREPIS_LIBRARY_PATH");
+  if (!path) {
+    throw new Error(
+      "KREPIS_LIBRARY_PATH is not set: run the tests with `deno task test`, which builds the kernel",
+    );
+  }
+  return path;
+}
+
+/** A temporary directory removed by `using`. */
+export function tempDir(prefix = "krepis-test-"): { path: string } & Disposable {
+  const path = Deno.makeTempDirSync({ prefix });
+  return {
+    path,
+    [Symbol.dispose]() {
+      Deno.removeSync(path, { recursive: true });
+    },
+  };
+}
+
+/** Replaces every occurrence of `from` by `to` (same length) in `bytes`; returns the count. */
+export function patchBytes(bytes: Uint8Array, from: string, to: string): number {
+  const needle = new TextEncoder().encode(from);
+  const replacement = new TextEncoder().encode(to);
+  if (needle.length !== replacement.length) throw new Error("patch must keep the length");
+  let count = 0;
+  outer: for (let i = 0; i <= bytes.length - needle.length; i++) {
+    for (let j = 0; j < needle.length; j++) {
+      if (bytes[i + j] !== needle[j]) continue outer;
+    }
+    bytes.set(replacement, i);
+    count++;
+  }
+  return count;
+}
+
+/** Result printed by tests/fixtures/open_kernel.ts. */
+export interface ChildOutcome {
+  ok: boolean;
+  name?: string;
+  code?: string;
+  message?: string;
+}
+
+/** Runs tests/fixtures/open_kernel.ts in a child Deno with exactly `flags`. */
+export async function openInChild(
+  flags: string[],
+  options: Record<string, unknown>,
+  env: Record<string, string> = {},
+): Promise<ChildOutcome & { status: number; stderr: string }> {
+  const script = new URL("./fixtures/open_kernel.ts", import.meta.url).pathname;
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--no-prompt", ...flags, script, JSON.stringify(options)],
+    env: { KREPIS_LIBRARY_PATH: libraryPath(), ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stdout = new TextDecoder().decode(output.stdout).trim();
+  const stderr = new TextDecoder().decode(output.stderr);
+  const last = stdout.split("\n").at(-1) ?? "";
+  let outcome: ChildOutcome;
+  try {
+    outcome = JSON.parse(last);
+  } catch {
+    throw new Error(`child printed no outcome (exit ${output.code}):\n${stdout}\n${stderr}`);
+  }
+  return { ...outcome, status: output.code, stderr };
+}
+
+/**
+ * Writes a (patched) copy of the kernel library. On macOS the ad-hoc code
+ * signature no longer matches after patching, so the copy is re-signed.
+ */
+export async function writeLibraryCopy(path: string, bytes: Uint8Array): Promise<void> {
+  Deno.writeFileSync(path, bytes);
+  if (Deno.build.os === "darwin") {
+    const { code } = await new Deno.Command("codesign", { args: ["-f", "-s", "-", path] })
+      .output();
+    if (code !== 0) throw new Error(`codesign failed for ${path}`);
+  }
+}

@@ -1,0 +1,38 @@
+//! Generates `ffi/include/krepis.h`, the single source of truth of the ABI.
+//!
+//! `cargo run -p krepis-abi-header -- <output>` writes the header to `<output>`
+//! (`deno task codegen` passes a temporary path and compares, so a stale header
+//! is detected without touching the checkout).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let crate_dir = workspace.join("ffi");
+    let output = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate_dir.join("include/krepis.h"));
+    let config = match cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("abi-header: cannot read ffi/cbindgen.toml: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cbindgen::Builder::new()
+        .with_crate(&crate_dir)
+        .with_config(config)
+        .generate()
+    {
+        Ok(bindings) => {
+            bindings.write_to_file(&output);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("abi-header: cbindgen failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
