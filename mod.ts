@@ -26,6 +26,13 @@ export {
   MAX_WORKER_THREADS,
 } from "./bindings/kernel.ts";
 export {
+  Buffers,
+  type BufferStats,
+  MAX_BUFFER_BYTES,
+  type ReadonlyBytes,
+  SharedBuffer,
+} from "./bindings/buffers.ts";
+export {
   type Context,
   type ContextInit,
   createContext,

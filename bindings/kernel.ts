@@ -7,6 +7,8 @@
 import { KernelConfig, Stats } from "./_gen/proto/krepis/v1/kernel.ts";
 import { type LibraryOptions, loadLibrary } from "./_loader.ts";
 import type { NativeLibrary } from "./_native.ts";
+import { KernelOwner, registerOwner } from "./_owner.ts";
+import { Buffers, type BufferStats } from "./buffers.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
 
@@ -43,6 +45,8 @@ export interface KernelStats {
   readonly openKernels: number;
   /** Absolute data directory, or `null`. */
   readonly dataDir: string | null;
+  /** Shared buffers and rings. */
+  readonly buffers: BufferStats;
 }
 
 function checkInteger(field: string, value: unknown, min: number, max: number): number {
@@ -94,12 +98,12 @@ function resolveDataDir(dataDir: string | URL | null | undefined): string {
   return path;
 }
 
-const leaks = new FinalizationRegistry<{ native: NativeLibrary; handle: number }>(
-  ({ native, handle }) => {
-    // Safety net for a kernel that was never closed: stop its runtime.
-    native.symbols.krepis_kernel_close(handle);
-  },
-);
+const leaks = new FinalizationRegistry<KernelOwner>((owner) => {
+  // Safety net for a kernel that was never closed: detach every view of its
+  // memory (buffers may outlive the Kernel object), then stop it.
+  owner.closeAll();
+  owner.native.symbols.krepis_kernel_close(owner.handle);
+});
 
 /**
  * A running kernel. Open one per application (or per isolated component) and
@@ -118,16 +122,22 @@ export class Kernel implements AsyncDisposable {
   readonly version: string;
   /** ABI hash of the native library (equal to the bindings'). */
   readonly abiHash: string;
+  /** Zero-copy shared memory between JS and the kernel. */
+  readonly buffers: Buffers;
   readonly #native: NativeLibrary;
   readonly #handle: number;
+  readonly #owner: KernelOwner;
   #closing: Promise<void> | undefined;
 
   private constructor(native: NativeLibrary, handle: number) {
     this.#native = native;
     this.#handle = handle;
+    this.#owner = new KernelOwner(native, handle);
     this.version = native.version;
     this.abiHash = native.abiHash;
-    leaks.register(this, { native, handle }, this);
+    this.buffers = new Buffers(this.#owner);
+    registerOwner(this, this.#owner);
+    leaks.register(this, this.#owner, this);
   }
 
   /**
@@ -203,6 +213,7 @@ export class Kernel implements AsyncDisposable {
       this.#native.symbols.krepis_kernel_stats(this.#handle, out, cap)
     );
     const stats = Stats.decode(bytes);
+    const buffers = stats.buffers;
     return {
       kernelId: Number(stats.kernelId),
       version: stats.version,
@@ -211,13 +222,22 @@ export class Kernel implements AsyncDisposable {
       uptimeMs: Number(stats.uptimeUs) / 1000,
       openKernels: stats.openKernels,
       dataDir: stats.dataDir === "" ? null : stats.dataDir,
+      buffers: {
+        liveBuffers: Number(buffers?.liveBuffers ?? 0),
+        liveBytes: Number(buffers?.liveBytes ?? 0),
+        leakedBuffers: Number(buffers?.leakedBuffers ?? 0),
+        liveRings: Number(buffers?.liveRings ?? 0),
+        ringCapacityBytes: Number(buffers?.ringCapacityBytes ?? 0),
+        ringUsedBytes: Number(buffers?.ringUsedBytes ?? 0),
+      },
     };
   }
 
   /**
    * Stops the kernel's runtime (waiting up to `shutdownGraceMs` for its tasks)
-   * and releases everything it owns. Idempotent: later calls resolve when the
-   * first finishes.
+   * and releases everything it owns: every view of its shared buffers and
+   * rings is detached first. Idempotent: later calls resolve when the first
+   * finishes.
    *
    * @example
    * ```ts
@@ -232,6 +252,7 @@ export class Kernel implements AsyncDisposable {
       leaks.unregister(this);
       // A throwing executor rejects the promise: close never throws synchronously.
       this.#closing = new Promise((resolve) => {
+        this.#owner.closeAll();
         this.#native.check(this.#native.symbols.krepis_kernel_close(this.#handle));
         resolve();
       });

@@ -22,6 +22,14 @@ try {
     } ms, data in ${stats.dataDir}`,
   );
 
+  // Zero-copy shared memory: JS writes kernel-owned bytes in place.
+  {
+    using buffer = kernel.buffers.alloc(1024);
+    buffer.bytes.set(new TextEncoder().encode("hello kernel"));
+    console.log(`shared buffer: ${kernel.stats().buffers.liveBytes} bytes live`);
+  }
+  console.log(`after release: ${kernel.stats().buffers.liveBuffers} buffers live`);
+
   // Errors are typed and say what was wrong.
   try {
     await Kernel.open({ workerThreads: 100_000, dataDir: null });

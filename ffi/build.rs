@@ -7,8 +7,13 @@ use std::path::PathBuf;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let protos = ["error.proto", "kernel.proto", "context.proto"]
-        .map(|file| manifest_dir.join("proto/krepis/v1").join(file));
+    let protos = [
+        "error.proto",
+        "kernel.proto",
+        "context.proto",
+        "buffers.proto",
+    ]
+    .map(|file| manifest_dir.join("proto/krepis/v1").join(file));
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }

@@ -139,6 +139,9 @@ Deno.test("codegen refuses boundary types the rules forbid", () => {
   assert.throws(() => parseHeader("int32_t krepis_c(struct Foo f);\n"), /parameter type/);
   assert.throws(() => parseHeader("int32_t krepis_d(size_t n);\n"), /parameter type "size_t"/);
   assert.throws(() => parseHeader("/* nothing */\n"), /no krepis_/);
+  const callback = "typedef void (*KREPIS_Cb)(uint32_t a, uint32_t b);\n" +
+    "int32_t krepis_cb(KREPIS_Cb callback,\n                  uint32_t count);\n";
+  assert.deepEqual(parseHeader(callback)[0].parameters, ["function", "u32"]);
   const doc = "// Waits. [nonblocking]\nint32_t krepis_wait(uint32_t h);\n";
   assert.equal(parseHeader(doc)[0].nonblocking, true);
 });

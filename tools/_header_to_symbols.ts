@@ -19,6 +19,7 @@ const PARAMETER_TYPES: Record<string, string> = {
   "const uint8_t *": "buffer",
   "uint32_t *": "buffer",
   "const uint32_t *": "buffer",
+  "uint64_t *": "buffer",
 };
 
 const RESULT_TYPES: Record<string, string> = {
@@ -41,9 +42,17 @@ interface Declaration {
   nonblocking: boolean;
 }
 
+/** Names of function-pointer typedefs (`typedef void (*KREPIS_X)(...)`): passed as "function". */
+function callbackTypes(header: string): Set<string> {
+  return new Set(
+    [...header.matchAll(/^typedef void \(\*(KREPIS_\w+)\)\([^)]*\);/gm)].map((match) => match[1]),
+  );
+}
+
 /** Parses every `krepis_*` function declaration of the header. */
 export function parseHeader(header: string): Declaration[] {
   const declarations: Declaration[] = [];
+  const callbacks = callbackTypes(header);
   const pattern = /((?:^\/\/.*\n)*)^([A-Za-z_][\w ]*?\**)\s*\b(krepis_\w+)\(([^)]*)\);/gm;
   for (const match of header.replaceAll("\r", "").matchAll(pattern)) {
     const [, doc, rawResult, name, rawParameters] = match;
@@ -54,7 +63,7 @@ export function parseHeader(header: string): Declaration[] {
     const parameters = rawParameters.trim() === "void" ? [] : rawParameters.split(",").map(
       (parameter) => {
         const type = parameter.trim().replace(/\s*\b\w+$/, "").replace(/\s*\*/, " *");
-        const mapped = PARAMETER_TYPES[type];
+        const mapped = callbacks.has(type) ? "function" : PARAMETER_TYPES[type];
         if (mapped === undefined) {
           throw new Error(`${name}: parameter type "${type}" is not allowed at the boundary`);
         }
@@ -70,6 +79,30 @@ export function parseHeader(header: string): Declaration[] {
   }
   if (declarations.length === 0) throw new Error("no krepis_* declarations in the header");
   return declarations;
+}
+
+const NAMED_VALUES: Record<string, number> = {
+  "UINT32_MAX": 4294967295,
+  "INT32_MAX": 2147483647,
+};
+
+/** Evaluates the constant expressions cbindgen emits: `N`, `(1 << N)`, `(uint32_t)NAME`. */
+export function evaluateConstant(name: string, expression: string): number {
+  const text = expression.trim().replace(/^\((u?int(8|16|32|64)_t)\)/, "");
+  if (/^-?\d+$/.test(text)) return Number(text);
+  if (text in NAMED_VALUES) return NAMED_VALUES[text];
+  const shift = text.match(/^\((\d+) << (\d+)\)$/);
+  if (shift) return Number(shift[1]) * 2 ** Number(shift[2]);
+  throw new Error(`${name}: cannot evaluate constant "${expression}"`);
+}
+
+/** Every `#define KREPIS_*` constant of the header (except the include guard). */
+export function parseConstants(header: string): [string, number][] {
+  const constants: [string, number][] = [];
+  for (const match of header.replaceAll("\r", "").matchAll(/^#define (KREPIS_\w+) (.+)$/gm)) {
+    constants.push([match[1], evaluateConstant(match[1], match[2])]);
+  }
+  return constants;
 }
 
 /** Renders `bindings/_gen/symbols.ts`. */
@@ -90,5 +123,8 @@ export function symbolsModule(header: string, hash: string): string {
     "export const symbols = {\n",
     ...entries,
     "} as const;\n",
+    "\n",
+    "/** Constants of the ABI (ring layout, limits), from the header's #defines. */\n",
+    ...parseConstants(header).map(([name, value]) => `export const ${name} = ${value};\n`),
   ].join("");
 }

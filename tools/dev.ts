@@ -73,7 +73,7 @@ if (import.meta.main) {
     // falls through
     case "test-deno": {
       const library = await buildLibrary(false);
-      await run(Deno.execPath(), ["test", "--allow-all", "--quiet", ...rest], {
+      await run(Deno.execPath(), ["test", "--allow-all", "--v8-flags=--expose-gc", ...rest], {
         KREPIS_LIBRARY_PATH: library,
       });
       break;

@@ -2,15 +2,43 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "c39cbaa4e6a8aabc30e27bf744e0d617b8f438f7795df3a16340c08c8500b749";
+export const ABI_HASH = "b3dd0928c0fe4a2959648147f94f2f2ad86fe353afdca6bb62d7e1c64f1b6496";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
   krepis_abi_hash: { parameters: ["buffer", "u32"], result: "i32" },
+  krepis_buffer_alloc: { parameters: ["u32", "u32", "buffer"], result: "i32" },
+  krepis_buffer_debug_sum: { parameters: ["u32", "u32", "u32", "buffer"], result: "i32" },
+  krepis_buffer_release: { parameters: ["u32", "u32"], result: "i32" },
+  krepis_debug_callback_per_record: { parameters: ["function", "u32", "u32"], result: "i32" },
   krepis_debug_panic: { parameters: [], result: "i32" },
   krepis_kernel_close: { parameters: ["u32"], result: "i32" },
   krepis_kernel_open: { parameters: ["buffer", "u32", "buffer"], result: "i32" },
   krepis_kernel_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_last_error: { parameters: ["buffer", "u32"], result: "i32" },
+  krepis_ring_close: { parameters: ["u32"], result: "i32" },
+  krepis_ring_create: { parameters: ["u32", "u32", "u32", "buffer"], result: "i32" },
+  krepis_ring_debug_consume: { parameters: ["u32", "u32"], result: "i32" },
+  krepis_ring_debug_produce: { parameters: ["u32", "u32", "u32", "u32"], result: "i32" },
+  krepis_ring_notify: { parameters: ["u32"], result: "i32" },
+  krepis_ring_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
+  krepis_ring_wait: { parameters: ["u32", "u32", "u32"], result: "i32", nonblocking: true },
   krepis_version: { parameters: ["buffer", "u32"], result: "i32" },
 } as const;
+
+/** Constants of the ABI (ring layout, limits), from the header's #defines. */
+export const KREPIS_MAX_BUFFER_BYTES = 2147483647;
+export const KREPIS_MEMORY_ALIGNMENT = 64;
+export const KREPIS_RING_HEAD = 0;
+export const KREPIS_RING_TAIL = 64;
+export const KREPIS_RING_NATIVE_WAITING = 128;
+export const KREPIS_RING_CLOSED = 132;
+export const KREPIS_RING_CAPACITY = 136;
+export const KREPIS_RING_DIRECTION = 140;
+export const KREPIS_RING_HEADER_BYTES = 192;
+export const KREPIS_RING_RECORD_HEADER_BYTES = 8;
+export const KREPIS_RING_PAD = 4294967295;
+export const KREPIS_RING_MIN_CAPACITY = 64;
+export const KREPIS_RING_MAX_CAPACITY = 1073741824;
+export const KREPIS_RING_DIAG_FILL = 1;
+export const KREPIS_RING_DIAG_CLOSE_WHEN_DONE = 2;

@@ -6,6 +6,44 @@
 
 #include <stdint.h>
 
+// Largest single buffer: lengths cross the boundary as u32 and JS indexes
+// typed arrays with numbers, so stay below 2 GiB.
+#define KREPIS_MAX_BUFFER_BYTES (uint32_t)INT32_MAX
+
+// Alignment of every allocation shared with JS.
+#define KREPIS_MEMORY_ALIGNMENT 64
+
+#define KREPIS_RING_HEAD 0
+
+#define KREPIS_RING_TAIL 64
+
+#define KREPIS_RING_NATIVE_WAITING 128
+
+#define KREPIS_RING_CLOSED 132
+
+#define KREPIS_RING_CAPACITY 136
+
+#define KREPIS_RING_DIRECTION 140
+
+#define KREPIS_RING_HEADER_BYTES 192
+
+#define KREPIS_RING_RECORD_HEADER_BYTES 8
+
+#define KREPIS_RING_PAD UINT32_MAX
+
+#define KREPIS_RING_MIN_CAPACITY 64
+
+#define KREPIS_RING_MAX_CAPACITY (1 << 30)
+
+// Diagnostics flag: fill every payload byte with the test pattern.
+#define KREPIS_RING_DIAG_FILL 1
+
+// Diagnostics flag: close the ring after the last record.
+#define KREPIS_RING_DIAG_CLOSE_WHEN_DONE 2
+
+// A JS `Deno.UnsafeCallback.threadSafe` taking `(sequence, length)`.
+typedef void (*KREPIS_RecordCallback)(uint32_t sequence, uint32_t length);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -15,6 +53,33 @@ extern "C" {
 // # Safety
 // `out` must be null or point to `cap` writable bytes.
 int32_t krepis_abi_hash(uint8_t *out, uint32_t cap);
+
+// Allocates `byte_length` zeroed bytes owned by `kernel`. Writes the buffer's
+// handle to `out[0]` and its address to `out[1]`; JS maps the address once.
+//
+// # Safety
+// `out` must point to two writable, aligned `u64`s.
+int32_t krepis_buffer_alloc(uint32_t kernel, uint32_t byte_length, uint64_t *out);
+
+// Diagnostics: sums the bytes `[offset, offset + len)` of a buffer as the
+// kernel sees them (wrapping u64) into `out[0]`, so tests can prove the
+// kernel reads what JS wrote in place.
+//
+// # Safety
+// `out` must point to one writable, aligned `u64`.
+int32_t krepis_buffer_debug_sum(uint32_t buffer, uint32_t offset, uint32_t len, uint64_t *out);
+
+// Frees a buffer. The SDK has detached every JS view of it first. `leaked`
+// = 1 when the JS garbage-collection safety net (not `release()`) frees it;
+// it is then counted in `leakedBuffers`.
+int32_t krepis_buffer_release(uint32_t buffer, uint32_t leaked);
+
+// Diagnostics: starts a thread that calls `callback(sequence, payload_len)`
+// `count` times, one call per record, the way a callback-based data plane
+// would hand records to JS. Returns at once.
+int32_t krepis_debug_callback_per_record(KREPIS_RecordCallback callback,
+                                         uint32_t count,
+                                         uint32_t payload_len);
 
 // Diagnostics: panics on purpose inside the boundary, so an application (and
 // the SDK's tests) can verify that a native panic becomes a typed error and
@@ -47,6 +112,49 @@ int32_t krepis_kernel_stats(uint32_t kernel, uint8_t *out, uint32_t cap);
 // # Safety
 // `out` must be null or point to `cap` writable bytes.
 int32_t krepis_last_error(uint8_t *out, uint32_t cap);
+
+// Closes and frees a ring. The SDK has detached every JS view of it first;
+// a kernel task still using it keeps the memory alive until it stops.
+int32_t krepis_ring_close(uint32_t ring);
+
+// Creates a ring of `capacity` data bytes (a power of two, 64 B – 1 GiB) for
+// `direction` (1 = kernel → JS, 2 = JS → kernel). Writes its handle to
+// `out[0]` and the address of its memory (header + data) to `out[1]`.
+//
+// # Safety
+// `out` must point to two writable, aligned `u64`s.
+int32_t krepis_ring_create(uint32_t kernel, uint32_t capacity, uint32_t direction, uint64_t *out);
+
+// Diagnostics: starts a kernel task that drains a JS → kernel ring until it
+// closes, counting records and bytes and summing payload bytes (see
+// `krepis_ring_stats`); with flag 1 it also verifies the test pattern.
+int32_t krepis_ring_debug_consume(uint32_t ring, uint32_t flags);
+
+// Diagnostics: starts a kernel task producing `count` records of
+// `payload_len` bytes into a kernel → JS ring; record `i` has tag `i` and
+// its payload starts with `i` as u64 (or, with flag 1, every byte follows
+// the test pattern). Flag 2 closes the ring after the last record. Used by
+// the tests and benchmarks of the data plane.
+int32_t krepis_ring_debug_produce(uint32_t ring,
+                                  uint32_t count,
+                                  uint32_t payload_len,
+                                  uint32_t flags);
+
+// Wakes the kernel side of a ring. JS calls it after moving its cursor, and
+// only when it sees `native_waiting` set: at most once per batch.
+int32_t krepis_ring_notify(uint32_t ring);
+
+// Writes the ring's `krepis.v1.RingStats` (protobuf) into `out`; returns its length.
+//
+// # Safety
+// `out` must be null or point to `cap` writable bytes.
+int32_t krepis_ring_stats(uint32_t ring, uint8_t *out, uint32_t cap);
+
+// [nonblocking] Waits until the JS side of the ring can go on: a record to
+// read (kernel → JS) or `need` free bytes (JS → kernel). Returns 1 when
+// ready, 0 after `timeout_ms`, `-RING_CLOSED` when the ring is closed. Runs on a
+// Deno worker thread, so errors are reported by status only.
+int32_t krepis_ring_wait(uint32_t ring, uint32_t need, uint32_t timeout_ms);
 
 // Writes the library's version (UTF-8, no terminator) into `out`; returns its
 // length (nothing is written when that exceeds `cap`).

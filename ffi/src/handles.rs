@@ -1,7 +1,7 @@
 //! Handles: how kernel objects cross the boundary.
 //!
 //! A handle is a `u32` (a fast FFI number in Deno) made of
-//! `kind (4 bits) | generation (12 bits) | slot (16 bits)`. The kind catches a
+//! `kind (4 bits) | generation (10 bits) | slot (18 bits)`. The kind catches a
 //! handle of one table passed to another; the generation catches a handle
 //! used after its object was removed. Freed slots are reused in FIFO order and
 //! only once enough are free, so a stale handle keeps failing for a long time
@@ -12,8 +12,8 @@ use crate::proto::ErrorCode;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-const SLOT_BITS: u32 = 16;
-const GENERATION_BITS: u32 = 12;
+const SLOT_BITS: u32 = 18;
+const GENERATION_BITS: u32 = 10;
 const MAX_SLOTS: usize = 1 << SLOT_BITS;
 const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
 /// Free slots kept in quarantine before one is reused.
@@ -24,18 +24,24 @@ const REUSE_AFTER_FREE: usize = 64;
 #[repr(u32)]
 pub enum HandleKind {
     Kernel = 1,
+    Buffer = 2,
+    Ring = 3,
 }
 
 impl HandleKind {
     fn name(self) -> &'static str {
         match self {
             HandleKind::Kernel => "kernel",
+            HandleKind::Buffer => "buffer",
+            HandleKind::Ring => "ring",
         }
     }
 
     fn from_bits(bits: u32) -> Option<Self> {
         match bits {
             1 => Some(HandleKind::Kernel),
+            2 => Some(HandleKind::Buffer),
+            3 => Some(HandleKind::Ring),
             _ => None,
         }
     }
@@ -57,6 +63,14 @@ struct Slots<T> {
 pub struct HandleTable<T> {
     kind: HandleKind,
     slots: Mutex<Slots<T>>,
+}
+
+/// Generation 0 is skipped so that handle 0 can never be valid.
+fn next_generation(generation: u32) -> u32 {
+    match (generation + 1) & GENERATION_MASK {
+        0 => 1,
+        next => next,
+    }
 }
 
 fn pack(kind: HandleKind, generation: u32, slot: u32) -> u32 {
@@ -180,34 +194,39 @@ impl<T> HandleTable<T> {
             return Err(self.stale(handle, false));
         }
         let value = entry.value.take().expect("checked above");
-        // Generation 0 is skipped so that handle 0 can never be valid.
-        entry.generation = match (entry.generation + 1) & GENERATION_MASK {
-            0 => 1,
-            next => next,
-        };
+        entry.generation = next_generation(entry.generation);
         slots.free.push_back(slot);
         slots.live -= 1;
         Ok(value)
     }
 
-    /// Removes every object (used when the owner shuts down).
-    pub fn drain(&self) -> Vec<Arc<T>> {
+    /// Removes every object for which `owned` is true (used when the owner
+    /// shuts down); their handles are dead afterwards.
+    pub fn drain_where(&self, owned: impl Fn(&T) -> bool) -> Vec<Arc<T>> {
         let mut slots = self.lock();
         let mut drained = Vec::new();
         let mut freed = Vec::new();
         for (index, entry) in slots.entries.iter_mut().enumerate() {
-            if let Some(value) = entry.value.take() {
-                entry.generation = match (entry.generation + 1) & GENERATION_MASK {
-                    0 => 1,
-                    next => next,
-                };
-                drained.push(value);
+            if entry.value.as_deref().is_some_and(&owned) {
+                drained.push(entry.value.take().expect("checked by is_some_and"));
+                entry.generation = next_generation(entry.generation);
                 freed.push(index as u32);
             }
         }
+        slots.live -= drained.len();
         slots.free.extend(freed);
-        slots.live = 0;
         drained
+    }
+
+    /// Sums `value(object)` over every live object.
+    pub fn sum(&self, value: impl Fn(&T) -> u64) -> u64 {
+        let slots = self.lock();
+        slots
+            .entries
+            .iter()
+            .filter_map(|entry| entry.value.as_deref())
+            .map(value)
+            .sum()
     }
 
     /// Objects currently reachable.
@@ -260,7 +279,9 @@ mod tests {
     fn drain_empties_the_table() {
         let table = HandleTable::new(HandleKind::Kernel);
         let handles: Vec<u32> = (0..5).map(|v| table.insert(Arc::new(v)).unwrap()).collect();
-        assert_eq!(table.drain().len(), 5);
+        assert_eq!(table.drain_where(|v| v % 2 == 0).len(), 3);
+        assert_eq!(table.live(), 2);
+        assert_eq!(table.drain_where(|_| true).len(), 2);
         for handle in handles {
             assert_eq!(table.get(handle).unwrap_err().code, ErrorCode::Closed);
         }

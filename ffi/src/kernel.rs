@@ -3,10 +3,12 @@
 //! runtime and waits for the worker threads; the library itself stays loaded.
 
 use crate::boundary::{call, in_bytes, out_bytes, write_out};
+use crate::buffers::{self, BufferAccounting};
 use crate::error::{KernelError, KernelResult};
 use crate::handles::{HandleKind, HandleTable};
 use crate::identity;
 use crate::proto::{ErrorCode, KernelConfig, Stats};
+use crate::ring;
 use prost::Message;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +32,7 @@ pub struct Kernel {
     shutdown_grace: Duration,
     /// `None` once closed.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    accounting: Arc<BufferAccounting>,
 }
 
 impl Kernel {
@@ -70,7 +73,33 @@ impl Kernel {
                 ms => Duration::from_millis(u64::from(ms)),
             },
             runtime: Mutex::new(Some(runtime)),
+            accounting: Arc::default(),
         })
+    }
+
+    /// Process-unique id (owner tag of buffers and rings).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Counters of this kernel's shared buffers and rings.
+    pub fn accounting(&self) -> &Arc<BufferAccounting> {
+        &self.accounting
+    }
+
+    /// Runs `task` on the kernel's runtime; `Closed` once the kernel closed.
+    pub fn spawn<F>(&self, task: F) -> KernelResult<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        match runtime.as_ref() {
+            Some(runtime) => {
+                runtime.spawn(task);
+                Ok(())
+            }
+            None => Err(KernelError::new(ErrorCode::Closed, "the kernel is closed")),
+        }
     }
 
     /// Stops the runtime, waiting up to the grace period for its tasks and
@@ -82,7 +111,11 @@ impl Kernel {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let Some(runtime) = runtime {
+            // Rings first: closing them wakes tasks and JS waiters blocked on them.
+            ring::release_owned(self.id);
             runtime.shutdown_timeout(self.shutdown_grace);
+            // No task runs any more: free the memory JS has detached by now.
+            buffers::release_owned(self.id);
         }
     }
 
@@ -105,6 +138,10 @@ impl Kernel {
                 .as_ref()
                 .map(|dir| dir.display().to_string())
                 .unwrap_or_default(),
+            buffers: Some(crate::proto::BufferStats {
+                ring_used_bytes: ring::used_bytes_of(self.id),
+                ..self.accounting.stats()
+            }),
         }
     }
 }

@@ -11,10 +11,16 @@
 //! - [`identity`]: version and ABI hash, checked by the loader before use.
 //! - [`boundary`]: panic catching, status codes, the last error.
 //! - [`kernel`]: kernel lifecycle (a tokio runtime) and stats.
+//! - [`memory`], [`buffers`]: kernel-owned memory shared with JS without copying.
+//! - [`ring`]: SPSC rings between the kernel and JS.
 
+pub mod anchors;
 pub mod boundary;
+pub mod buffers;
 pub mod error;
 pub mod handles;
 pub mod identity;
 pub mod kernel;
+pub mod memory;
 pub mod proto;
+pub mod ring;

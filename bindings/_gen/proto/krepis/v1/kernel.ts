@@ -4,6 +4,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { BufferStats } from "./buffers.ts";
 
 export const protobufPackage = "krepis.v1";
 
@@ -43,6 +44,8 @@ export interface Stats {
   openKernels: number;
   /** The data directory the kernel uses (empty = none). */
   dataDir: string;
+  /** Shared buffers and rings of this kernel. */
+  buffers: BufferStats | undefined;
 }
 
 function createBaseKernelConfig(): KernelConfig {
@@ -125,7 +128,16 @@ export const KernelConfig: MessageFns<KernelConfig> = {
 };
 
 function createBaseStats(): Stats {
-  return { kernelId: 0n, version: "", workerThreads: 0, aliveTasks: 0n, uptimeUs: 0n, openKernels: 0, dataDir: "" };
+  return {
+    kernelId: 0n,
+    version: "",
+    workerThreads: 0,
+    aliveTasks: 0n,
+    uptimeUs: 0n,
+    openKernels: 0,
+    dataDir: "",
+    buffers: undefined,
+  };
 }
 
 export const Stats: MessageFns<Stats> = {
@@ -159,6 +171,9 @@ export const Stats: MessageFns<Stats> = {
     }
     if (message.dataDir !== "") {
       writer.uint32(58).string(message.dataDir);
+    }
+    if (message.buffers !== undefined) {
+      BufferStats.encode(message.buffers, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -230,6 +245,14 @@ export const Stats: MessageFns<Stats> = {
             }
 
             message.dataDir = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.buffers = BufferStats.decode(reader, reader.uint32());
             continue;
           }
         }

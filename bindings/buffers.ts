@@ -1,0 +1,208 @@
+/**
+ * Shared buffers: memory owned by the kernel that JavaScript reads and writes
+ * in place. Bytes you write into `buffer.bytes` are visible to the kernel
+ * without a copy, and vice versa.
+ *
+ * Releasing a buffer (or closing its kernel) detaches every view the SDK
+ * handed out, so a use after release sees an empty array instead of someone
+ * else's bytes. A buffer that is never released is freed when it is garbage
+ * collected and counted in `kernel.stats().buffers.leakedBuffers`.
+ *
+ * @module
+ */
+
+import { KREPIS_MAX_BUFFER_BYTES } from "./_gen/symbols.ts";
+import type { KernelOwner } from "./_owner.ts";
+import { ClosedError, InvalidArgumentError } from "./errors.ts";
+
+/** Largest buffer `alloc` accepts, in bytes (2 GiB − 1). */
+export const MAX_BUFFER_BYTES: number = KREPIS_MAX_BUFFER_BYTES;
+
+/**
+ * A read-only view of bytes the kernel produced: a `Uint8Array` without the
+ * methods that write. Writing through a cast is a bug; the kernel may be
+ * reading or reusing that memory.
+ */
+export interface ReadonlyBytes extends
+  Omit<
+    Uint8Array<ArrayBuffer>,
+    "set" | "fill" | "copyWithin" | "reverse" | "sort" | "subarray" | number
+  > {
+  /** Byte at `index`. */
+  readonly [index: number]: number;
+  /** A read-only view of a range (no copy). */
+  subarray(begin?: number, end?: number): ReadonlyBytes;
+}
+
+/** Counters of a kernel's data plane, in {@linkcode KernelStats.buffers}. */
+export interface BufferStats {
+  /** Shared buffers alive. */
+  readonly liveBuffers: number;
+  /** Bytes held by live shared buffers. */
+  readonly liveBytes: number;
+  /** Buffers freed by the garbage-collection safety net instead of `release()`. */
+  readonly leakedBuffers: number;
+  /** Rings alive. */
+  readonly liveRings: number;
+  /** Sum of ring capacities, in bytes. */
+  readonly ringCapacityBytes: number;
+  /** Bytes queued in rings now. */
+  readonly ringUsedBytes: number;
+}
+
+interface Leak {
+  owner: KernelOwner;
+  handle: number;
+}
+
+/** Frees buffers whose every view was garbage collected without `release()`. */
+const leaks = new FinalizationRegistry<Leak>(({ owner, handle }) => {
+  if (!owner.closed) owner.native.symbols.krepis_buffer_release(handle, 1);
+});
+
+/**
+ * A buffer of kernel-owned memory, readable and writable by JS in place.
+ *
+ * @example
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({ dataDir: null });
+ * using buffer = kernel.buffers.alloc(1024);
+ * buffer.bytes.set([1, 2, 3]); // the kernel sees these bytes without a copy
+ * ```
+ */
+export class SharedBuffer implements Disposable {
+  /** Size in bytes (0 after release). */
+  get byteLength(): number {
+    return this.#released ? 0 : this.#byteLength;
+  }
+  readonly #owner: KernelOwner;
+  readonly #handle: number;
+  readonly #byteLength: number;
+  readonly #memory: ArrayBuffer;
+  readonly #bytes: Uint8Array<ArrayBuffer>;
+  #released = false;
+
+  /** @internal Use `kernel.buffers.alloc()`. */
+  constructor(owner: KernelOwner, handle: number, memory: ArrayBuffer) {
+    this.#owner = owner;
+    this.#handle = handle;
+    this.#memory = memory;
+    this.#byteLength = memory.byteLength;
+    this.#bytes = new Uint8Array(memory);
+    leaks.register(memory, { owner, handle }, this);
+  }
+
+  /**
+   * The buffer's bytes (always the same view, no copy).
+   *
+   * @throws {ClosedError} after `release()` or after the kernel closed.
+   */
+  get bytes(): Uint8Array<ArrayBuffer> {
+    if (this.#released || this.#owner.closed) {
+      throw new ClosedError(
+        this.#released
+          ? "SharedBuffer.bytes: the buffer was released"
+          : "SharedBuffer.bytes: the kernel is closed",
+      );
+    }
+    return this.#bytes;
+  }
+
+  /** The kernel's handle of this buffer (for APIs that take buffers). */
+  get handle(): number {
+    if (this.#released || this.#owner.closed) {
+      throw new ClosedError("SharedBuffer.handle: the buffer was released");
+    }
+    return this.#handle;
+  }
+
+  /** True after `release()` or after the kernel closed. */
+  get released(): boolean {
+    return this.#released || this.#owner.closed;
+  }
+
+  /**
+   * Detaches every view of the buffer (they become empty) and frees its
+   * memory. Idempotent.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({ dataDir: null });
+   * const buffer = kernel.buffers.alloc(16);
+   * const view = buffer.bytes;
+   * buffer.release();
+   * console.log(view.length); // 0
+   * ```
+   */
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    leaks.unregister(this);
+    if (this.#owner.closed) return; // the kernel freed it already
+    this.#owner.unmap(this.#handle, this.#memory);
+    this.#owner.native.check(this.#owner.native.symbols.krepis_buffer_release(this.#handle, 0));
+  }
+
+  /** Releases the buffer (for `using`). */
+  [Symbol.dispose](): void {
+    this.release();
+  }
+}
+
+/**
+ * The data-plane API of a kernel: `kernel.buffers`.
+ *
+ * @example
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({ dataDir: null });
+ * using buffer = kernel.buffers.alloc(4096);
+ * console.log(kernel.stats().buffers.liveBytes); // 4096
+ * ```
+ */
+export class Buffers {
+  readonly #owner: KernelOwner;
+  readonly #out = new BigUint64Array(2);
+
+  /** @internal Use `kernel.buffers`. */
+  constructor(owner: KernelOwner) {
+    this.#owner = owner;
+  }
+
+  /**
+   * Allocates `byteLength` zeroed bytes of kernel memory.
+   *
+   * @throws {InvalidArgumentError} `byteLength` is not an integer 0–{@linkcode MAX_BUFFER_BYTES}.
+   * @throws {ResourceExhaustedError} the kernel is out of memory or handles.
+   * @throws {ClosedError} the kernel is closed.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({ dataDir: null });
+   * using buffer = kernel.buffers.alloc(8);
+   * buffer.bytes[0] = 42;
+   * ```
+   */
+  alloc(byteLength: number): SharedBuffer {
+    this.#owner.assertOpen("buffers.alloc");
+    if (
+      typeof byteLength !== "number" || !Number.isInteger(byteLength) || byteLength < 0 ||
+      byteLength > MAX_BUFFER_BYTES
+    ) {
+      throw new InvalidArgumentError(
+        `buffers.alloc: byteLength must be an integer from 0 to ${MAX_BUFFER_BYTES}, got ${
+          typeof byteLength === "number" ? byteLength : typeof byteLength
+        }`,
+        { details: { field: "byteLength" } },
+      );
+    }
+    const { native } = this.#owner;
+    native.check(native.symbols.krepis_buffer_alloc(this.#owner.handle, byteLength, this.#out));
+    const handle = Number(this.#out[0]);
+    const memory = this.#owner.map(handle, this.#out[1], byteLength);
+    return new SharedBuffer(this.#owner, handle, memory);
+  }
+}

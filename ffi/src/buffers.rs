@@ -1,0 +1,189 @@
+//! Shared buffers: kernel-owned memory that JS reads and writes through one
+//! `ArrayBuffer` mapped over it, without copying.
+//!
+//! The SDK detaches every JS view before it releases a buffer, so releasing
+//! here can free the memory at once. Buffers belong to a kernel: closing the
+//! kernel frees those still alive.
+
+use crate::boundary::call;
+use crate::error::{KernelError, KernelResult};
+use crate::handles::{HandleKind, HandleTable};
+use crate::kernel::kernel;
+use crate::memory::NativeMemory;
+use crate::proto::BufferStats;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Largest single buffer: lengths cross the boundary as u32 and JS indexes
+/// typed arrays with numbers, so stay below 2 GiB.
+pub const MAX_BUFFER_BYTES: u32 = i32::MAX as u32;
+
+static BUFFERS: HandleTable<SharedBuffer> = HandleTable::new(HandleKind::Buffer);
+
+/// Per-kernel counters behind `kernel.stats().buffers`.
+#[derive(Default)]
+pub struct BufferAccounting {
+    live_buffers: AtomicU64,
+    live_bytes: AtomicU64,
+    leaked_buffers: AtomicU64,
+    pub(crate) live_rings: AtomicU64,
+    pub(crate) ring_capacity_bytes: AtomicU64,
+}
+
+impl BufferAccounting {
+    /// Counters of buffers; ring occupancy is added by the ring module.
+    pub fn stats(&self) -> BufferStats {
+        BufferStats {
+            live_buffers: self.live_buffers.load(Ordering::Relaxed),
+            live_bytes: self.live_bytes.load(Ordering::Relaxed),
+            leaked_buffers: self.leaked_buffers.load(Ordering::Relaxed),
+            live_rings: self.live_rings.load(Ordering::Relaxed),
+            ring_capacity_bytes: self.ring_capacity_bytes.load(Ordering::Relaxed),
+            ring_used_bytes: 0,
+        }
+    }
+}
+
+/// A buffer alive in the handle table.
+pub struct SharedBuffer {
+    kernel_id: u64,
+    memory: NativeMemory,
+    accounting: Arc<BufferAccounting>,
+}
+
+impl SharedBuffer {
+    pub fn bytes(&self) -> *mut u8 {
+        self.memory.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.memory.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_empty()
+    }
+}
+
+impl Drop for SharedBuffer {
+    fn drop(&mut self) {
+        self.accounting.live_buffers.fetch_sub(1, Ordering::Relaxed);
+        self.accounting
+            .live_bytes
+            .fetch_sub(self.memory.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Allocates a zeroed buffer owned by `kernel` and returns its handle and address.
+pub fn alloc(kernel_handle: u32, len: u32) -> KernelResult<(u32, u64)> {
+    let kernel = kernel(kernel_handle)?;
+    if len > MAX_BUFFER_BYTES {
+        return Err(KernelError::invalid_argument(format!(
+            "byteLength {len} exceeds the maximum of {MAX_BUFFER_BYTES}"
+        ))
+        .with_detail("field", "byteLength"));
+    }
+    let memory = NativeMemory::zeroed(len as usize)?;
+    let address = memory.address();
+    let accounting = Arc::clone(kernel.accounting());
+    accounting.live_buffers.fetch_add(1, Ordering::Relaxed);
+    accounting
+        .live_bytes
+        .fetch_add(u64::from(len), Ordering::Relaxed);
+    let handle = BUFFERS.insert(Arc::new(SharedBuffer {
+        kernel_id: kernel.id(),
+        memory,
+        accounting,
+    }))?;
+    Ok((handle, address))
+}
+
+/// Looks up a live buffer (for capabilities that read buffers JS filled).
+pub fn buffer(handle: u32) -> KernelResult<Arc<SharedBuffer>> {
+    BUFFERS.get(handle)
+}
+
+/// Frees every buffer of a kernel (on kernel close).
+pub fn release_owned(kernel_id: u64) {
+    drop(BUFFERS.drain_where(|buffer| buffer.kernel_id == kernel_id));
+}
+
+/// Allocates `byte_length` zeroed bytes owned by `kernel`. Writes the buffer's
+/// handle to `out[0]` and its address to `out[1]`; JS maps the address once.
+///
+/// # Safety
+/// `out` must point to two writable, aligned `u64`s.
+#[no_mangle]
+pub unsafe extern "C" fn krepis_buffer_alloc(kernel: u32, byte_length: u32, out: *mut u64) -> i32 {
+    call("krepis_buffer_alloc", || {
+        if out.is_null() || !out.is_aligned() {
+            return Err(KernelError::invalid_argument(
+                "out must point to two aligned u64",
+            ));
+        }
+        let (handle, address) = alloc(kernel, byte_length)?;
+        // SAFETY: checked non-null and aligned; the caller guarantees two u64.
+        unsafe {
+            out.write(u64::from(handle));
+            out.add(1).write(address);
+        }
+        Ok(0)
+    })
+}
+
+/// Frees a buffer. The SDK has detached every JS view of it first. `leaked`
+/// = 1 when the JS garbage-collection safety net (not `release()`) frees it;
+/// it is then counted in `leakedBuffers`.
+#[no_mangle]
+pub extern "C" fn krepis_buffer_release(buffer: u32, leaked: u32) -> i32 {
+    call("krepis_buffer_release", || {
+        let buffer = BUFFERS.remove(buffer)?;
+        if leaked != 0 {
+            buffer
+                .accounting
+                .leaked_buffers
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(0)
+    })
+}
+
+/// Diagnostics: sums the bytes `[offset, offset + len)` of a buffer as the
+/// kernel sees them (wrapping u64) into `out[0]`, so tests can prove the
+/// kernel reads what JS wrote in place.
+///
+/// # Safety
+/// `out` must point to one writable, aligned `u64`.
+#[no_mangle]
+pub unsafe extern "C" fn krepis_buffer_debug_sum(
+    buffer: u32,
+    offset: u32,
+    len: u32,
+    out: *mut u64,
+) -> i32 {
+    call("krepis_buffer_debug_sum", || {
+        if out.is_null() || !out.is_aligned() {
+            return Err(KernelError::invalid_argument(
+                "out must point to one aligned u64",
+            ));
+        }
+        let buffer = BUFFERS.get(buffer)?;
+        let end = u64::from(offset) + u64::from(len);
+        if end > buffer.len() as u64 {
+            return Err(KernelError::invalid_argument(format!(
+                "range {offset}..{end} is outside the buffer of {} bytes",
+                buffer.len()
+            )));
+        }
+        // SAFETY: the range lies inside the live allocation (checked above).
+        let bytes = unsafe {
+            std::slice::from_raw_parts(buffer.bytes().add(offset as usize), len as usize)
+        };
+        let sum = bytes
+            .iter()
+            .fold(0u64, |sum, &byte| sum.wrapping_add(u64::from(byte)));
+        // SAFETY: checked non-null and aligned; the caller guarantees one u64.
+        unsafe { out.write(sum) };
+        Ok(0)
+    })
+}
