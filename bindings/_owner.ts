@@ -31,35 +31,87 @@ export class KernelOwner {
     if (this.#closed) throw new ClosedError(`${operation}: the kernel is closed`);
   }
 
-  /** Maps `byteLength` bytes of kernel memory at `address` into JS (once per object). */
+  /**
+   * Maps `byteLength` bytes of kernel memory at `address` into JS (once per
+   * object). The ArrayBuffer's own `transfer` methods are disabled: moving
+   * kernel memory to an ArrayBuffer the SDK cannot detach would let it
+   * outlive the memory.
+   */
   map(handle: number, address: bigint, byteLength: number): ArrayBuffer {
     const pointer = Deno.UnsafePointer.create(address);
     if (pointer === null) throw new ClosedError("the kernel returned a null address");
     const memory = Deno.UnsafePointerView.getArrayBuffer(pointer, byteLength);
+    for (const method of ["transfer", "transferToFixedLength"]) {
+      Object.defineProperty(memory, method, { value: refuseTransfer, configurable: false });
+    }
     this.#mappings.set(handle, new WeakRef(memory));
     return memory;
   }
 
-  /** Detaches the mapping of one object: every view of it becomes empty. */
-  unmap(handle: number, memory: ArrayBuffer): void {
+  /**
+   * Detaches the mapping of one object: every view of it becomes empty.
+   * Returns false when it was already detached by someone else (transferred
+   * away despite the guard): the memory must then never be freed.
+   */
+  unmap(handle: number, memory: ArrayBuffer): boolean {
     this.#mappings.delete(handle);
-    if (!memory.detached) memory.transfer(0);
+    if (memory.detached) return false;
+    detach(memory);
+    return true;
   }
 
-  /** Marks the kernel closed and detaches every mapping (before native memory is freed). */
-  closeAll(): void {
+  /** Drops the record of a mapping the garbage collector reclaimed. */
+  forget(handle: number): void {
+    this.#mappings.delete(handle);
+  }
+
+  /**
+   * Marks the kernel closed and detaches every mapping (before native memory
+   * is freed). Returns the handles whose memory was transferred away: the
+   * caller abandons them so the kernel never frees that memory.
+   */
+  closeAll(): number[] {
     this.#closed = true;
-    for (const reference of this.#mappings.values()) {
+    const escaped: number[] = [];
+    for (const [handle, reference] of this.#mappings) {
       const memory = reference.deref();
-      if (memory !== undefined && !memory.detached) memory.transfer(0);
+      if (memory === undefined) continue;
+      if (memory.detached) escaped.push(handle);
+      else detach(memory);
     }
     this.#mappings.clear();
+    return escaped;
   }
 
   /** Objects currently mapped (for tests). */
   get mappedCount(): number {
     return this.#mappings.size;
   }
+}
+
+function refuseTransfer(): never {
+  throw new TypeError(
+    "kernel memory cannot be transferred: copy it (slice()) or release the SharedBuffer",
+  );
+}
+
+const nativeTransfer = ArrayBuffer.prototype.transfer;
+
+/** Detaches `memory` (length 0 everywhere) without copying its contents. */
+function detach(memory: ArrayBuffer): void {
+  nativeTransfer.call(memory, 0);
+}
+
+/** Warns once per process about memory the SDK could not detach. */
+let warned = false;
+export function warnEscaped(what: string): void {
+  if (warned) return;
+  warned = true;
+  console.warn(
+    `@krepis/sdk: ${what} was transferred away from the SDK (structuredClone/postMessage ` +
+      "transfer list?); its kernel memory is kept alive forever and counted in " +
+      "stats().buffers.abandonedBuffers. Copy kernel memory instead of transferring it.",
+  );
 }
 
 const owners = new WeakMap<object, KernelOwner>();

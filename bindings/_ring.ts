@@ -55,8 +55,14 @@ export function recordSize(length: number): number {
 /** Called by `drain` for each record: the payload is `data[offset, offset + length)`. */
 export type RecordVisitor = (data: Uint8Array, offset: number, length: number, tag: number) => void;
 
+/**
+ * Closes rings whose memory became unreachable without `close()`. Registered
+ * on the mapped ArrayBuffer, not on the ring object: views of the data (a
+ * record's `data`, `ring.data`) may outlive the ring object.
+ */
 const leaks = new FinalizationRegistry<{ owner: KernelOwner; handle: number }>(
   ({ owner, handle }) => {
+    owner.forget(handle);
     if (!owner.closed) owner.native.symbols.krepis_ring_close(handle);
   },
 );
@@ -88,7 +94,7 @@ abstract class RingEnd {
     this.data = new Uint8Array(memory, KREPIS_RING_HEADER_BYTES, capacity);
     this.dataWords = new Uint32Array(memory, KREPIS_RING_HEADER_BYTES, capacity >> 2);
     this.mask = capacity - 1;
-    leaks.register(this, { owner, handle }, this);
+    leaks.register(memory, { owner, handle }, this);
   }
 
   /** True once this end closed the ring, the kernel side closed it, or the kernel closed. */
@@ -105,6 +111,11 @@ abstract class RingEnd {
     if (this.#closed || this.owner.closed) {
       throw new ClosedError(`${operation}: the ring is closed`);
     }
+  }
+
+  /** @throws {ClosedError} once this end or the kernel closed. */
+  protected assertMapped(operation: string): void {
+    if (this.detached) throw new ClosedError(`${operation}: the ring is closed`);
   }
 
   /** Wakes the kernel side if it sleeps; at most one fast call. */
@@ -208,8 +219,9 @@ export class RingReader extends RingEnd implements AsyncIterable<RingRecord> {
     return this.#generation;
   }
 
-  /** Bytes ready to read now. */
+  /** Bytes ready to read now (0 once closed). */
   get available(): number {
+    if (this.detached) return 0;
     return (Atomics.load(this.words, HEAD) - this.#tail) >>> 0;
   }
 
@@ -298,6 +310,9 @@ export class RingReader extends RingEnd implements AsyncIterable<RingRecord> {
    */
   async wait(timeoutMs: number = Infinity): Promise<boolean> {
     this.assertUsable("ring.wait");
+    // Waiting gives back the space of the record `read` returned last, so
+    // its view must stop being valid first.
+    this.#generation++;
     this.#publish();
     if (this.available !== 0) return true;
     if (this.closed) return false;
@@ -306,14 +321,19 @@ export class RingReader extends RingEnd implements AsyncIterable<RingRecord> {
 
   /** Records until the ring closes; each view is valid for one iteration. */
   async *[Symbol.asyncIterator](): AsyncGenerator<RingRecord> {
-    while (true) {
+    while (!this.detached) {
       const record = this.read();
       if (record !== null) {
         yield record;
         continue;
       }
-      if (this.closed || this.owner.closed) return;
-      if (!(await this.wait()) && this.available === 0) return;
+      if (this.closed) {
+        // The kernel publishes its last records before it sets `closed`:
+        // drain once more so none are lost, then stop.
+        if (this.available === 0) return;
+        continue;
+      }
+      await this.wait();
     }
   }
 }
@@ -327,8 +347,9 @@ export class RingWriter extends RingEnd {
     this.#head = Atomics.load(this.words, HEAD);
   }
 
-  /** Free bytes now (as seen by the writer). */
+  /** Free bytes now (as seen by the writer; 0 once closed). */
   get free(): number {
+    if (this.detached) return 0;
     return this.capacity - ((this.#head - Atomics.load(this.words, TAIL)) >>> 0);
   }
 

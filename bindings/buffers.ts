@@ -5,14 +5,21 @@
  *
  * Releasing a buffer (or closing its kernel) detaches every view the SDK
  * handed out, so a use after release sees an empty array instead of someone
- * else's bytes. A buffer that is never released is freed when it is garbage
+ * else's bytes. Do not transfer a buffer's `ArrayBuffer` (transfer lists of
+ * `postMessage`/`structuredClone`): the SDK could no longer detach it, so it
+ * keeps that memory alive forever (counted in `abandonedBuffers`); copy instead. A buffer that is never released is freed when it is garbage
  * collected and counted in `kernel.stats().buffers.leakedBuffers`.
  *
  * @module
  */
 
-import { KREPIS_MAX_BUFFER_BYTES } from "./_gen/symbols.ts";
-import type { KernelOwner } from "./_owner.ts";
+import {
+  KREPIS_BUFFER_ABANDONED,
+  KREPIS_BUFFER_LEAKED,
+  KREPIS_BUFFER_RELEASED,
+  KREPIS_MAX_BUFFER_BYTES,
+} from "./_gen/symbols.ts";
+import { type KernelOwner, warnEscaped } from "./_owner.ts";
 import { ClosedError, InvalidArgumentError } from "./errors.ts";
 
 /** Largest buffer `alloc` accepts, in bytes (2 GiB − 1). */
@@ -42,6 +49,8 @@ export interface BufferStats {
   readonly liveBytes: number;
   /** Buffers freed by the garbage-collection safety net instead of `release()`. */
   readonly leakedBuffers: number;
+  /** Buffers whose ArrayBuffer was transferred away: kept alive forever. */
+  readonly abandonedBuffers: number;
   /** Rings alive. */
   readonly liveRings: number;
   /** Sum of ring capacities, in bytes. */
@@ -57,7 +66,8 @@ interface Leak {
 
 /** Frees buffers whose every view was garbage collected without `release()`. */
 const leaks = new FinalizationRegistry<Leak>(({ owner, handle }) => {
-  if (!owner.closed) owner.native.symbols.krepis_buffer_release(handle, 1);
+  owner.forget(handle);
+  if (!owner.closed) owner.native.symbols.krepis_buffer_release(handle, KREPIS_BUFFER_LEAKED);
 });
 
 /**
@@ -83,9 +93,13 @@ export class SharedBuffer implements Disposable {
   readonly #bytes: Uint8Array<ArrayBuffer>;
   #released = false;
 
+  /** Keeps the kernel object alive while this buffer is. */
+  readonly #kernel: object;
+
   /** @internal Use `kernel.buffers.alloc()`. */
-  constructor(owner: KernelOwner, handle: number, memory: ArrayBuffer) {
+  constructor(owner: KernelOwner, handle: number, memory: ArrayBuffer, kernel: object) {
     this.#owner = owner;
+    this.#kernel = kernel;
     this.#handle = handle;
     this.#memory = memory;
     this.#byteLength = memory.byteLength;
@@ -141,8 +155,14 @@ export class SharedBuffer implements Disposable {
     this.#released = true;
     leaks.unregister(this);
     if (this.#owner.closed) return; // the kernel freed it already
-    this.#owner.unmap(this.#handle, this.#memory);
-    this.#owner.native.check(this.#owner.native.symbols.krepis_buffer_release(this.#handle, 0));
+    const detached = this.#owner.unmap(this.#handle, this.#memory);
+    if (!detached) warnEscaped("a SharedBuffer's ArrayBuffer");
+    this.#owner.native.check(
+      this.#owner.native.symbols.krepis_buffer_release(
+        this.#handle,
+        detached ? KREPIS_BUFFER_RELEASED : KREPIS_BUFFER_ABANDONED,
+      ),
+    );
   }
 
   /** Releases the buffer (for `using`). */
@@ -164,11 +184,13 @@ export class SharedBuffer implements Disposable {
  */
 export class Buffers {
   readonly #owner: KernelOwner;
+  readonly #kernel: object;
   readonly #out = new BigUint64Array(2);
 
   /** @internal Use `kernel.buffers`. */
-  constructor(owner: KernelOwner) {
+  constructor(owner: KernelOwner, kernel: object) {
     this.#owner = owner;
+    this.#kernel = kernel;
   }
 
   /**
@@ -203,6 +225,6 @@ export class Buffers {
     native.check(native.symbols.krepis_buffer_alloc(this.#owner.handle, byteLength, this.#out));
     const handle = Number(this.#out[0]);
     const memory = this.#owner.map(handle, this.#out[1], byteLength);
-    return new SharedBuffer(this.#owner, handle, memory);
+    return new SharedBuffer(this.#owner, handle, memory, this.#kernel);
   }
 }

@@ -7,7 +7,8 @@
 import { KernelConfig, Stats } from "./_gen/proto/krepis/v1/kernel.ts";
 import { type LibraryOptions, loadLibrary } from "./_loader.ts";
 import type { NativeLibrary } from "./_native.ts";
-import { KernelOwner, registerOwner } from "./_owner.ts";
+import { KernelOwner, registerOwner, warnEscaped } from "./_owner.ts";
+import { KREPIS_BUFFER_ABANDONED } from "./_gen/symbols.ts";
 import { Buffers, type BufferStats } from "./buffers.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
@@ -99,11 +100,19 @@ function resolveDataDir(dataDir: string | URL | null | undefined): string {
 }
 
 const leaks = new FinalizationRegistry<KernelOwner>((owner) => {
-  // Safety net for a kernel that was never closed: detach every view of its
-  // memory (buffers may outlive the Kernel object), then stop it.
-  owner.closeAll();
-  owner.native.symbols.krepis_kernel_close(owner.handle);
+  // Safety net for a kernel that was never closed and is unreachable: detach
+  // every view of its memory that is still around, then stop it.
+  shutDown(owner);
 });
+
+/** Detaches every mapping, abandons memory JS lost track of, closes the kernel. */
+function shutDown(owner: KernelOwner): number {
+  for (const handle of owner.closeAll()) {
+    warnEscaped("kernel memory");
+    owner.native.symbols.krepis_buffer_release(handle, KREPIS_BUFFER_ABANDONED);
+  }
+  return owner.native.symbols.krepis_kernel_close(owner.handle);
+}
 
 /**
  * A running kernel. Open one per application (or per isolated component) and
@@ -135,7 +144,7 @@ export class Kernel implements AsyncDisposable {
     this.#owner = new KernelOwner(native, handle);
     this.version = native.version;
     this.abiHash = native.abiHash;
-    this.buffers = new Buffers(this.#owner);
+    this.buffers = new Buffers(this.#owner, this);
     registerOwner(this, this.#owner);
     leaks.register(this, this.#owner, this);
   }
@@ -226,6 +235,7 @@ export class Kernel implements AsyncDisposable {
         liveBuffers: Number(buffers?.liveBuffers ?? 0),
         liveBytes: Number(buffers?.liveBytes ?? 0),
         leakedBuffers: Number(buffers?.leakedBuffers ?? 0),
+        abandonedBuffers: Number(buffers?.abandonedBuffers ?? 0),
         liveRings: Number(buffers?.liveRings ?? 0),
         ringCapacityBytes: Number(buffers?.ringCapacityBytes ?? 0),
         ringUsedBytes: Number(buffers?.ringUsedBytes ?? 0),
@@ -252,8 +262,7 @@ export class Kernel implements AsyncDisposable {
       leaks.unregister(this);
       // A throwing executor rejects the promise: close never throws synchronously.
       this.#closing = new Promise((resolve) => {
-        this.#owner.closeAll();
-        this.#native.check(this.#native.symbols.krepis_kernel_close(this.#handle));
+        this.#native.check(shutDown(this.#owner));
         resolve();
       });
     }

@@ -145,3 +145,74 @@ Deno.test("codegen refuses boundary types the rules forbid", () => {
   const doc = "// Waits. [nonblocking]\nint32_t krepis_wait(uint32_t h);\n";
   assert.equal(parseHeader(doc)[0].nonblocking, true);
 });
+
+Deno.test("cargo-release replacements move every version site together", async () => {
+  const { parse } = await import("smol-toml");
+  using copy = tempDir();
+  const files = [
+    "Cargo.toml",
+    "Cargo.lock",
+    "deno.json",
+    "bindings/_version.ts",
+    "release/manifest.json",
+    "README.md",
+    "CHANGELOG.md",
+  ];
+  for (const file of files) {
+    Deno.mkdirSync(`${copy.path}/${file}`.replace(/\/[^/]+$/, ""), { recursive: true });
+    Deno.writeTextFileSync(`${copy.path}/${file}`, read(file));
+  }
+  Deno.mkdirSync(`${copy.path}/ffi`);
+  const next = "0.2.0";
+  const date = "2026-12-01";
+  // What cargo-release itself edits: the workspace version (and the lock file).
+  const cargoToml = `${copy.path}/Cargo.toml`;
+  Deno.writeTextFileSync(
+    cargoToml,
+    read("Cargo.toml").replace(
+      /(\[workspace\.package\][^[]*?^version\s*=\s*)"[^"]+"/ms,
+      `$1"${next}"`,
+    ),
+  );
+  Deno.writeTextFileSync(
+    `${copy.path}/Cargo.lock`,
+    read("Cargo.lock").replaceAll(
+      new RegExp(`(name = "krepis(?:-abi-header)?"\\nversion = )"${VERSION}"`, "g"),
+      `$1"${next}"`,
+    ),
+  );
+  // What ffi/release.toml tells it to edit, applied the way it does.
+  const config = parse(read("ffi/release.toml")) as {
+    "pre-release-replacements": {
+      file: string;
+      search: string;
+      replace: string;
+      exactly?: number;
+      min?: number;
+    }[];
+  };
+  for (const rule of config["pre-release-replacements"]) {
+    const path = `${copy.path}/ffi/${rule.file}`;
+    const text = Deno.readTextFileSync(path);
+    const matches = text.match(new RegExp(rule.search, "g"))?.length ?? 0;
+    if (rule.exactly !== undefined) {
+      assert.equal(matches, rule.exactly, `${rule.file}: ${rule.search}`);
+    }
+    if (rule.min !== undefined) assert.ok(matches >= rule.min, `${rule.file}: ${rule.search}`);
+    const replacement = rule.replace.replaceAll("{{version}}", next).replaceAll("{{date}}", date);
+    Deno.writeTextFileSync(path, text.replace(new RegExp(rule.search, "g"), () => replacement));
+  }
+  const readCopy = (relative: string) => Deno.readTextFileSync(`${copy.path}/${relative}`);
+  assert.deepEqual(checkLockstep(readCopy), [], "the bumped copy is in lock-step");
+  assert.equal(JSON.parse(readCopy("deno.json")).version, next);
+  assert.match(readCopy("bindings/_version.ts"), new RegExp(`VERSION = "${next}"`));
+  assert.equal(JSON.parse(readCopy("release/manifest.json")).version, next);
+  assert.match(readCopy("README.md"), new RegExp(`jsr:@krepis/sdk@${next}`));
+  assert.match(
+    readCopy("CHANGELOG.md"),
+    new RegExp(`## \\[Unreleased\\]\\n\\n## \\[${next}\\] - ${date}`),
+  );
+  // Forgetting one site is caught by the lock-step check.
+  Deno.writeTextFileSync(`${copy.path}/bindings/_version.ts`, read("bindings/_version.ts"));
+  assert.match(checkLockstep(readCopy).join(), /bindings\/_version\.ts VERSION is/);
+});

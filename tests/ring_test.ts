@@ -222,3 +222,73 @@ Deno.test("kernel close with rings outstanding: views detached, waiters released
   ring.close();
   out.close();
 });
+
+Deno.test("waiting gives back the last record, so its view is invalid afterwards", async () => {
+  await using kernel = await open();
+  using ring = reader(kernel, 256);
+  produce(kernel, ring, 1, 8, KREPIS_RING_DIAG_FILL);
+  assert.ok(await ring.wait(5_000));
+  const record = ring.read()!;
+  assert.equal(record.data[0], patternByte(0, 0));
+  assert.equal(await ring.wait(10), false, "nothing more yet");
+  assert.equal(record.valid, false);
+  assert.throws(() => record.data, ClosedError);
+});
+
+Deno.test("records published just before the kernel closes the ring are all delivered", async () => {
+  await using kernel = await open();
+  using ring = reader(kernel, 4096);
+  produce(kernel, ring, 5, 8, KREPIS_RING_DIAG_CLOSE_WHEN_DONE);
+  for (let i = 0; i < 500 && !ring.closed; i++) await new Promise((r) => setTimeout(r, 2));
+  assert.ok(ring.closed, "the kernel closed its side");
+  let count = 0;
+  for await (const _ of ring) count++;
+  assert.equal(count, 5);
+});
+
+Deno.test("overlapping waits: a timed-out wait does not swallow another's wake-up", async () => {
+  await using kernel = await open();
+  using ring = reader(kernel, 256);
+  const started = performance.now();
+  const long = ring.wait(10_000);
+  const short = ring.wait(30);
+  assert.equal(await short, false);
+  produce(kernel, ring, 1, 8, 0);
+  assert.equal(await long, true);
+  assert.ok(performance.now() - started < 5_000, "woken by the record, not by the timeout");
+});
+
+Deno.test("kernel close while iterating ends the iteration cleanly", async () => {
+  const kernel = await open();
+  const ring = reader(kernel, 256);
+  const iteration = (async () => {
+    let count = 0;
+    for await (const _ of ring) count++;
+    return count;
+  })();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  await kernel.close();
+  assert.equal(await iteration, 0);
+});
+
+Deno.test("a ring's views keep its memory alive after the ring object is gone", async () => {
+  const gc = (globalThis as { gc?: () => void }).gc!;
+  await using kernel = await open();
+  const view = (() => {
+    const ring = reader(kernel, 4096);
+    return ring.data; // the RingReader itself becomes garbage
+  })();
+  for (let i = 0; i < 10; i++) {
+    gc();
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+  assert.equal(kernel.stats().buffers.liveRings, 1, "not freed while a view is reachable");
+  assert.equal(view.length, 4096);
+});
+
+Deno.test("only one kernel-side producer per ring", async () => {
+  await using kernel = await open();
+  using ring = reader(kernel, 256);
+  produce(kernel, ring, 1, 8, 0);
+  assert.throws(() => produce(kernel, ring, 1, 8, 0), /single-producer/);
+});

@@ -8,6 +8,9 @@
  *   deno task test             cargo test, build, deno test (everything)
  *   deno task test:deno        build, deno test only
  *   deno task bench [name]     build (release), run bench/<name>.ts or all
+ *   deno task dev [example]    watch ffi/ and the TypeScript: on a Rust change
+ *                              regenerate + rebuild incrementally, then re-run
+ *                              the tests (or the example) on every change
  *
  * `CARGO_TARGET_DIR` is honoured (CI keeps a warm one outside the clone).
  *
@@ -17,11 +20,16 @@
 const root = new URL("../", import.meta.url);
 const rootPath = decodeURIComponent(root.pathname).replace(/^\/([A-Za-z]:)/, "$1");
 
+class ExitError extends Error {
+  constructor(message: string, readonly code: number) {
+    super(message);
+  }
+}
+
 async function run(cmd: string, args: string[], env: Record<string, string> = {}): Promise<void> {
   const { code } = await new Deno.Command(cmd, { args, cwd: rootPath, env }).spawn().status;
   if (code !== 0) {
-    console.error(`dev: \`${cmd} ${args.join(" ")}\` failed (exit ${code})`);
-    Deno.exit(code);
+    throw new ExitError(`dev: \`${cmd} ${args.join(" ")}\` failed (exit ${code})`, code);
   }
 }
 
@@ -36,10 +44,7 @@ export async function buildLibrary(release: boolean): Promise<string> {
     stderr: "inherit",
   }).spawn();
   const output = await child.output();
-  if (!output.success) {
-    console.error("dev: building the kernel failed");
-    Deno.exit(output.code);
-  }
+  if (!output.success) throw new Error("dev: building the kernel failed");
   const extension = { linux: ".so", darwin: ".dylib", windows: ".dll" }[Deno.build.os as string] ??
     ".so";
   for (const line of new TextDecoder().decode(output.stdout).split("\n")) {
@@ -52,11 +57,77 @@ export async function buildLibrary(release: boolean): Promise<string> {
   throw new Error("dev: cargo did not report the krepis cdylib");
 }
 
+/** Watches sources; re-runs `mode` (tests or the example) on every change. */
+async function watch(mode: "test" | "example"): Promise<never> {
+  let child: Deno.ChildProcess | undefined;
+  let library = "";
+  const cycle = async (rustChanged: boolean) => {
+    if (child !== undefined) {
+      // Never rebuild under a running process: overwriting a loaded library crashes it.
+      try {
+        child.kill("SIGTERM");
+      } catch { /* already exited */ }
+      await child.status;
+      child = undefined;
+    }
+    try {
+      if (rustChanged || library === "") {
+        await run(Deno.execPath(), ["run", "-A", "tools/codegen.ts"]);
+        library = await buildLibrary(false);
+      }
+    } catch (error) {
+      console.error(`${(error as Error).message}; waiting for the next change`);
+      return;
+    }
+    const args = mode === "test"
+      ? ["test", "--allow-all", "--v8-flags=--expose-gc"]
+      : ["run", ...DENO_RUN_FLAGS, "examples/main.ts"];
+    child = new Deno.Command(Deno.execPath(), {
+      args,
+      cwd: rootPath,
+      env: { KREPIS_LIBRARY_PATH: library },
+    }).spawn();
+  };
+  await cycle(true);
+  const watcher = Deno.watchFs(
+    [
+      "ffi/src",
+      "ffi/proto",
+      "ffi/build.rs",
+      "ffi/Cargo.toml",
+      "bindings",
+      "release",
+      "tests",
+      "examples",
+      "mod.ts",
+    ].map((path) => `${rootPath}/${path}`),
+    { recursive: true },
+  );
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let rustChanged = false;
+  for await (const event of watcher) {
+    const relevant = event.paths.filter((path) => !path.includes("/_gen/"));
+    if (relevant.length === 0) continue;
+    rustChanged ||= relevant.some((path) => path.includes("/ffi/"));
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      const rebuild = rustChanged;
+      rustChanged = false;
+      console.log(`\ndev: change detected${rebuild ? " in ffi/, rebuilding" : ""}`);
+      void cycle(rebuild);
+    }, 200);
+  }
+  throw new Error("dev: the file watcher stopped");
+}
+
 const DENO_RUN_FLAGS = ["--allow-ffi", "--allow-read", "--allow-write", "--allow-env"];
 
-if (import.meta.main) {
-  const [command = "test", ...rest] = Deno.args;
+async function main(command: string, rest: string[]): Promise<void> {
   switch (command) {
+    case "dev": {
+      await watch(rest[0] === "example" ? "example" : "test");
+      break;
+    }
     case "build": {
       console.log(await buildLibrary(rest.includes("--release")));
       break;
@@ -93,7 +164,16 @@ if (import.meta.main) {
       break;
     }
     default:
-      console.error(`dev: unknown command ${command}`);
-      Deno.exit(2);
+      throw new ExitError(`dev: unknown command ${command}`, 2);
+  }
+}
+
+if (import.meta.main) {
+  const [command = "test", ...rest] = Deno.args;
+  try {
+    await main(command, rest);
+  } catch (error) {
+    console.error((error as Error).message);
+    Deno.exit(error instanceof ExitError ? error.code : 1);
   }
 }

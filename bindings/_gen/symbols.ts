@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "b3dd0928c0fe4a2959648147f94f2f2ad86fe353afdca6bb62d7e1c64f1b6496";
+export const ABI_HASH = "2347f99fe968c5a3faf11ac7d3605d9fd4b1e6c92696bcb416dd12b6c8ef2497";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -28,6 +28,9 @@ export const symbols = {
 
 /** Constants of the ABI (ring layout, limits), from the header's #defines. */
 export const KREPIS_MAX_BUFFER_BYTES = 2147483647;
+export const KREPIS_BUFFER_RELEASED = 0;
+export const KREPIS_BUFFER_LEAKED = 1;
+export const KREPIS_BUFFER_ABANDONED = 2;
 export const KREPIS_MEMORY_ALIGNMENT = 64;
 export const KREPIS_RING_HEAD = 0;
 export const KREPIS_RING_TAIL = 64;

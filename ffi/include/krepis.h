@@ -10,6 +10,16 @@
 // typed arrays with numbers, so stay below 2 GiB.
 #define KREPIS_MAX_BUFFER_BYTES (uint32_t)INT32_MAX
 
+// How `krepis_buffer_release` lets a buffer go.
+#define KREPIS_BUFFER_RELEASED 0
+
+// Freed by the JS garbage-collection safety net: counted as a leak.
+#define KREPIS_BUFFER_LEAKED 1
+
+// JS could not detach its view (the ArrayBuffer was transferred away):
+// the handle dies but the memory is kept forever, and counted.
+#define KREPIS_BUFFER_ABANDONED 2
+
 // Alignment of every allocation shared with JS.
 #define KREPIS_MEMORY_ALIGNMENT 64
 
@@ -69,10 +79,9 @@ int32_t krepis_buffer_alloc(uint32_t kernel, uint32_t byte_length, uint64_t *out
 // `out` must point to one writable, aligned `u64`.
 int32_t krepis_buffer_debug_sum(uint32_t buffer, uint32_t offset, uint32_t len, uint64_t *out);
 
-// Frees a buffer. The SDK has detached every JS view of it first. `leaked`
-// = 1 when the JS garbage-collection safety net (not `release()`) frees it;
-// it is then counted in `leakedBuffers`.
-int32_t krepis_buffer_release(uint32_t buffer, uint32_t leaked);
+// Releases a buffer (`mode`: 0 released, 1 leaked, 2 abandoned; see the
+// constants). The SDK has detached every JS view first, except in mode 2.
+int32_t krepis_buffer_release(uint32_t buffer, uint32_t mode);
 
 // Diagnostics: starts a thread that calls `callback(sequence, payload_len)`
 // `count` times, one call per record, the way a callback-based data plane

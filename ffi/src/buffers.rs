@@ -11,7 +11,8 @@ use crate::handles::{HandleKind, HandleTable};
 use crate::kernel::kernel;
 use crate::memory::NativeMemory;
 use crate::proto::BufferStats;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Largest single buffer: lengths cross the boundary as u32 and JS indexes
@@ -26,6 +27,7 @@ pub struct BufferAccounting {
     live_buffers: AtomicU64,
     live_bytes: AtomicU64,
     leaked_buffers: AtomicU64,
+    abandoned_buffers: AtomicU64,
     pub(crate) live_rings: AtomicU64,
     pub(crate) ring_capacity_bytes: AtomicU64,
 }
@@ -40,6 +42,7 @@ impl BufferAccounting {
             live_rings: self.live_rings.load(Ordering::Relaxed),
             ring_capacity_bytes: self.ring_capacity_bytes.load(Ordering::Relaxed),
             ring_used_bytes: 0,
+            abandoned_buffers: self.abandoned_buffers.load(Ordering::Relaxed),
         }
     }
 }
@@ -47,7 +50,10 @@ impl BufferAccounting {
 /// A buffer alive in the handle table.
 pub struct SharedBuffer {
     kernel_id: u64,
-    memory: NativeMemory,
+    /// Freed on drop unless `abandoned`.
+    memory: ManuallyDrop<NativeMemory>,
+    /// JS lost track of a view of this memory: never free it.
+    abandoned: AtomicBool,
     accounting: Arc<BufferAccounting>,
 }
 
@@ -67,6 +73,10 @@ impl SharedBuffer {
 
 impl Drop for SharedBuffer {
     fn drop(&mut self) {
+        if !self.abandoned.load(Ordering::SeqCst) {
+            // SAFETY: dropped exactly once, here; never used afterwards.
+            unsafe { ManuallyDrop::drop(&mut self.memory) };
+        }
         self.accounting.live_buffers.fetch_sub(1, Ordering::Relaxed);
         self.accounting
             .live_bytes
@@ -92,7 +102,8 @@ pub fn alloc(kernel_handle: u32, len: u32) -> KernelResult<(u32, u64)> {
         .fetch_add(u64::from(len), Ordering::Relaxed);
     let handle = BUFFERS.insert(Arc::new(SharedBuffer {
         kernel_id: kernel.id(),
-        memory,
+        memory: ManuallyDrop::new(memory),
+        abandoned: AtomicBool::new(false),
         accounting,
     }))?;
     Ok((handle, address))
@@ -131,19 +142,34 @@ pub unsafe extern "C" fn krepis_buffer_alloc(kernel: u32, byte_length: u32, out:
     })
 }
 
-/// Frees a buffer. The SDK has detached every JS view of it first. `leaked`
-/// = 1 when the JS garbage-collection safety net (not `release()`) frees it;
-/// it is then counted in `leakedBuffers`.
+/// How `krepis_buffer_release` lets a buffer go.
+pub const BUFFER_RELEASED: u32 = 0;
+/// Freed by the JS garbage-collection safety net: counted as a leak.
+pub const BUFFER_LEAKED: u32 = 1;
+/// JS could not detach its view (the ArrayBuffer was transferred away):
+/// the handle dies but the memory is kept forever, and counted.
+pub const BUFFER_ABANDONED: u32 = 2;
+
+/// Releases a buffer (`mode`: 0 released, 1 leaked, 2 abandoned; see the
+/// constants). The SDK has detached every JS view first, except in mode 2.
 #[no_mangle]
-pub extern "C" fn krepis_buffer_release(buffer: u32, leaked: u32) -> i32 {
+pub extern "C" fn krepis_buffer_release(buffer: u32, mode: u32) -> i32 {
     call("krepis_buffer_release", || {
-        let buffer = BUFFERS.remove(buffer)?;
-        if leaked != 0 {
-            buffer
-                .accounting
-                .leaked_buffers
-                .fetch_add(1, Ordering::Relaxed);
+        if mode > BUFFER_ABANDONED {
+            return Err(KernelError::invalid_argument(format!(
+                "release mode must be 0, 1 or 2, got {mode}"
+            )));
         }
+        let buffer = BUFFERS.remove(buffer)?;
+        let counter = match mode {
+            BUFFER_LEAKED => &buffer.accounting.leaked_buffers,
+            BUFFER_ABANDONED => {
+                buffer.abandoned.store(true, Ordering::SeqCst);
+                &buffer.accounting.abandoned_buffers
+            }
+            _ => return Ok(0),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         Ok(0)
     })
 }

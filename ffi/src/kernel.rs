@@ -113,8 +113,15 @@ impl Kernel {
         if let Some(runtime) = runtime {
             // Rings first: closing them wakes tasks and JS waiters blocked on them.
             ring::release_owned(self.id);
-            runtime.shutdown_timeout(self.shutdown_grace);
-            // No task runs any more: free the memory JS has detached by now.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                // Dropped on a runtime thread (blocking there would panic).
+                runtime.shutdown_background();
+            } else {
+                runtime.shutdown_timeout(self.shutdown_grace);
+            }
+            // JS has detached its views by now. A task that outlived the grace
+            // period still holds `Arc`s to what it uses, so freeing the table
+            // entries cannot pull memory from under it.
             buffers::release_owned(self.id);
         }
     }

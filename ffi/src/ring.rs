@@ -77,8 +77,12 @@ pub struct Ring {
     capacity: u32,
     direction: Direction,
     accounting: Arc<BufferAccounting>,
-    /// True while a JS `krepis_ring_wait` sleeps on `js_wake`.
-    js_waiting: AtomicBool,
+    /// JS `krepis_ring_wait` calls currently registered (a counter: waits
+    /// may overlap, and one timing out must not unregister another).
+    js_waiters: AtomicU32,
+    /// Set when a kernel task became this ring's producer or consumer: the
+    /// kernel side is single-threaded by construction (SPSC).
+    native_claimed: AtomicBool,
     js_lock: Mutex<()>,
     js_wake: Condvar,
     native_wake: Notify,
@@ -114,7 +118,8 @@ impl Ring {
             capacity,
             direction,
             accounting,
-            js_waiting: AtomicBool::new(false),
+            js_waiters: AtomicU32::new(0),
+            native_claimed: AtomicBool::new(false),
             js_lock: Mutex::new(()),
             js_wake: Condvar::new(),
             native_wake: Notify::new(),
@@ -149,10 +154,16 @@ impl Ring {
     }
 
     /// Bytes queued now.
+    /// Bytes queued now, clamped to the capacity (a corrupt cursor written by
+    /// a misbehaving JS side must not make arithmetic overflow).
+    ///
+    /// SeqCst: the wake-up protocol stores a flag or cursor and then reads the
+    /// other side's cursor; with weaker loads the two could reorder (e.g. RCpc
+    /// acquire loads on aarch64) and a wake-up could be lost.
     pub fn used(&self) -> u32 {
-        let head = self.word(RING_HEAD).load(Ordering::Acquire);
-        let tail = self.word(RING_TAIL).load(Ordering::Acquire);
-        head.wrapping_sub(tail)
+        let head = self.word(RING_HEAD).load(Ordering::SeqCst);
+        let tail = self.word(RING_TAIL).load(Ordering::SeqCst);
+        head.wrapping_sub(tail).min(self.capacity)
     }
 
     /// Marks the ring closed and wakes both sides.
@@ -164,7 +175,7 @@ impl Ring {
 
     /// Wakes a JS waiter, if one is registered (or always with `force`).
     fn wake_js(&self, force: bool) {
-        if force || self.js_waiting.load(Ordering::SeqCst) {
+        if force || self.js_waiters.load(Ordering::SeqCst) > 0 {
             let _guard = self.js_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.js_wake.notify_all();
         }
@@ -200,27 +211,37 @@ impl Ring {
         };
         let deadline = Instant::now() + timeout;
         let mut guard = self.js_lock.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            self.js_waiting.store(true, Ordering::SeqCst);
+        self.js_waiters.fetch_add(1, Ordering::SeqCst);
+        let status = loop {
             if ready() {
-                self.js_waiting.store(false, Ordering::SeqCst);
-                return 1;
+                break 1;
             }
             if self.is_closed() {
-                self.js_waiting.store(false, Ordering::SeqCst);
-                return -(ErrorCode::Closed as i32);
+                break -(ErrorCode::Closed as i32);
             }
             let now = Instant::now();
             if now >= deadline {
-                self.js_waiting.store(false, Ordering::SeqCst);
-                return 0;
+                break 0;
             }
             guard = self
                 .js_wake
                 .wait_timeout(guard, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        };
+        self.js_waiters.fetch_sub(1, Ordering::SeqCst);
+        drop(guard);
+        status
+    }
+
+    /// Makes the caller the ring's only kernel-side producer or consumer.
+    fn claim(&self) -> KernelResult<()> {
+        if self.native_claimed.swap(true, Ordering::SeqCst) {
+            return Err(KernelError::invalid_argument(
+                "the ring already has a kernel-side producer or consumer (rings are single-producer, single-consumer)",
+            ));
         }
+        Ok(())
     }
 
     fn stats(&self) -> RingStats {
@@ -264,8 +285,15 @@ impl Producer {
     }
 
     fn free(&self) -> u32 {
-        let tail = self.ring.word(RING_TAIL).load(Ordering::Acquire);
-        self.ring.capacity - self.head.wrapping_sub(tail)
+        let tail = self.ring.word(RING_TAIL).load(Ordering::SeqCst);
+        let used = self.head.wrapping_sub(tail);
+        if used > self.ring.capacity {
+            // The JS consumer wrote a tail beyond the head: refuse the ring
+            // instead of overwriting unread records.
+            self.ring.close();
+            return 0;
+        }
+        self.ring.capacity - used
     }
 
     /// Reserves a record of `len` payload bytes and returns the payload
@@ -318,8 +346,8 @@ impl Producer {
             let ring = Arc::clone(&self.ring);
             let head = self.head;
             let ready = move || {
-                let tail = ring.word(RING_TAIL).load(Ordering::Acquire);
-                let free = ring.capacity - head.wrapping_sub(tail);
+                let tail = ring.word(RING_TAIL).load(Ordering::SeqCst);
+                let free = ring.capacity.saturating_sub(head.wrapping_sub(tail));
                 let contiguous = ring.capacity - (head & (ring.capacity - 1));
                 free >= size.min(contiguous)
             };
@@ -374,6 +402,13 @@ impl Consumer {
                 )
             };
             let queued = head.wrapping_sub(self.tail);
+            if queued > self.ring.capacity {
+                self.ring.close();
+                return Err(KernelError::invalid_argument(format!(
+                    "corrupt ring: head is {queued} bytes ahead of tail (capacity {})",
+                    self.ring.capacity
+                )));
+            }
             if len == RING_PAD && self.ring.capacity - offset <= queued {
                 self.tail = self.tail.wrapping_add(self.ring.capacity - offset);
                 continue;
@@ -387,7 +422,9 @@ impl Consumer {
                 )));
             }
             // SAFETY: the payload lies inside the data area (checked above)
-            // and the producer does not touch it until `tail` passes it.
+            // and the producer does not touch it until `tail` passes it. (Only
+            // a JS writer breaking the protocol could write it meanwhile; the
+            // SDK's writer never does.)
             let payload = unsafe {
                 std::slice::from_raw_parts(
                     self.ring
@@ -411,9 +448,9 @@ impl Consumer {
     pub async fn readable(&self) -> bool {
         let ring = Arc::clone(&self.ring);
         let tail = self.tail;
-        let ready = move || ring.word(RING_HEAD).load(Ordering::Acquire) != tail;
+        let ready = move || ring.word(RING_HEAD).load(Ordering::SeqCst) != tail;
         self.ring.wait_native(ready).await
-            || self.ring.word(RING_HEAD).load(Ordering::Acquire) != self.tail
+            || self.ring.word(RING_HEAD).load(Ordering::SeqCst) != self.tail
     }
 }
 
@@ -641,7 +678,9 @@ pub extern "C" fn krepis_ring_debug_produce(
         if record_size(payload_len) > u64::from(ring.capacity) {
             return Err(record_too_large(payload_len, ring.capacity));
         }
-        kernel(ring.kernel_handle)?.spawn(produce_pattern(ring, count, payload_len, flags))?;
+        let owner = kernel(ring.kernel_handle)?;
+        ring.claim()?;
+        owner.spawn(produce_pattern(ring, count, payload_len, flags))?;
         Ok(0)
     })
 }
@@ -658,7 +697,9 @@ pub extern "C" fn krepis_ring_debug_consume(ring: u32, flags: u32) -> i32 {
                 "the kernel can only consume from a JS → kernel ring",
             ));
         }
-        kernel(ring.kernel_handle)?.spawn(consume_pattern(ring, flags))?;
+        let owner = kernel(ring.kernel_handle)?;
+        ring.claim()?;
+        owner.spawn(consume_pattern(ring, flags))?;
         Ok(0)
     })
 }

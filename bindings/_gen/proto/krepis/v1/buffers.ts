@@ -27,6 +27,12 @@ export interface BufferStats {
   ringCapacityBytes: bigint;
   /** Bytes currently queued in rings (occupancy). */
   ringUsedBytes: bigint;
+  /**
+   * Buffers whose JS ArrayBuffer was transferred away from the SDK (e.g. by
+   * ArrayBuffer.prototype.transfer or a transfer list): their memory can no
+   * longer be detached, so it is never freed (a deliberate, counted leak).
+   */
+  abandonedBuffers: bigint;
 }
 
 export interface RingStats {
@@ -47,7 +53,15 @@ export interface RingStats {
 }
 
 function createBaseBufferStats(): BufferStats {
-  return { liveBuffers: 0n, liveBytes: 0n, leakedBuffers: 0n, liveRings: 0n, ringCapacityBytes: 0n, ringUsedBytes: 0n };
+  return {
+    liveBuffers: 0n,
+    liveBytes: 0n,
+    leakedBuffers: 0n,
+    liveRings: 0n,
+    ringCapacityBytes: 0n,
+    ringUsedBytes: 0n,
+    abandonedBuffers: 0n,
+  };
 }
 
 export const BufferStats: MessageFns<BufferStats> = {
@@ -87,6 +101,12 @@ export const BufferStats: MessageFns<BufferStats> = {
         throw new globalThis.Error("value provided for field message.ringUsedBytes of type uint64 too large");
       }
       writer.uint32(48).uint64(message.ringUsedBytes);
+    }
+    if (message.abandonedBuffers !== 0n) {
+      if (BigInt.asUintN(64, message.abandonedBuffers) !== message.abandonedBuffers) {
+        throw new globalThis.Error("value provided for field message.abandonedBuffers of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.abandonedBuffers);
     }
     return writer;
   },
@@ -150,6 +170,14 @@ export const BufferStats: MessageFns<BufferStats> = {
             }
 
             message.ringUsedBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.abandonedBuffers = reader.uint64() as bigint;
             continue;
           }
         }
