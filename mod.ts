@@ -44,6 +44,8 @@ export {
   type AbiMismatch,
   AbiMismatchError,
   ClosedError,
+  ConflictError,
+  CorruptError,
   IntegrityError,
   InternalError,
   InvalidArgumentError,
@@ -52,7 +54,9 @@ export {
   type KrepisErrorCode,
   type KrepisErrorOptions,
   LoadError,
+  LockedError,
   NativePanicError,
+  NotFoundError,
   PermissionError,
   ResourceExhaustedError,
 } from "./bindings/errors.ts";

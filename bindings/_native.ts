@@ -10,11 +10,15 @@ import type { symbols } from "./_gen/symbols.ts";
 import { Error as ErrorMessage, ErrorCode } from "./_gen/proto/krepis/v1/error.ts";
 import {
   ClosedError,
+  ConflictError,
+  CorruptError,
   InternalError,
   InvalidArgumentError,
   IoError,
   type KrepisError,
+  LockedError,
   NativePanicError,
+  NotFoundError,
   PermissionError,
   ResourceExhaustedError,
 } from "./errors.ts";
@@ -43,6 +47,14 @@ export function errorFromNative(error: ErrorMessage): KrepisError {
       return new PermissionError(message, options);
     case ErrorCode.ERROR_CODE_RESOURCE_EXHAUSTED:
       return new ResourceExhaustedError(message, options);
+    case ErrorCode.ERROR_CODE_LOCKED:
+      return new LockedError(message, options);
+    case ErrorCode.ERROR_CODE_CORRUPT:
+      return new CorruptError(message, options);
+    case ErrorCode.ERROR_CODE_CONFLICT:
+      return new ConflictError(message, options);
+    case ErrorCode.ERROR_CODE_NOT_FOUND:
+      return new NotFoundError(message, options);
     default:
       return new InternalError(message, options);
   }

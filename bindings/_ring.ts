@@ -102,7 +102,12 @@ abstract class RingEnd {
     return this.#closed || this.owner.closed || Atomics.load(this.words, CLOSED) !== 0;
   }
 
-  /** True once this end closed or the kernel closed: the mapping is gone. */
+  /** The kernel's handle of this ring (for kernel APIs that feed or drain it). */
+  get nativeHandle(): number {
+    return this.handle;
+  }
+
+  /** True once this end or the kernel closed: its mapping is gone. */
   get detached(): boolean {
     return this.#closed || this.owner.closed;
   }

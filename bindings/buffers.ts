@@ -228,3 +228,16 @@ export class Buffers {
     return new SharedBuffer(this.#owner, handle, memory, this.#kernel);
   }
 }
+
+/**
+ * Wraps a buffer the kernel produced (e.g. a pinned store value) as a
+ * `SharedBuffer` of `kernel`, mapping it once (SDK-internal).
+ */
+export function adoptKernelBuffer(
+  owner: KernelOwner,
+  kernel: object,
+  buffer: { handle: number; address: bigint; byteLength: number },
+): SharedBuffer {
+  const memory = owner.map(buffer.handle, buffer.address, buffer.byteLength);
+  return new SharedBuffer(owner, buffer.handle, memory, kernel);
+}

@@ -17,7 +17,11 @@ export type KrepisErrorCode =
   | "PANIC"
   | "IO"
   | "RESOURCE_EXHAUSTED"
-  | "INTERNAL";
+  | "INTERNAL"
+  | "LOCKED"
+  | "CORRUPT"
+  | "CONFLICT"
+  | "NOT_FOUND";
 
 /** Options shared by every error constructor. */
 export interface KrepisErrorOptions {
@@ -239,5 +243,77 @@ export class InternalError extends KrepisError {
   /** Creates an internal error. */
   constructor(message: string, options?: KrepisErrorOptions) {
     super("INTERNAL", message, options);
+  }
+}
+
+/**
+ * The data directory is in use by another kernel (in this or another
+ * process). `details.path` names it.
+ *
+ * @example
+ * ```ts
+ * import { Kernel, LockedError } from "@krepis/sdk";
+ * const a = await Kernel.open({ dataDir: "./data" });
+ * await Kernel.open({ dataDir: "./data" }).catch((e) => e instanceof LockedError); // true
+ * await a.close();
+ * ```
+ */
+export class LockedError extends KrepisError {
+  /** Creates a locked error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("LOCKED", message, options);
+  }
+}
+
+/**
+ * The data directory is corrupt or is not a krepis data directory
+ * (`details.reason === "foreign"`). Nothing was changed or reinitialised.
+ *
+ * @example
+ * ```ts
+ * import { CorruptError } from "@krepis/sdk";
+ * new CorruptError("not a krepis data directory").code; // "CORRUPT"
+ * ```
+ */
+export class CorruptError extends KrepisError {
+  /** Creates a corrupt-data error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("CORRUPT", message, options);
+  }
+}
+
+/**
+ * A commit check failed (`details.key`, `details.tree`), or an undo would
+ * overwrite later changes (`details.conflictingTxId`). Nothing was written.
+ *
+ * @example
+ * ```ts
+ * import { ConflictError, Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({ dataDir: "./data" });
+ * await kernel.store.commit([{ type: "put", key: "a", value: "1" }], {
+ *   checks: [{ key: "a", value: "old" }],
+ * }).catch((e) => e instanceof ConflictError); // true
+ * ```
+ */
+export class ConflictError extends KrepisError {
+  /** Creates a conflict error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("CONFLICT", message, options);
+  }
+}
+
+/**
+ * Something named does not exist (e.g. a transaction id pruned from the journal).
+ *
+ * @example
+ * ```ts
+ * import { NotFoundError } from "@krepis/sdk";
+ * new NotFoundError("no such transaction").code; // "NOT_FOUND"
+ * ```
+ */
+export class NotFoundError extends KrepisError {
+  /** Creates a not-found error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("NOT_FOUND", message, options);
   }
 }

@@ -10,6 +10,7 @@ import type { NativeLibrary } from "./_native.ts";
 import { KernelOwner, registerOwner, warnEscaped } from "./_owner.ts";
 import { KREPIS_BUFFER_ABANDONED } from "./_gen/symbols.ts";
 import { Buffers, type BufferStats } from "./buffers.ts";
+import { Journal, Store } from "./store.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
 
@@ -28,6 +29,34 @@ export interface KernelOptions extends LibraryOptions {
   dataDir?: string | URL | null;
   /** How long `close()` waits for running kernel tasks, in ms. Default 5000. */
   shutdownGraceMs?: number;
+  /** The store in `<dataDir>/store`. */
+  store?: StoreOptions;
+}
+
+/** Options of the kernel's store. */
+export interface StoreOptions {
+  /** Journal retention: keep at most this many records (default: unlimited). */
+  journalMaxRecords?: number;
+  /** Journal retention: drop records older than this many ms (default: never). */
+  journalMaxAgeMs?: number;
+  /** Page cache size in bytes (default 256 MiB). */
+  cacheBytes?: number;
+  /** Largest value accepted, in bytes (default 256 MiB). */
+  maxValueBytes?: number;
+}
+
+/** Counters of the store, in {@linkcode KernelStats.store}. */
+export interface StoreStats {
+  /** The id the next transaction will get. */
+  readonly nextTxId: number;
+  /** Records in the journal. */
+  readonly journalRecords: number;
+  /** Transactions committed since the kernel opened. */
+  readonly commits: number;
+  /** Group flushes since the kernel opened (commits ÷ flushes = group size). */
+  readonly flushes: number;
+  /** Size of the store on disk, in bytes. */
+  readonly sizeOnDiskBytes: number;
 }
 
 /** A snapshot of a kernel's counters, from {@linkcode Kernel.stats}. */
@@ -48,6 +77,8 @@ export interface KernelStats {
   readonly dataDir: string | null;
   /** Shared buffers and rings. */
   readonly buffers: BufferStats;
+  /** The store, or `null` without a data dir. */
+  readonly store: StoreStats | null;
 }
 
 function checkInteger(field: string, value: unknown, min: number, max: number): number {
@@ -133,12 +164,16 @@ export class Kernel implements AsyncDisposable {
   readonly abiHash: string;
   /** Zero-copy shared memory between JS and the kernel. */
   readonly buffers: Buffers;
+  #store: Store | undefined;
+  #journal: Journal | undefined;
   readonly #native: NativeLibrary;
   readonly #handle: number;
   readonly #owner: KernelOwner;
+  readonly #dataDir: string | null;
   #closing: Promise<void> | undefined;
 
-  private constructor(native: NativeLibrary, handle: number) {
+  private constructor(native: NativeLibrary, handle: number, dataDir: string | null) {
+    this.#dataDir = dataDir;
     this.#native = native;
     this.#handle = handle;
     this.#owner = new KernelOwner(native, handle);
@@ -182,15 +217,56 @@ export class Kernel implements AsyncDisposable {
       : checkInteger("shutdownGraceMs", options.shutdownGraceMs, 1, 3_600_000);
     const native = await loadLibrary(options);
     const dataDir = resolveDataDir(options.dataDir);
+    const store = options.store ?? {};
+    if (typeof store !== "object" || store === null) {
+      throw new InvalidArgumentError("store options must be an object", {
+        details: { field: "store" },
+      });
+    }
+    const storeNumber = (field: keyof StoreOptions) =>
+      BigInt(
+        store[field] === undefined
+          ? 0
+          : checkInteger(`store.${field}`, store[field], 1, Number.MAX_SAFE_INTEGER),
+      );
     const config = KernelConfig.encode({
       workerThreads,
       dataDir,
       shutdownGraceMs,
       threadName: "",
+      store: {
+        journalMaxRecords: storeNumber("journalMaxRecords"),
+        journalMaxAgeMs: storeNumber("journalMaxAgeMs"),
+        cacheCapacityBytes: storeNumber("cacheBytes"),
+        maxValueBytes: storeNumber("maxValueBytes"),
+      },
     }).finish();
     const out = new Uint32Array(1);
     native.check(native.symbols.krepis_kernel_open(config, config.length, out));
-    return new Kernel(native, out[0]);
+    return new Kernel(native, out[0], dataDir === "" ? null : dataDir);
+  }
+
+  /**
+   * The kernel's store (its default tree; `store.tree(name)` for others).
+   *
+   * @throws {InvalidArgumentError} when the kernel was opened with `dataDir: null`.
+   * @throws {ClosedError} after `close()`.
+   */
+  get store(): Store {
+    this.#assertOpen("Kernel.store");
+    if (this.#dataDir === null) {
+      throw new InvalidArgumentError(
+        "this kernel has no store: it was opened with dataDir: null",
+        { details: { field: "dataDir" } },
+      );
+    }
+    return this.#store ??= Store.open(this.#owner, this.buffers, this);
+  }
+
+  /** The transaction journal of the kernel's store. */
+  get journal(): Journal {
+    void this.store; // same checks
+    return this.#journal ??= new Journal(this.#owner);
   }
 
   /** True once {@linkcode Kernel.close} was called. */
@@ -223,6 +299,7 @@ export class Kernel implements AsyncDisposable {
     );
     const stats = Stats.decode(bytes);
     const buffers = stats.buffers;
+    const store = stats.store;
     return {
       kernelId: Number(stats.kernelId),
       version: stats.version,
@@ -239,6 +316,13 @@ export class Kernel implements AsyncDisposable {
         liveRings: Number(buffers?.liveRings ?? 0),
         ringCapacityBytes: Number(buffers?.ringCapacityBytes ?? 0),
         ringUsedBytes: Number(buffers?.ringUsedBytes ?? 0),
+      },
+      store: store === undefined ? null : {
+        nextTxId: Number(store.nextTxId),
+        journalRecords: Number(store.journalRecords),
+        commits: Number(store.commits),
+        flushes: Number(store.flushes),
+        sizeOnDiskBytes: Number(store.sizeOnDiskBytes),
       },
     };
   }

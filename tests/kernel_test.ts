@@ -112,6 +112,7 @@ Deno.test("bad config bytes at the boundary are a typed error, not a crash", asy
     dataDir: "",
     shutdownGraceMs: 0,
     threadName: "",
+    store: undefined,
   }).finish();
   const status2 = native.symbols.krepis_kernel_open(tooMany, tooMany.length, out);
   assert.ok(native.lastError(status2) instanceof InvalidArgumentError);
@@ -120,6 +121,7 @@ Deno.test("bad config bytes at the boundary are a typed error, not a crash", asy
     dataDir: "relative/path",
     shutdownGraceMs: 0,
     threadName: "",
+    store: undefined,
   }).finish();
   const status3 = native.symbols.krepis_kernel_open(relative, relative.length, out);
   assert.match(native.lastError(status3).message, /absolute/);
@@ -129,6 +131,7 @@ Deno.test("bad config bytes at the boundary are a typed error, not a crash", asy
     dataDir: "",
     shutdownGraceMs: 0,
     threadName: "",
+    store: undefined,
   }).finish();
   const status4 = native.symbols.krepis_kernel_open(empty, empty.length, null);
   assert.ok(native.lastError(status4) instanceof InvalidArgumentError);
@@ -150,6 +153,7 @@ Deno.test("forged and closed handles give error statuses, never a crash", async 
     dataDir: "",
     shutdownGraceMs: 0,
     threadName: "",
+    store: undefined,
   }).finish();
   const handle = new Uint32Array(1);
   assert.equal(native.symbols.krepis_kernel_open(config, config.length, handle), 0);

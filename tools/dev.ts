@@ -157,7 +157,7 @@ async function main(command: string, rest: string[]): Promise<void> {
         .sort();
       for (const name of names) {
         console.log(`# bench/${name}`);
-        await run(Deno.execPath(), ["run", "--allow-all", `bench/${name}.ts`], {
+        await run(Deno.execPath(), ["run", "--allow-all", "--unstable-kv", `bench/${name}.ts`], {
           KREPIS_LIBRARY_PATH: library,
         });
       }

@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "2347f99fe968c5a3faf11ac7d3605d9fd4b1e6c92696bcb416dd12b6c8ef2497";
+export const ABI_HASH = "26e19deca7272394e280c6cd52a3b11822084062760faabd1b17a55b9a5d3929";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -12,6 +12,8 @@ export const symbols = {
   krepis_buffer_release: { parameters: ["u32", "u32"], result: "i32" },
   krepis_debug_callback_per_record: { parameters: ["function", "u32", "u32"], result: "i32" },
   krepis_debug_panic: { parameters: [], result: "i32" },
+  krepis_journal_read: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
+  krepis_journal_undo: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32", nonblocking: true },
   krepis_kernel_close: { parameters: ["u32"], result: "i32" },
   krepis_kernel_open: { parameters: ["buffer", "u32", "buffer"], result: "i32" },
   krepis_kernel_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
@@ -23,6 +25,20 @@ export const symbols = {
   krepis_ring_notify: { parameters: ["u32"], result: "i32" },
   krepis_ring_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_ring_wait: { parameters: ["u32", "u32", "u32"], result: "i32", nonblocking: true },
+  krepis_store_commit_submit: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
+  krepis_store_completions: { parameters: ["u32", "buffer", "u32", "u32"], result: "i32", nonblocking: true },
+  krepis_store_delete: { parameters: ["u32", "buffer", "u32"], result: "i32" },
+  krepis_store_flush: { parameters: ["u32", "buffer", "u32"], result: "i32", nonblocking: true },
+  krepis_store_get: { parameters: ["u32", "buffer", "u32", "buffer", "u32", "u32"], result: "i32" },
+  krepis_store_get_pinned: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
+  krepis_store_has: { parameters: ["u32", "buffer", "u32"], result: "i32" },
+  krepis_store_put: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
+  krepis_store_scan: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
+  krepis_store_scan_close: { parameters: ["u32"], result: "i32" },
+  krepis_store_scan_next: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
+  krepis_store_tree: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
+  krepis_store_tree_close: { parameters: ["u32"], result: "i32" },
+  krepis_store_watch: { parameters: ["u32", "buffer", "u32", "u32"], result: "i32" },
   krepis_version: { parameters: ["buffer", "u32"], result: "i32" },
 } as const;
 
@@ -31,6 +47,7 @@ export const KREPIS_MAX_BUFFER_BYTES = 2147483647;
 export const KREPIS_BUFFER_RELEASED = 0;
 export const KREPIS_BUFFER_LEAKED = 1;
 export const KREPIS_BUFFER_ABANDONED = 2;
+export const KREPIS_COMPLETION_HEADER_BYTES = 16;
 export const KREPIS_MEMORY_ALIGNMENT = 64;
 export const KREPIS_RING_HEAD = 0;
 export const KREPIS_RING_TAIL = 64;
@@ -45,3 +62,10 @@ export const KREPIS_RING_MIN_CAPACITY = 64;
 export const KREPIS_RING_MAX_CAPACITY = 1073741824;
 export const KREPIS_RING_DIAG_FILL = 1;
 export const KREPIS_RING_DIAG_CLOSE_WHEN_DONE = 2;
+export const KREPIS_SCAN_ENTRY_HEADER_BYTES = 8;
+export const KREPIS_DATA = 100;
+export const KREPIS_JOURNAL = 106;
+export const KREPIS_MAX_TREE_NAME_BYTES = 255;
+export const KREPIS_ROTATE_BYTES = 67108864;
+export const KREPIS_WATCH_PUT = 1;
+export const KREPIS_WATCH_DELETE = 2;

@@ -20,6 +20,9 @@
 // the handle dies but the memory is kept forever, and counted.
 #define KREPIS_BUFFER_ABANDONED 2
 
+// Bytes of one completion's header in `krepis_store_completions` output.
+#define KREPIS_COMPLETION_HEADER_BYTES 16
+
 // Alignment of every allocation shared with JS.
 #define KREPIS_MEMORY_ALIGNMENT 64
 
@@ -50,6 +53,21 @@
 
 // Diagnostics flag: close the ring after the last record.
 #define KREPIS_RING_DIAG_CLOSE_WHEN_DONE 2
+
+#define KREPIS_SCAN_ENTRY_HEADER_BYTES 8
+
+#define KREPIS_DATA 100
+
+#define KREPIS_JOURNAL 106
+
+#define KREPIS_MAX_TREE_NAME_BYTES 255
+
+// Past this size the flusher has sled flush and then empties the log.
+#define KREPIS_ROTATE_BYTES (64 << 20)
+
+#define KREPIS_WATCH_PUT 1
+
+#define KREPIS_WATCH_DELETE 2
 
 // A JS `Deno.UnsafeCallback.threadSafe` taking `(sequence, length)`.
 typedef void (*KREPIS_RecordCallback)(uint32_t sequence, uint32_t length);
@@ -94,6 +112,31 @@ int32_t krepis_debug_callback_per_record(KREPIS_RecordCallback callback,
 // the SDK's tests) can verify that a native panic becomes a typed error and
 // the process survives. Always returns a negative status.
 int32_t krepis_debug_panic(void);
+
+// Reads journal records from `query.since` (an encoded
+// `krepis.v1.JournalQuery`) into `out` as a `krepis.v1.JournalBatch`, as many
+// as fit in `cap` bytes (at least one, growing the answer if needed).
+// Returns the batch's length.
+//
+// # Safety
+// `query` must point to `query_len` readable bytes; `out` to `cap` writable bytes.
+int32_t krepis_journal_read(uint32_t kernel,
+                            const uint8_t *query,
+                            uint32_t query_len,
+                            uint8_t *out,
+                            uint32_t cap);
+
+// [nonblocking] Undoes transaction `tx_id` (an encoded `krepis.v1.UndoRequest`)
+// as a new durable transaction. Writes a `krepis.v1.CommitResult` (the new
+// tx id, or a `CONFLICT`/`NOT_FOUND` error) into `out`; returns its length.
+//
+// # Safety
+// `request` must point to `request_len` readable bytes; `out` to `cap` writable bytes.
+int32_t krepis_journal_undo(uint32_t kernel,
+                            const uint8_t *request,
+                            uint32_t request_len,
+                            uint8_t *out,
+                            uint32_t cap);
 
 // Closes a kernel: stops its runtime and waits for its threads. A closed or
 // forged handle returns an error status (`CLOSED` / `INVALID_HANDLE`).
@@ -164,6 +207,124 @@ int32_t krepis_ring_stats(uint32_t ring, uint8_t *out, uint32_t cap);
 // ready, 0 after `timeout_ms`, `-RING_CLOSED` when the ring is closed. Runs on a
 // Deno worker thread, so errors are reported by status only.
 int32_t krepis_ring_wait(uint32_t ring, uint32_t need, uint32_t timeout_ms);
+
+// Queues `request` (an encoded `krepis.v1.CommitRequest`) for an atomic,
+// journaled, durable commit on `tree` and returns at once, writing the
+// commit's ticket to `out_ticket[0]`. The result arrives through
+// `krepis_store_completions`, together with every other finished commit:
+// one wake-up per group, not one per commit.
+//
+// # Safety
+// `request` must point to `request_len` readable bytes; `out_ticket` to one aligned u64.
+int32_t krepis_store_commit_submit(uint32_t tree,
+                                   const uint8_t *request,
+                                   uint32_t request_len,
+                                   uint64_t *out_ticket);
+
+// [nonblocking] Waits up to `timeout_ms` for finished commits of the
+// kernel's store, then writes as many as fit into `out`, each
+// `[ticket u64][length u32][0 u32][krepis.v1.CommitResult]` padded to 8
+// bytes. Returns the bytes written (0 on timeout); `-CLOSED` once the store
+// is closed and nothing is left.
+//
+// # Safety
+// `out` must point to `cap` writable bytes.
+int32_t krepis_store_completions(uint32_t kernel, uint8_t *out, uint32_t cap, uint32_t timeout_ms);
+
+// Deletes `key`; returns 1 when it existed, 0 when not (not journaled).
+//
+// # Safety
+// `key` must point to `key_len` readable bytes.
+int32_t krepis_store_delete(uint32_t tree, const uint8_t *key, uint32_t key_len);
+
+// [nonblocking] Makes every write so far durable. Writes a
+// `krepis.v1.CommitResult` into `out` and returns its length.
+//
+// # Safety
+// `out` must point to `cap` writable bytes.
+int32_t krepis_store_flush(uint32_t kernel, uint8_t *out, uint32_t cap);
+
+// Looks `key` up. Returns 0 when absent, else `1 + length`; when the value
+// fits in `out[offset..cap]` it is copied there (else the caller retries
+// with room, or pins it with `krepis_store_get_pinned`).
+//
+// # Safety
+// `key` must point to `key_len` readable bytes and `out` to `cap` writable bytes.
+int32_t krepis_store_get(uint32_t tree,
+                         const uint8_t *key,
+                         uint32_t key_len,
+                         uint8_t *out,
+                         uint32_t offset,
+                         uint32_t cap);
+
+// Pins `key`'s current value in place (no copy) as a buffer handle: writes
+// the handle to `out[0]`, the address to `out[1]`, the length to `out[2]`.
+// Returns 1 when found, 0 when absent. Release it like a buffer.
+//
+// # Safety
+// `key` must point to `key_len` readable bytes; `out` to three aligned u64.
+int32_t krepis_store_get_pinned(uint32_t tree, const uint8_t *key, uint32_t key_len, uint64_t *out);
+
+// Returns 1 when `key` exists, 0 when not.
+//
+// # Safety
+// `key` must point to `key_len` readable bytes.
+int32_t krepis_store_has(uint32_t tree, const uint8_t *key, uint32_t key_len);
+
+// Stores `value` under `key` (not journaled, durable at the next flush).
+//
+// # Safety
+// `key`/`value` must point to `key_len`/`value_len` readable bytes.
+int32_t krepis_store_put(uint32_t tree,
+                         const uint8_t *key,
+                         uint32_t key_len,
+                         const uint8_t *value,
+                         uint32_t value_len);
+
+// Opens a scan of `tree` configured by `options` (an encoded
+// `krepis.v1.ScanOptions`: prefix, start/end bounds, limit, reverse).
+//
+// # Safety
+// `options` must point to `options_len` readable bytes; `out_handle` to one u32.
+int32_t krepis_store_scan(uint32_t tree_handle,
+                          const uint8_t *options,
+                          uint32_t options_len,
+                          uint32_t *out_handle);
+
+// Ends a scan early (scans that reached their end may be closed too).
+int32_t krepis_store_scan_close(uint32_t scan);
+
+// Fills `out` with the next entries of a scan. Writes the number of entries
+// to `info[0]` and, when the next entry alone does not fit `cap`, the bytes
+// it needs to `info[1]`. Zero entries and `info[1] == 0` = the scan is done.
+//
+// # Safety
+// `out` must point to `cap` writable bytes; `info` to two aligned u32.
+int32_t krepis_store_scan_next(uint32_t scan, uint8_t *out, uint32_t cap, uint32_t *info);
+
+// Opens the named tree `name` (UTF-8, `name_len` bytes; empty = the default
+// tree) of the kernel's store and writes its handle to `out_handle`.
+//
+// # Safety
+// `name` must point to `name_len` readable bytes; `out_handle` to one u32.
+int32_t krepis_store_tree(uint32_t kernel,
+                          const uint8_t *name,
+                          uint32_t name_len,
+                          uint32_t *out_handle);
+
+// Releases a tree handle.
+int32_t krepis_store_tree_close(uint32_t tree);
+
+// Starts forwarding changes of `tree` under `prefix` into `ring` (a
+// kernel → JS ring). Stops when the ring or the kernel closes. A change too
+// large for the ring is delivered without its value (tag | 0x100).
+//
+// # Safety
+// `prefix` must point to `prefix_len` readable bytes.
+int32_t krepis_store_watch(uint32_t tree_handle,
+                           const uint8_t *prefix,
+                           uint32_t prefix_len,
+                           uint32_t ring_handle);
 
 // Writes the library's version (UTF-8, no terminator) into `out`; returns its
 // length (nothing is written when that exceeds `cap`).

@@ -48,39 +48,54 @@ impl BufferAccounting {
 }
 
 /// A buffer alive in the handle table.
+/// What a buffer's bytes are.
+pub enum Backing {
+    /// Kernel-allocated memory (JS may write it).
+    Owned(NativeMemory),
+    /// A store value pinned in place (read-only for JS). Its bytes live in
+    /// sled's heap allocation, which does not move while pinned.
+    Pinned(sled::IVec),
+}
+
 pub struct SharedBuffer {
     kernel_id: u64,
     /// Freed on drop unless `abandoned`.
-    memory: ManuallyDrop<NativeMemory>,
+    memory: ManuallyDrop<Backing>,
     /// JS lost track of a view of this memory: never free it.
     abandoned: AtomicBool,
     accounting: Arc<BufferAccounting>,
 }
 
 impl SharedBuffer {
-    pub fn bytes(&self) -> *mut u8 {
-        self.memory.as_ptr()
+    pub fn bytes(&self) -> *const u8 {
+        match &*self.memory {
+            Backing::Owned(memory) => memory.as_ptr(),
+            Backing::Pinned(value) => value.as_ptr(),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.memory.len()
+        match &*self.memory {
+            Backing::Owned(memory) => memory.len(),
+            Backing::Pinned(value) => value.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.memory.is_empty()
+        self.len() == 0
     }
 }
 
 impl Drop for SharedBuffer {
     fn drop(&mut self) {
+        self.accounting.live_buffers.fetch_sub(1, Ordering::Relaxed);
+        self.accounting
+            .live_bytes
+            .fetch_sub(self.len() as u64, Ordering::Relaxed);
         if !self.abandoned.load(Ordering::SeqCst) {
             // SAFETY: dropped exactly once, here; never used afterwards.
             unsafe { ManuallyDrop::drop(&mut self.memory) };
         }
-        self.accounting.live_buffers.fetch_sub(1, Ordering::Relaxed);
-        self.accounting
-            .live_bytes
-            .fetch_sub(self.memory.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -102,11 +117,29 @@ pub fn alloc(kernel_handle: u32, len: u32) -> KernelResult<(u32, u64)> {
         .fetch_add(u64::from(len), Ordering::Relaxed);
     let handle = BUFFERS.insert(Arc::new(SharedBuffer {
         kernel_id: kernel.id(),
-        memory: ManuallyDrop::new(memory),
+        memory: ManuallyDrop::new(Backing::Owned(memory)),
         abandoned: AtomicBool::new(false),
         accounting,
     }))?;
     Ok((handle, address))
+}
+
+/// Pins a store value as a read-only buffer of `kernel`: returns handle,
+/// address and length. JS maps it once; releasing unpins it.
+pub fn pin(kernel: &crate::kernel::Kernel, value: sled::IVec) -> KernelResult<(u32, u64, u64)> {
+    let accounting = Arc::clone(kernel.accounting());
+    let length = value.len() as u64;
+    accounting.live_buffers.fetch_add(1, Ordering::Relaxed);
+    accounting.live_bytes.fetch_add(length, Ordering::Relaxed);
+    let buffer = Arc::new(SharedBuffer {
+        kernel_id: kernel.id(),
+        memory: ManuallyDrop::new(Backing::Pinned(value)),
+        abandoned: AtomicBool::new(false),
+        accounting,
+    });
+    let address = buffer.bytes() as usize as u64;
+    let handle = BUFFERS.insert(buffer)?;
+    Ok((handle, address, length))
 }
 
 /// Looks up a live buffer (for capabilities that read buffers JS filled).

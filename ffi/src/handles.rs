@@ -26,6 +26,8 @@ pub enum HandleKind {
     Kernel = 1,
     Buffer = 2,
     Ring = 3,
+    Tree = 4,
+    Scan = 5,
 }
 
 impl HandleKind {
@@ -34,6 +36,8 @@ impl HandleKind {
             HandleKind::Kernel => "kernel",
             HandleKind::Buffer => "buffer",
             HandleKind::Ring => "ring",
+            HandleKind::Tree => "store tree",
+            HandleKind::Scan => "store scan",
         }
     }
 
@@ -42,6 +46,8 @@ impl HandleKind {
             1 => Some(HandleKind::Kernel),
             2 => Some(HandleKind::Buffer),
             3 => Some(HandleKind::Ring),
+            4 => Some(HandleKind::Tree),
+            5 => Some(HandleKind::Scan),
             _ => None,
         }
     }
@@ -227,6 +233,17 @@ impl<T> HandleTable<T> {
             .filter_map(|entry| entry.value.as_deref())
             .map(value)
             .sum()
+    }
+
+    /// The first live object for which `matches` is true.
+    pub fn find(&self, matches: impl Fn(&T) -> bool) -> Option<Arc<T>> {
+        let slots = self.lock();
+        slots
+            .entries
+            .iter()
+            .filter_map(|entry| entry.value.as_ref())
+            .find(|value| matches(value))
+            .cloned()
     }
 
     /// Objects currently reachable.

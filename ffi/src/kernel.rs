@@ -33,6 +33,8 @@ pub struct Kernel {
     /// `None` once closed.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     accounting: Arc<BufferAccounting>,
+    /// The store in `<data_dir>/store`; `None` without a data dir or once closed.
+    store: Mutex<Option<Arc<crate::store::Store>>>,
 }
 
 impl Kernel {
@@ -48,6 +50,13 @@ impl Kernel {
         let data_dir = match config.data_dir.as_str() {
             "" => None,
             path => Some(prepare_data_dir(path)?),
+        };
+        let store = match &data_dir {
+            Some(dir) => Some(crate::store::Store::open(
+                dir,
+                &config.store.unwrap_or_default(),
+            )?),
+            None => None,
         };
         let worker_threads = match config.worker_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
@@ -74,7 +83,26 @@ impl Kernel {
             },
             runtime: Mutex::new(Some(runtime)),
             accounting: Arc::default(),
+            store: Mutex::new(store),
         })
+    }
+
+    /// The kernel's store, or an error naming why there is none.
+    pub fn store(&self) -> KernelResult<Arc<crate::store::Store>> {
+        self.store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                if self.data_dir.is_none() {
+                    KernelError::new(
+                        ErrorCode::InvalidArgument,
+                        "this kernel has no data dir (dataDir: null), so it has no store",
+                    )
+                } else {
+                    KernelError::new(ErrorCode::Closed, "the kernel is closed")
+                }
+            })
     }
 
     /// Process-unique id (owner tag of buffers and rings).
@@ -113,6 +141,8 @@ impl Kernel {
         if let Some(runtime) = runtime {
             // Rings first: closing them wakes tasks and JS waiters blocked on them.
             ring::release_owned(self.id);
+            crate::store::release_owned(self.id);
+            crate::scan::release_owned(self.id);
             if tokio::runtime::Handle::try_current().is_ok() {
                 // Dropped on a runtime thread (blocking there would panic).
                 runtime.shutdown_background();
@@ -123,6 +153,12 @@ impl Kernel {
             // period still holds `Arc`s to what it uses, so freeing the table
             // entries cannot pull memory from under it.
             buffers::release_owned(self.id);
+            let store = self.store.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(store) = store {
+                // Flushes, stops the committer and releases the data dir even
+                // if something still holds a reference to the store.
+                store.close();
+            }
         }
     }
 
@@ -145,6 +181,12 @@ impl Kernel {
                 .as_ref()
                 .map(|dir| dir.display().to_string())
                 .unwrap_or_default(),
+            store: self
+                .store
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|store| store.stats()),
             buffers: Some(crate::proto::BufferStats {
                 ring_used_bytes: ring::used_bytes_of(self.id),
                 ..self.accounting.stats()
@@ -176,6 +218,13 @@ fn prepare_data_dir(path: &str) -> KernelResult<PathBuf> {
         ));
     }
     Ok(dir)
+}
+
+/// The open kernel with process-unique id `id`.
+pub fn kernel_by_id(id: u64) -> KernelResult<Arc<Kernel>> {
+    KERNELS
+        .find(|kernel| kernel.id == id)
+        .ok_or_else(|| KernelError::new(ErrorCode::Closed, "the kernel is closed"))
 }
 
 /// Looks up an open kernel (used by every capability that takes a kernel handle).

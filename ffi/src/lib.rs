@@ -13,14 +13,23 @@
 //! - [`kernel`]: kernel lifecycle (a tokio runtime) and stats.
 //! - [`memory`], [`buffers`]: kernel-owned memory shared with JS without copying.
 //! - [`ring`]: SPSC rings between the kernel and JS.
+//! - [`store`], [`commit`], [`journal`], [`scan`], [`watch`]: the sled store,
+//!   its group-committed transactions, the journal, the commit log, scans
+//!   and change feeds.
 
 pub mod anchors;
 pub mod boundary;
 pub mod buffers;
+pub mod commit;
 pub mod error;
 pub mod handles;
 pub mod identity;
+pub mod journal;
 pub mod kernel;
 pub mod memory;
 pub mod proto;
 pub mod ring;
+pub mod scan;
+pub mod store;
+pub mod wal;
+pub mod watch;

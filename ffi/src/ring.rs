@@ -149,6 +149,10 @@ impl Ring {
         unsafe { self.memory.as_ptr().add(RING_HEADER_BYTES) }
     }
 
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
     pub fn is_closed(&self) -> bool {
         self.word(RING_CLOSED).load(Ordering::SeqCst) != 0
     }
@@ -235,7 +239,7 @@ impl Ring {
     }
 
     /// Makes the caller the ring's only kernel-side producer or consumer.
-    fn claim(&self) -> KernelResult<()> {
+    pub fn claim(&self) -> KernelResult<()> {
         if self.native_claimed.swap(true, Ordering::SeqCst) {
             return Err(KernelError::invalid_argument(
                 "the ring already has a kernel-side producer or consumer (rings are single-producer, single-consumer)",

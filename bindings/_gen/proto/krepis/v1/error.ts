@@ -36,6 +36,14 @@ export enum ErrorCode {
   ERROR_CODE_RESOURCE_EXHAUSTED = 7,
   /** ERROR_CODE_INTERNAL - Anything else inside the kernel. */
   ERROR_CODE_INTERNAL = 8,
+  /** ERROR_CODE_LOCKED - The data directory is in use by another kernel or process. */
+  ERROR_CODE_LOCKED = 9,
+  /** ERROR_CODE_CORRUPT - The data directory is corrupt, or is not a krepis data directory. */
+  ERROR_CODE_CORRUPT = 10,
+  /** ERROR_CODE_CONFLICT - A commit precondition failed, or an undo would overwrite later changes. */
+  ERROR_CODE_CONFLICT = 11,
+  /** ERROR_CODE_NOT_FOUND - A named object (e.g. a transaction id) does not exist. */
+  ERROR_CODE_NOT_FOUND = 12,
   UNRECOGNIZED = -1,
 }
 

@@ -5,6 +5,7 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { BufferStats } from "./buffers.ts";
+import { StoreConfig, StoreStats } from "./store.ts";
 
 export const protobufPackage = "krepis.v1";
 
@@ -27,6 +28,8 @@ export interface KernelConfig {
   shutdownGraceMs: number;
   /** Prefix of the runtime's thread names; empty = "krepis". */
   threadName: string;
+  /** The store in <data_dir>/store (ignored without a data dir). */
+  store: StoreConfig | undefined;
 }
 
 export interface Stats {
@@ -45,11 +48,15 @@ export interface Stats {
   /** The data directory the kernel uses (empty = none). */
   dataDir: string;
   /** Shared buffers and rings of this kernel. */
-  buffers: BufferStats | undefined;
+  buffers:
+    | BufferStats
+    | undefined;
+  /** The store (absent without a data dir). */
+  store: StoreStats | undefined;
 }
 
 function createBaseKernelConfig(): KernelConfig {
-  return { workerThreads: 0, dataDir: "", shutdownGraceMs: 0, threadName: "" };
+  return { workerThreads: 0, dataDir: "", shutdownGraceMs: 0, threadName: "", store: undefined };
 }
 
 export const KernelConfig: MessageFns<KernelConfig> = {
@@ -65,6 +72,9 @@ export const KernelConfig: MessageFns<KernelConfig> = {
     }
     if (message.threadName !== "") {
       writer.uint32(34).string(message.threadName);
+    }
+    if (message.store !== undefined) {
+      StoreConfig.encode(message.store, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -114,6 +124,14 @@ export const KernelConfig: MessageFns<KernelConfig> = {
             message.threadName = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.store = StoreConfig.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -137,6 +155,7 @@ function createBaseStats(): Stats {
     openKernels: 0,
     dataDir: "",
     buffers: undefined,
+    store: undefined,
   };
 }
 
@@ -174,6 +193,9 @@ export const Stats: MessageFns<Stats> = {
     }
     if (message.buffers !== undefined) {
       BufferStats.encode(message.buffers, writer.uint32(66).fork()).join();
+    }
+    if (message.store !== undefined) {
+      StoreStats.encode(message.store, writer.uint32(74).fork()).join();
     }
     return writer;
   },
@@ -253,6 +275,14 @@ export const Stats: MessageFns<Stats> = {
             }
 
             message.buffers = BufferStats.decode(reader, reader.uint32());
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.store = StoreStats.decode(reader, reader.uint32());
             continue;
           }
         }

@@ -1,0 +1,982 @@
+/**
+ * The store: a durable key-value store owned by the kernel (sled, in
+ * `<dataDir>/store`), with named trees, streaming scans, change feeds and
+ * atomic, journaled, durable transactions.
+ *
+ * - `get`/`has`/`put`/`delete` are synchronous and take microseconds. Single
+ *   `put`/`delete` are not journaled and become durable at the next flush
+ *   (`store.flush()`, any `commit`, or within ~0.5 s).
+ * - `commit(ops, { ctx, checks })` applies a batch atomically, appends a
+ *   journal record (tx id, time, context, keys, previous and new values) in
+ *   the same atomic step, and resolves only once durable. Concurrent commits
+ *   share one flush (group commit).
+ *
+ * @module
+ */
+
+import { CommitResult as CommitResultMessage } from "./_gen/proto/krepis/v1/store.ts";
+import {
+  JournalBatch,
+  JournalQuery,
+  ScanOptions as ScanOptionsMessage,
+  UndoRequest,
+} from "./_gen/proto/krepis/v1/store.ts";
+import type { Context as ContextMessage } from "./_gen/proto/krepis/v1/context.ts";
+import { errorFromNative } from "./_native.ts";
+import { encodeCommitRequest, type EncodedContext } from "./_commit_codec.ts";
+import type { KernelOwner } from "./_owner.ts";
+import { openRing, type RingReader } from "./_ring.ts";
+import {
+  adoptKernelBuffer,
+  type Buffers,
+  type ReadonlyBytes,
+  type SharedBuffer,
+} from "./buffers.ts";
+import type { Context } from "./context.ts";
+import { ClosedError, InternalError, InvalidArgumentError } from "./errors.ts";
+import { KREPIS_COMPLETION_HEADER_BYTES } from "./_gen/symbols.ts";
+
+/** A key: bytes, or a string (stored as UTF-8). */
+export type StoreKey = Uint8Array | string;
+/** A value: bytes, or a string (stored as UTF-8). */
+export type StoreBytes = Uint8Array | string;
+
+/** A write of {@linkcode Store.commit}. `tree` defaults to the store's tree. */
+export type CommitOp =
+  | { type: "put"; key: StoreKey; value: StoreBytes; tree?: string }
+  | { type: "delete"; key: StoreKey; tree?: string };
+
+/** A precondition of {@linkcode Store.commit}: `value: null` = must be absent. */
+export interface CommitCheck {
+  /** The key to check. */
+  key: StoreKey;
+  /** The exact current value required, or `null` for "absent". */
+  value: StoreBytes | null;
+  /** Tree of the key (default: the store's tree). */
+  tree?: string;
+}
+
+/** Options of {@linkcode Store.commit}. */
+export interface CommitOptions {
+  /** The request context recorded in the journal. */
+  ctx?: Context;
+  /** Preconditions; any failing one rejects the whole batch with `ConflictError`. */
+  checks?: CommitCheck[];
+}
+
+/** What a durable commit resolves to. */
+export interface CommitResult {
+  /** The transaction id (also the journal record's id). */
+  readonly txId: number;
+}
+
+/** Options of {@linkcode Store.scan}. */
+export interface ScanOptions {
+  /** Only keys starting with this. */
+  prefix?: StoreKey;
+  /** First key (inclusive). */
+  start?: StoreKey;
+  /** Last key (exclusive). */
+  end?: StoreKey;
+  /** At most this many entries. */
+  limit?: number;
+  /** Descending key order. */
+  reverse?: boolean;
+}
+
+/** One entry of a scan: read-only views into the batch the kernel filled (no per-entry copy). */
+export interface StoreEntry {
+  /** The key (without the tree). */
+  readonly key: ReadonlyBytes;
+  /** The value. */
+  readonly value: ReadonlyBytes;
+}
+
+/** A change seen by {@linkcode Store.watch}. */
+export interface StoreChange {
+  /** What happened to the key. */
+  readonly type: "put" | "delete";
+  /** The key (a copy). */
+  readonly key: Uint8Array;
+  /** The new value (a copy); `null` for deletes, or when too large for the feed. */
+  readonly value: Uint8Array | null;
+}
+
+/** A record of the transaction journal. */
+export interface JournalRecord {
+  /** Transaction id. */
+  readonly txId: number;
+  /** When it committed. */
+  readonly time: Date;
+  /** The context the commit was made with, if any. */
+  readonly ctx: { requestId: string; tenantId: string | null; traceId: string | null } | null;
+  /** Every key touched, with its value before and after (`null` = absent). */
+  readonly changes: readonly {
+    tree: string;
+    key: Uint8Array;
+    previous: Uint8Array | null;
+    value: Uint8Array | null;
+  }[];
+  /** The transaction this one undid, if it is an undo. */
+  readonly undoOf: number | null;
+}
+
+/** Options of {@linkcode Journal.read}. */
+export interface JournalReadOptions {
+  /** First transaction id (inclusive). Default 1. */
+  since?: number;
+  /** Only records whose context has this tenant. */
+  tenantId?: string;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+/** Values up to this size are copied into a shared slab; larger ones are pinned in place. */
+const SLAB_BYTES = 256 * 1024;
+const LARGE_VALUE_BYTES = 16 * 1024;
+const SCAN_BATCH_BYTES = 64 * 1024;
+const RESULT_BYTES = 16 * 1024;
+
+function toBytes(field: string, value: unknown): Uint8Array<ArrayBuffer> {
+  if (typeof value === "string") return encoder.encode(value);
+  if (value instanceof Uint8Array) return value as Uint8Array<ArrayBuffer>;
+  throw new InvalidArgumentError(
+    `${field} must be a Uint8Array or a string, got ${value === null ? "null" : typeof value}`,
+    { details: { field } },
+  );
+}
+
+function contextMessage(ctx: Context | undefined): ContextMessage | undefined {
+  if (ctx === undefined) return undefined;
+  if (typeof ctx !== "object" || ctx === null || typeof ctx.requestId !== "string") {
+    throw new InvalidArgumentError("ctx must be a Context from createContext()", {
+      details: { field: "ctx" },
+    });
+  }
+  return {
+    requestId: ctx.requestId,
+    tenantId: ctx.tenantId ?? "",
+    traceId: ctx.traceId ?? "",
+    priority: ctx.priority,
+    deadlineUnixMs: BigInt(ctx.deadline ?? 0),
+  };
+}
+
+const EMPTY = new Uint8Array(0);
+
+function encodedContext(ctx: Context | undefined): EncodedContext | null {
+  const message = contextMessage(ctx);
+  if (message === undefined) return null;
+  return {
+    requestId: encoder.encode(message.requestId),
+    tenantId: encoder.encode(message.tenantId),
+    traceId: encoder.encode(message.traceId),
+    priority: message.priority,
+    deadlineUnixMs: Number(message.deadlineUnixMs),
+  };
+}
+
+function commitResult(bytes: Uint8Array): CommitResult {
+  const result = CommitResultMessage.decode(bytes);
+  if (result.error) throw errorFromNative(result.error);
+  return { txId: Number(result.txId) };
+}
+
+/** Runs a nonblocking export that writes a CommitResult into an output buffer. */
+async function resultCall(
+  call: (out: Uint8Array<ArrayBuffer>, cap: number) => Promise<number>,
+  check: (status: number) => number,
+): Promise<CommitResult> {
+  // Each call owns its buffer: commits run concurrently.
+  const out = new Uint8Array(RESULT_BYTES);
+  const length = check(await call(out, out.length));
+  if (length > out.length) {
+    // The operation already happened; only an absurdly long error message
+    // could get here (the kernel bounds them), so this is a bug.
+    throw new InternalError(`a kernel result of ${length} bytes exceeded ${RESULT_BYTES}`);
+  }
+  return commitResult(out.subarray(0, length));
+}
+
+/**
+ * Collects the results of submitted commits: one `nonblocking` wait per
+ * batch of finished commits (never one blocked thread per commit), running
+ * only while commits are pending.
+ */
+class CommitPump {
+  readonly #owner: KernelOwner;
+  readonly #pending = new Map<
+    number,
+    { resolve(r: CommitResult): void; reject(e: unknown): void }
+  >();
+  readonly #ticket = new BigUint64Array(1);
+  #out = new Uint8Array(64 * 1024);
+  #running = false;
+
+  constructor(owner: KernelOwner) {
+    this.#owner = owner;
+  }
+
+  submit(tree: number, request: Uint8Array<ArrayBuffer>): Promise<CommitResult> {
+    const { native } = this.#owner;
+    native.check(
+      native.symbols.krepis_store_commit_submit(tree, request, request.length, this.#ticket),
+    );
+    const ticket = Number(this.#ticket[0]);
+    const promise = new Promise<CommitResult>((resolve, reject) => {
+      this.#pending.set(ticket, { resolve, reject });
+    });
+    if (!this.#running) {
+      this.#running = true;
+      void this.#run();
+    }
+    return promise;
+  }
+
+  async #run(): Promise<void> {
+    const { native, handle } = this.#owner;
+    try {
+      while (this.#pending.size > 0) {
+        const length = await native.symbols.krepis_store_completions(
+          handle,
+          this.#out,
+          this.#out.length,
+          1_000,
+        );
+        if (length < 0) {
+          this.#failAll(new ClosedError("the kernel closed before the commit finished"));
+          return;
+        }
+        const words = new DataView(this.#out.buffer, 0, length);
+        let offset = 0;
+        while (offset < length) {
+          const ticket = Number(words.getBigUint64(offset, true));
+          const size = words.getUint32(offset + 8, true);
+          const body = this.#out.subarray(
+            offset + KREPIS_COMPLETION_HEADER_BYTES,
+            offset + KREPIS_COMPLETION_HEADER_BYTES + size,
+          );
+          offset += Math.ceil((KREPIS_COMPLETION_HEADER_BYTES + size) / 8) * 8;
+          const waiter = this.#pending.get(ticket);
+          if (waiter === undefined) continue;
+          this.#pending.delete(ticket);
+          try {
+            waiter.resolve(commitResult(body));
+          } catch (error) {
+            waiter.reject(error);
+          }
+        }
+      }
+    } catch (error) {
+      this.#failAll(error);
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  #failAll(error: unknown): void {
+    for (const waiter of this.#pending.values()) waiter.reject(error);
+    this.#pending.clear();
+  }
+}
+
+/** Bump allocator of shared slabs that small values are copied into. */
+class Slab {
+  readonly buffer: SharedBuffer;
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  offset = 0;
+  live = 0;
+  retired = false;
+
+  constructor(buffers: Buffers) {
+    this.buffer = buffers.alloc(SLAB_BYTES);
+    this.bytes = this.buffer.bytes;
+  }
+
+  /** One value less; a retired slab is freed with its last value. */
+  unref(): void {
+    this.live--;
+    if (this.retired && this.live === 0) this.buffer.release();
+  }
+
+  retire(): void {
+    this.retired = true;
+    if (this.live === 0) this.buffer.release();
+  }
+}
+
+/**
+ * A value read from the store, zero-copy: a read-only view valid until
+ * `release()` (use `using`). Small values sit in kernel memory shared with
+ * JS (the kernel copied them once from its cache); values over 16 KiB are
+ * mapped in place from the store's cache.
+ *
+ * @example
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({ dataDir: "./data" });
+ * kernel.store.put("greeting", "hello");
+ * using value = kernel.store.get("greeting");
+ * console.log(value?.text()); // "hello"
+ * ```
+ */
+export class StoreValue implements Disposable {
+  /** Length in bytes. */
+  readonly length: number;
+  readonly #slab: Slab | null;
+  readonly #pinned: SharedBuffer | null;
+  readonly #offset: number;
+  #released = false;
+
+  /** @internal */
+  constructor(slab: Slab | null, pinned: SharedBuffer | null, offset: number, length: number) {
+    this.#slab = slab;
+    this.#pinned = pinned;
+    this.#offset = offset;
+    this.length = length;
+  }
+
+  /** The bytes (no copy). @throws {ClosedError} after `release()`. */
+  get bytes(): ReadonlyBytes {
+    if (this.#released) throw new ClosedError("StoreValue.bytes: the value was released");
+    if (this.#pinned !== null) return this.#pinned.bytes as ReadonlyBytes;
+    return this.#slab!.bytes.subarray(this.#offset, this.#offset + this.length) as ReadonlyBytes;
+  }
+
+  /** The value decoded as UTF-8. */
+  text(): string {
+    return decoder.decode(this.bytes as Uint8Array);
+  }
+
+  /** The value parsed as JSON. */
+  json<T = unknown>(): T {
+    return JSON.parse(this.text()) as T;
+  }
+
+  /** A copy the application owns. */
+  copy(): Uint8Array<ArrayBuffer> {
+    return (this.bytes as Uint8Array<ArrayBuffer>).slice();
+  }
+
+  /** Gives the memory back. Idempotent. */
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    if (this.#pinned !== null) this.#pinned.release();
+    else this.#slab!.unref();
+  }
+
+  /** Releases the value (for `using`). */
+  [Symbol.dispose](): void {
+    this.release();
+  }
+}
+
+/** Per-kernel state shared by every tree. */
+interface StoreShared {
+  owner: KernelOwner;
+  buffers: Buffers;
+  kernel: object;
+  slab: Slab | null;
+  keyScratch: Uint8Array<ArrayBuffer>;
+  pinOut: BigUint64Array<ArrayBuffer>;
+  commits: CommitPump;
+}
+
+/**
+ * A streaming scan: entries arrive in batches of up to 64 KiB (one FFI call
+ * per batch), so a scan of any size never loads everything. Close it early
+ * with `using` or `break`.
+ */
+export class StoreScan implements IterableIterator<StoreEntry>, Disposable {
+  readonly #shared: StoreShared;
+  readonly #handle: number;
+  #batch = new Uint8Array(SCAN_BATCH_BYTES);
+  #words = new Uint32Array(this.#batch.buffer);
+  #filled = this.#batch;
+  #filledWords = this.#words;
+  readonly #info = new Uint32Array(2);
+  #count = 0;
+  #index = 0;
+  #offset = 0;
+  #done = false;
+
+  /** @internal */
+  constructor(shared: StoreShared, handle: number) {
+    this.#shared = shared;
+    this.#handle = handle;
+  }
+
+  #fill(): boolean {
+    const { native } = this.#shared.owner;
+    this.#shared.owner.assertOpen("store.scan");
+    for (;;) {
+      native.check(
+        native.symbols.krepis_store_scan_next(
+          this.#handle,
+          this.#batch,
+          this.#batch.length,
+          this.#info,
+        ),
+      );
+      if (this.#info[0] > 0) {
+        // The filled batch now belongs to the entries handed out from it; the
+        // next batch gets fresh memory, so entries stay valid after iteration.
+        this.#filled = this.#batch;
+        this.#filledWords = this.#words;
+        this.#batch = new Uint8Array(this.#batch.length);
+        this.#words = new Uint32Array(this.#batch.buffer);
+        this.#count = this.#info[0];
+        this.#index = 0;
+        this.#offset = 0;
+        return true;
+      }
+      if (this.#info[1] === 0) return false;
+      // One entry larger than the batch: grow the batch to hold it.
+      this.#batch = new Uint8Array(Math.ceil(this.#info[1] / 8) * 8);
+      this.#words = new Uint32Array(this.#batch.buffer);
+    }
+  }
+
+  /** The next entry. */
+  next(): IteratorResult<StoreEntry, undefined> {
+    if (this.#done) return { done: true, value: undefined };
+    if (this.#index === this.#count && !this.#fill()) {
+      this.close();
+      return { done: true, value: undefined };
+    }
+    const offset = this.#offset;
+    const keyLength = this.#filledWords[offset >> 2];
+    const valueLength = this.#filledWords[(offset >> 2) + 1];
+    const keyAt = offset + 8;
+    const batch = this.#filled;
+    const entry = {
+      key: batch.subarray(keyAt, keyAt + keyLength) as ReadonlyBytes,
+      value: batch.subarray(
+        keyAt + keyLength,
+        keyAt + keyLength + valueLength,
+      ) as ReadonlyBytes,
+    };
+    this.#offset += Math.ceil((8 + keyLength + valueLength) / 8) * 8;
+    this.#index++;
+    return { done: false, value: entry };
+  }
+
+  /** Ends the scan (also called when it is exhausted). Idempotent. */
+  close(): void {
+    if (this.#done) return;
+    this.#done = true;
+    if (!this.#shared.owner.closed) {
+      this.#shared.owner.native.symbols.krepis_store_scan_close(this.#handle);
+    }
+  }
+
+  /** Ends the scan early. */
+  return(): IteratorResult<StoreEntry, undefined> {
+    this.close();
+    return { done: true, value: undefined };
+  }
+
+  [Symbol.iterator](): StoreScan {
+    return this;
+  }
+
+  /** Ends the scan (for `using`). */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * A live feed of changes under a prefix (`for await`), carried through a
+ * kernel → JS ring: a slow consumer slows the feed, nothing is dropped.
+ */
+export class StoreWatch implements AsyncIterableIterator<StoreChange>, Disposable {
+  readonly #ring: RingReader;
+  readonly #iterator: AsyncIterator<{ tag: number; data: ReadonlyBytes }>;
+
+  /** @internal */
+  constructor(ring: RingReader) {
+    this.#ring = ring;
+    this.#iterator = ring[Symbol.asyncIterator]() as AsyncIterator<
+      { tag: number; data: ReadonlyBytes }
+    >;
+  }
+
+  /** The next change (waits for one). */
+  async next(): Promise<IteratorResult<StoreChange, undefined>> {
+    const step = await this.#iterator.next();
+    if (step.done) return { done: true, value: undefined };
+    const { tag, data } = step.value;
+    const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    const keyLength = view.getUint32(0, true);
+    const key = (data as Uint8Array).slice(4, 4 + keyLength);
+    const hasValue = (tag & 0xff) === 1 && (tag & 0x100) === 0;
+    return {
+      done: false,
+      value: {
+        type: (tag & 0xff) === 1 ? "put" : "delete",
+        key,
+        value: hasValue ? (data as Uint8Array).slice(4 + keyLength) : null,
+      },
+    };
+  }
+
+  /** Stops watching. */
+  close(): void {
+    this.#ring.close();
+  }
+
+  /** Stops watching (for `break` in `for await`). */
+  return(): Promise<IteratorResult<StoreChange, undefined>> {
+    this.close();
+    return Promise.resolve({ done: true, value: undefined });
+  }
+
+  [Symbol.asyncIterator](): StoreWatch {
+    return this;
+  }
+
+  /** Stops watching (for `using`). */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * One tree of the kernel's store (`kernel.store` is the default tree).
+ *
+ * @example
+ * ```ts
+ * import { createContext, Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({ dataDir: "./data" });
+ * const users = kernel.store.tree("users");
+ * users.put("alice", JSON.stringify({ plan: "pro" }));
+ * const { txId } = await users.commit(
+ *   [{ type: "put", key: "bob", value: "{}" }],
+ *   { ctx: createContext({ tenantId: "acme" }), checks: [{ key: "bob", value: null }] },
+ * );
+ * for (const { key } of users.scan({ prefix: "a" })) console.log(new TextDecoder().decode(key));
+ * ```
+ */
+export class Store {
+  /** The tree's name ("" for the default tree). */
+  readonly name: string;
+  readonly #shared: StoreShared;
+  readonly #handle: number;
+  readonly #trees: Map<string, Store>;
+
+  /** @internal Use `kernel.store`. */
+  constructor(shared: StoreShared, name: string, trees: Map<string, Store>) {
+    if (typeof name !== "string") {
+      throw new InvalidArgumentError("tree name must be a string", { details: { field: "tree" } });
+    }
+    const { native } = shared.owner;
+    shared.owner.assertOpen("store.tree");
+    const nameBytes = encoder.encode(name);
+    const out = new Uint32Array(1);
+    native.check(
+      native.symbols.krepis_store_tree(shared.owner.handle, nameBytes, nameBytes.length, out),
+    );
+    this.name = name;
+    this.#shared = shared;
+    this.#handle = out[0];
+    this.#trees = trees;
+    trees.set(name, this);
+  }
+
+  /** @internal Creates the default tree of a kernel. */
+  static open(owner: KernelOwner, buffers: Buffers, kernel: object): Store {
+    const shared: StoreShared = {
+      owner,
+      buffers,
+      kernel,
+      slab: null,
+      keyScratch: new Uint8Array(4096),
+      pinOut: new BigUint64Array(3),
+      commits: new CommitPump(owner),
+    };
+    return new Store(shared, "", new Map());
+  }
+
+  /**
+   * A named tree of the same store (keys are separate per tree).
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({ dataDir: "./data" });
+   * kernel.store.tree("sessions").put("s1", "…");
+   * ```
+   */
+  tree(name: string): Store {
+    return this.#trees.get(name) ?? new Store(this.#shared, name, this.#trees);
+  }
+
+  /** Key bytes and length, encoding strings into a reused scratch buffer. */
+  #key(key: StoreKey, field = "key"): [Uint8Array<ArrayBuffer>, number] {
+    this.#shared.owner.assertOpen("store");
+    if (typeof key === "string") {
+      const scratch = this.#shared.keyScratch;
+      if (key.length * 3 <= scratch.length) {
+        const { written } = encoder.encodeInto(key, scratch);
+        return [scratch, written];
+      }
+      const bytes = encoder.encode(key);
+      return [bytes, bytes.length];
+    }
+    if (key instanceof Uint8Array) return [key as Uint8Array<ArrayBuffer>, key.length];
+    throw new InvalidArgumentError(
+      `${field} must be a Uint8Array or a string, got ${key === null ? "null" : typeof key}`,
+      { details: { field } },
+    );
+  }
+
+  /**
+   * The value of `key` as a zero-copy read-only view, or `null`. Release it
+   * (`using`) when done; {@linkcode getCopy} returns a copy instead.
+   */
+  get(key: StoreKey): StoreValue | null {
+    const [bytes, length] = this.#key(key);
+    const shared = this.#shared;
+    const { native } = shared.owner;
+    for (;;) {
+      const slab = shared.slab ??= new Slab(shared.buffers);
+      const offset = slab.offset;
+      const status = native.check(
+        native.symbols.krepis_store_get(
+          this.#handle,
+          bytes,
+          length,
+          slab.bytes,
+          offset,
+          SLAB_BYTES,
+        ),
+      );
+      if (status === 0) return null;
+      const size = status - 1;
+      if (size > LARGE_VALUE_BYTES) return this.#getPinned(bytes, length);
+      if (size > SLAB_BYTES - offset) {
+        // The slab is full: retire it (freed with its last value) and retry.
+        slab.retire();
+        shared.slab = null;
+        continue;
+      }
+      slab.offset = offset + ((size + 7) & ~7);
+      slab.live++;
+      return new StoreValue(slab, null, offset, size);
+    }
+  }
+
+  #getPinned(bytes: Uint8Array<ArrayBuffer>, length: number): StoreValue | null {
+    const shared = this.#shared;
+    const { native } = shared.owner;
+    const found = native.check(
+      native.symbols.krepis_store_get_pinned(this.#handle, bytes, length, shared.pinOut),
+    );
+    if (found === 0) return null;
+    const buffer = adoptKernelBuffer(shared.owner, shared.kernel, {
+      handle: Number(shared.pinOut[0]),
+      address: shared.pinOut[1],
+      byteLength: Number(shared.pinOut[2]),
+    });
+    return new StoreValue(null, buffer, 0, buffer.byteLength);
+  }
+
+  /** A copy of the value of `key`, or `null`. */
+  getCopy(key: StoreKey): Uint8Array<ArrayBuffer> | null {
+    const value = this.get(key);
+    if (value === null) return null;
+    try {
+      return value.copy();
+    } finally {
+      value.release();
+    }
+  }
+
+  /** True when `key` exists. */
+  has(key: StoreKey): boolean {
+    const [bytes, length] = this.#key(key);
+    const { native } = this.#shared.owner;
+    return native.check(native.symbols.krepis_store_has(this.#handle, bytes, length)) === 1;
+  }
+
+  /**
+   * Sets `key` to `value` (synchronous, not journaled, durable at the next
+   * flush). Use {@linkcode commit} for atomic, journaled, durable writes.
+   */
+  put(key: StoreKey, value: StoreBytes): void {
+    const valueBytes = toBytes("value", value);
+    const [bytes, length] = this.#key(key);
+    const { native } = this.#shared.owner;
+    native.check(
+      native.symbols.krepis_store_put(this.#handle, bytes, length, valueBytes, valueBytes.length),
+    );
+  }
+
+  /** Deletes `key`; true when it existed (not journaled). */
+  delete(key: StoreKey): boolean {
+    const [bytes, length] = this.#key(key);
+    const { native } = this.#shared.owner;
+    return native.check(native.symbols.krepis_store_delete(this.#handle, bytes, length)) === 1;
+  }
+
+  /** Streams entries in key order (see {@linkcode ScanOptions}). */
+  scan(options: ScanOptions = {}): StoreScan {
+    this.#shared.owner.assertOpen("store.scan");
+    if (typeof options !== "object" || options === null) {
+      throw new InvalidArgumentError("scan options must be an object");
+    }
+    const limit = options.limit ?? 0;
+    if (!Number.isInteger(limit) || limit < 0 || limit > 0xffffffff) {
+      throw new InvalidArgumentError(`scan limit must be a non-negative integer, got ${limit}`, {
+        details: { field: "limit" },
+      });
+    }
+    const message = ScanOptionsMessage.encode({
+      prefix: options.prefix === undefined ? new Uint8Array() : toBytes("prefix", options.prefix),
+      start: options.start === undefined ? undefined : toBytes("start", options.start),
+      end: options.end === undefined ? undefined : toBytes("end", options.end),
+      limit,
+      reverse: options.reverse === true,
+    }).finish();
+    const { native } = this.#shared.owner;
+    const out = new Uint32Array(1);
+    native.check(native.symbols.krepis_store_scan(this.#handle, message, message.length, out));
+    return new StoreScan(this.#shared, out[0]);
+  }
+
+  /**
+   * Changes under `prefix` from now on, as an async iterator (the changes of
+   * one commit arrive together, in no particular order). The feed holds
+   * up to `capacity` bytes of unread changes; a full feed slows the writers'
+   * notifications, never drops them.
+   */
+  watch(prefix: StoreKey = "", options: { capacity?: number } = {}): StoreWatch {
+    const [bytes, length] = this.#key(prefix, "prefix");
+    const copy = bytes.slice(0, length);
+    const ring = openRing(this.#shared.owner, {
+      capacity: options.capacity ?? 1 << 20,
+      direction: "toJs",
+    }) as RingReader;
+    const { native } = this.#shared.owner;
+    try {
+      native.check(
+        native.symbols.krepis_store_watch(
+          this.#handle,
+          copy,
+          copy.length,
+          ring.nativeHandle,
+        ),
+      );
+    } catch (error) {
+      ring.close();
+      throw error;
+    }
+    return new StoreWatch(ring);
+  }
+
+  /**
+   * Applies `ops` atomically if every check holds, with a journal record in
+   * the same atomic step; resolves once durable. A failed check rejects the
+   * whole batch with `ConflictError` naming the key.
+   */
+  async commit(ops: CommitOp[], options: CommitOptions = {}): Promise<CommitResult> {
+    this.#shared.owner.assertOpen("store.commit");
+    if (!Array.isArray(ops) || ops.length === 0) {
+      throw new InvalidArgumentError("commit needs a non-empty array of ops", {
+        details: { field: "ops" },
+      });
+    }
+    const request = encodeCommitRequest(
+      ops.map((op, index) => {
+        if (typeof op !== "object" || op === null || (op.type !== "put" && op.type !== "delete")) {
+          throw new InvalidArgumentError(`ops[${index}].type must be "put" or "delete"`, {
+            details: { field: `ops[${index}].type` },
+          });
+        }
+        return {
+          put: op.type === "put",
+          key: toBytes(`ops[${index}].key`, op.key),
+          value: op.type === "put" ? toBytes(`ops[${index}].value`, op.value) : EMPTY,
+          tree: op.tree === undefined ? null : toBytes(`ops[${index}].tree`, op.tree),
+        };
+      }),
+      (options.checks ?? []).map((check, index) => ({
+        key: toBytes(`checks[${index}].key`, check?.key),
+        value: check.value === null ? null : toBytes(`checks[${index}].value`, check.value),
+        tree: check.tree === undefined ? null : toBytes(`checks[${index}].tree`, check.tree),
+      })),
+      encodedContext(options.ctx),
+    );
+    return await this.#shared.commits.submit(this.#handle, request);
+  }
+
+  /** Makes every write so far durable. */
+  async flush(): Promise<void> {
+    this.#shared.owner.assertOpen("store.flush");
+    const { native, handle } = this.#shared.owner;
+    await resultCall(
+      (out, cap) => native.symbols.krepis_store_flush(handle, out, cap),
+      (status) => native.check(status),
+    );
+  }
+
+  /**
+   * A view of this tree whose values are JSON.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({ dataDir: "./data" });
+   * const users = kernel.store.tree("users").json<{ plan: string }>();
+   * users.put("alice", { plan: "pro" });
+   * users.get("alice")?.plan; // "pro"
+   * ```
+   */
+  json<T>(): JsonStore<T> {
+    return new JsonStore<T>(this);
+  }
+}
+
+/** A {@linkcode Store} tree whose values are JSON-encoded `T`. */
+export class JsonStore<T> {
+  readonly #store: Store;
+
+  /** @internal Use `store.json<T>()`. */
+  constructor(store: Store) {
+    this.#store = store;
+  }
+
+  /** The decoded value of `key`, or `null`. */
+  get(key: StoreKey): T | null {
+    using value = this.#store.get(key);
+    return value === null ? null : value.json<T>();
+  }
+
+  /** Stores `value` as JSON (not journaled; see `Store.put`). */
+  put(key: StoreKey, value: T): void {
+    this.#store.put(key, JSON.stringify(value));
+  }
+
+  /** Deletes `key`. */
+  delete(key: StoreKey): boolean {
+    return this.#store.delete(key);
+  }
+
+  /** Atomic, journaled, durable JSON writes. */
+  commit(
+    ops: ({ type: "put"; key: StoreKey; value: T } | { type: "delete"; key: StoreKey })[],
+    options?: CommitOptions,
+  ): Promise<CommitResult> {
+    return this.#store.commit(
+      ops.map((op) => op.type === "put" ? { ...op, value: JSON.stringify(op.value) } : op),
+      options,
+    );
+  }
+}
+
+/**
+ * The transaction journal of the kernel's store: `kernel.journal`.
+ *
+ * @example
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({ dataDir: "./data" });
+ * const { txId } = await kernel.store.commit([{ type: "put", key: "k", value: "v" }]);
+ * for (const record of kernel.journal.read({ since: txId })) console.log(record.changes);
+ * await kernel.journal.undo(txId);
+ * ```
+ */
+export class Journal {
+  readonly #owner: KernelOwner;
+
+  /** @internal Use `kernel.journal`. */
+  constructor(owner: KernelOwner) {
+    this.#owner = owner;
+  }
+
+  /** Streams records from `since` on (in batches, never all at once). */
+  *read(options: JournalReadOptions = {}): Generator<JournalRecord, void, undefined> {
+    let since = options.since ?? 1;
+    if (!Number.isSafeInteger(since) || since < 0) {
+      throw new InvalidArgumentError(`since must be a transaction id, got ${since}`, {
+        details: { field: "since" },
+      });
+    }
+    const { native } = this.#owner;
+    let out = new Uint8Array(256 * 1024);
+    while (since !== 0) {
+      this.#owner.assertOpen("journal.read");
+      const query = JournalQuery.encode({
+        since: BigInt(since),
+        tenantId: options.tenantId ?? "",
+        limit: 0,
+      }).finish();
+      let length = native.check(
+        native.symbols.krepis_journal_read(
+          this.#owner.handle,
+          query,
+          query.length,
+          out,
+          out.length,
+        ),
+      );
+      if (length > out.length) {
+        out = new Uint8Array(length);
+        length = native.check(
+          native.symbols.krepis_journal_read(
+            this.#owner.handle,
+            query,
+            query.length,
+            out,
+            out.length,
+          ),
+        );
+      }
+      const batch = JournalBatch.decode(out.subarray(0, length));
+      for (const record of batch.records) {
+        yield {
+          txId: Number(record.txId),
+          time: new Date(Number(record.timeUnixMs)),
+          ctx: record.ctx
+            ? {
+              requestId: record.ctx.requestId,
+              tenantId: record.ctx.tenantId || null,
+              traceId: record.ctx.traceId || null,
+            }
+            : null,
+          changes: record.changes.map((change) => ({
+            tree: change.tree,
+            key: change.key,
+            previous: change.previous ?? null,
+            value: change.value ?? null,
+          })),
+          undoOf: record.undoOf === 0n ? null : Number(record.undoOf),
+        };
+      }
+      since = Number(batch.next);
+    }
+  }
+
+  /**
+   * Reverts transaction `txId` as a new durable, journaled transaction.
+   * Refuses with `ConflictError` (naming the later transaction) when a later
+   * change touched one of its keys; `NotFoundError` when it is not in the journal.
+   */
+  async undo(txId: number, options: { ctx?: Context } = {}): Promise<CommitResult> {
+    this.#owner.assertOpen("journal.undo");
+    if (!Number.isSafeInteger(txId) || txId <= 0) {
+      throw new InvalidArgumentError(`txId must be a positive integer, got ${txId}`, {
+        details: { field: "txId" },
+      });
+    }
+    const request = UndoRequest.encode({ txId: BigInt(txId), ctx: contextMessage(options.ctx) })
+      .finish();
+    const { native, handle } = this.#owner;
+    return await resultCall(
+      (out, cap) => native.symbols.krepis_journal_undo(handle, request, request.length, out, cap),
+      (status) => native.check(status),
+    );
+  }
+}
