@@ -70,12 +70,16 @@ report("store_get", ourGets, "ops/s");
 report("denokv_get", kvGets, "ops/s");
 ratio("store_get_vs_denokv", ourGets, kvGets);
 
+let generation = 0;
 const ourPuts = await rate(() => {
-  for (const key of keyBytes) store.put(key, value);
+  // A new value every run: sled must really write, not find the same bytes.
+  const fresh = new Uint8Array(100).fill(++generation);
+  for (const key of keyBytes) store.put(key, fresh);
   return ENTRIES;
 });
 const kvPuts = await rate(async () => {
-  for (let i = 0; i < KV_OPS; i++) await kv.set([keys[i]], value);
+  const fresh = new Uint8Array(100).fill(++generation);
+  for (let i = 0; i < KV_OPS; i++) await kv.set([keys[i]], fresh);
   return KV_OPS;
 });
 report("store_put_nondurable", ourPuts, "ops/s");

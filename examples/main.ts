@@ -30,6 +30,21 @@ try {
   }
   console.log(`after release: ${kernel.stats().buffers.liveBuffers} buffers live`);
 
+  // The store: synchronous reads and writes, atomic journaled commits.
+  kernel.store.put("greeting", "hello");
+  {
+    using value = kernel.store.get("greeting");
+    console.log(`store: greeting = ${value?.text()}`);
+  }
+  const { txId } = await kernel.store.commit(
+    [{ type: "put", key: "user:1", value: JSON.stringify({ name: "Ada" }) }],
+    { ctx, checks: [{ key: "user:1", value: null }] },
+  );
+  const [record] = kernel.journal.read({ since: txId });
+  console.log(`journal: tx ${record.txId} by tenant ${record.ctx?.tenantId}`);
+  await kernel.journal.undo(txId, { ctx });
+  console.log(`after undo: user:1 exists = ${kernel.store.has("user:1")}`);
+
   // Errors are typed and say what was wrong.
   try {
     await Kernel.open({ workerThreads: 100_000, dataDir: null });

@@ -385,3 +385,15 @@ Deno.test("concurrent commits are group-committed", async () => {
     `${after.flushes - before.flushes} flushes for 64 commits`,
   );
 });
+
+Deno.test("journal retention by age", async () => {
+  using dir = tempDir();
+  await using kernel = await open(dir.path, { store: { journalMaxAgeMs: 200 } });
+  const old = await kernel.store.commit([{ type: "put", key: "old", value: "v" }]);
+  await new Promise((resolve) => setTimeout(resolve, 400));
+  const fresh = await kernel.store.commit([{ type: "put", key: "fresh", value: "v" }]);
+  const ids = [...kernel.journal.read()].map((record) => record.txId);
+  assert.ok(!ids.includes(old.txId), `the old record was pruned (${ids})`);
+  assert.ok(ids.includes(fresh.txId));
+  assert.equal(kernel.store.get("old")?.text(), "v", "retention drops journal records, not data");
+});
