@@ -5,6 +5,12 @@
  * @module
  */
 
+/** The file-system path of a test fixture (portable: no `/C:/` on Windows). */
+export function fixture(name: string): string {
+  const url = new URL(`./fixtures/${name}`, import.meta.url);
+  return decodeURIComponent(url.pathname).replace(/^\/([A-Za-z]:)/, "$1");
+}
+
 /** Path of the locally built kernel library. */
 export function libraryPath(): string {
   const path = Deno.env.get("KREPIS_LIBRARY_PATH");
@@ -57,7 +63,7 @@ export async function openInChild(
   options: Record<string, unknown>,
   env: Record<string, string> = {},
 ): Promise<ChildOutcome & { status: number; stderr: string }> {
-  const script = new URL("./fixtures/open_kernel.ts", import.meta.url).pathname;
+  const script = fixture("open_kernel.ts");
   const output = await new Deno.Command(Deno.execPath(), {
     args: ["run", "--no-prompt", ...flags, script, JSON.stringify(options)],
     env: { KREPIS_LIBRARY_PATH: libraryPath(), ...env },

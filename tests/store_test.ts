@@ -9,7 +9,7 @@ import {
   LockedError,
   NotFoundError,
 } from "../mod.ts";
-import { libraryPath, tempDir } from "./_helpers.ts";
+import { fixture, libraryPath, tempDir } from "./_helpers.ts";
 
 const text = (bytes: Uint8Array | null | undefined) =>
   bytes == null ? null : new TextDecoder().decode(bytes);
@@ -269,7 +269,7 @@ Deno.test("two kernels on one data dir: the second gets LockedError naming the p
     assert.ok(error instanceof LockedError);
     assert.equal(error.code, "LOCKED");
     assert.equal(error.details.path, dir.path);
-    assert.match(error.message, new RegExp(dir.path.replaceAll("/", "\\/")));
+    assert.ok(error.message.includes(dir.path), error.message);
     return true;
   });
   first.store.put("k", "v");
@@ -281,7 +281,7 @@ Deno.test("two kernels on one data dir: the second gets LockedError naming the p
 Deno.test("another process holding the data dir: LockedError", async () => {
   using dir = tempDir();
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("./fixtures/hold_store.ts", import.meta.url).pathname, dir.path],
+    args: ["run", "-A", fixture("hold_store.ts"), dir.path],
     env: { KREPIS_LIBRARY_PATH: libraryPath() },
     stdout: "piped",
     stdin: "piped",
