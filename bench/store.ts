@@ -3,7 +3,7 @@
  * 16-byte keys, 100-byte values. Figures: point gets/s, puts/s (ours
  * non-durable; KV's `set` is its only kind), durable 10-op commits/s with 16
  * concurrent committers (group commit vs `kv.atomic()`), scanned entries/s.
- * Medians of 3 runs; ratios are ours ÷ Deno KV.
+ * Medians of 5 runs; ratios are ours ÷ Deno KV.
  *
  * Run: `deno task bench:store` (needs `--unstable-kv`, which the task passes).
  *
@@ -16,9 +16,9 @@ import { libraryPath, median, ratio, report } from "./_harness.ts";
 const ENTRIES = 20_000;
 const KV_OPS = 2_000;
 const COMMITTERS = 16;
-const COMMITS = 3_000;
+const COMMITS = 4_000;
 const KV_COMMITS = 600;
-const RUNS = 3;
+const RUNS = 5;
 
 const encoder = new TextEncoder();
 const keyOf = (i: number) => `k${String(i).padStart(15, "0")}`; // 16 bytes

@@ -15,6 +15,7 @@ export class KernelOwner {
   readonly native: NativeLibrary;
   readonly handle: number;
   #closed = false;
+  #closing = false;
   /** Native handle → the ArrayBuffer mapped over that object's memory. */
   readonly #mappings = new Map<number, WeakRef<ArrayBuffer>>();
 
@@ -28,7 +29,14 @@ export class KernelOwner {
   }
 
   assertOpen(operation: string): void {
-    if (this.#closed) throw new ClosedError(`${operation}: the kernel is closed`);
+    if (this.#closed || this.#closing) {
+      throw new ClosedError(`${operation}: the kernel is closed`);
+    }
+  }
+
+  /** Refuses new operations while `close()` finishes the ones under way. */
+  beginClose(): void {
+    this.#closing = true;
   }
 
   /**

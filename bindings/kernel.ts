@@ -344,11 +344,12 @@ export class Kernel implements AsyncDisposable {
   close(): Promise<void> {
     if (this.#closing === undefined) {
       leaks.unregister(this);
-      // A throwing executor rejects the promise: close never throws synchronously.
-      this.#closing = new Promise((resolve) => {
+      this.#owner.beginClose();
+      this.#closing = (async () => {
+        // Commits already submitted finish and report their real outcome.
+        await this.#store?.idle();
         this.#native.check(shutDown(this.#owner));
-        resolve();
-      });
+      })();
     }
     return this.#closing;
   }

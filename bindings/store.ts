@@ -33,8 +33,14 @@ import {
   type SharedBuffer,
 } from "./buffers.ts";
 import type { Context } from "./context.ts";
-import { ClosedError, InternalError, InvalidArgumentError } from "./errors.ts";
+import {
+  ClosedError,
+  InternalError,
+  InvalidArgumentError,
+  ResourceExhaustedError,
+} from "./errors.ts";
 import { KREPIS_COMPLETION_HEADER_BYTES } from "./_gen/symbols.ts";
+import { ErrorCode } from "./_gen/proto/krepis/v1/error.ts";
 
 /** A key: bytes, or a string (stored as UTF-8). */
 export type StoreKey = Uint8Array | string;
@@ -148,7 +154,11 @@ function toBytes(field: string, value: unknown): Uint8Array<ArrayBuffer> {
 
 function contextMessage(ctx: Context | undefined): ContextMessage | undefined {
   if (ctx === undefined) return undefined;
-  if (typeof ctx !== "object" || ctx === null || typeof ctx.requestId !== "string") {
+  if (
+    typeof ctx !== "object" || ctx === null || typeof ctx.requestId !== "string" ||
+    !Number.isInteger(ctx.priority) || ctx.priority < 0 || ctx.priority > 255 ||
+    (ctx.deadline !== null && !Number.isSafeInteger(ctx.deadline))
+  ) {
     throw new InvalidArgumentError("ctx must be a Context from createContext()", {
       details: { field: "ctx" },
     });
@@ -163,6 +173,14 @@ function contextMessage(ctx: Context | undefined): ContextMessage | undefined {
 }
 
 const EMPTY = new Uint8Array(0);
+
+function treeBytes(field: string, tree: unknown): Uint8Array | null {
+  if (tree === undefined) return null;
+  if (typeof tree !== "string") {
+    throw new InvalidArgumentError(`${field} must be a string`, { details: { field } });
+  }
+  return encoder.encode(tree);
+}
 
 function encodedContext(ctx: Context | undefined): EncodedContext | null {
   const message = contextMessage(ctx);
@@ -244,7 +262,13 @@ class CommitPump {
           1_000,
         );
         if (length < 0) {
-          this.#failAll(new ClosedError("the kernel closed before the commit finished"));
+          // A nonblocking call cannot read the kernel's last error (it ran on
+          // another thread): the status code is all there is.
+          this.#failAll(
+            length === -ErrorCode.ERROR_CODE_CLOSED
+              ? new ClosedError("the kernel closed before the commit finished")
+              : new InternalError(`collecting commit results failed with status ${length}`),
+          );
           return;
         }
         const words = new DataView(this.#out.buffer, 0, length);
@@ -271,6 +295,13 @@ class CommitPump {
       this.#failAll(error);
     } finally {
       this.#running = false;
+    }
+  }
+
+  /** Resolves once every submitted commit has settled. */
+  async idle(): Promise<void> {
+    while (this.#running || this.#pending.size > 0) {
+      await new Promise((resolve) => setTimeout(resolve, 1));
     }
   }
 
@@ -497,6 +528,8 @@ export class StoreWatch implements AsyncIterableIterator<StoreChange>, Disposabl
 
   /** @internal */
   constructor(ring: RingReader) {
+    // Changes are visible to watchers when applied, slightly before the
+    // commit's promise resolves (see `Store.commit`).
     this.#ring = ring;
     this.#iterator = ring[Symbol.asyncIterator]() as AsyncIterator<
       { tag: number; data: ReadonlyBytes }
@@ -508,6 +541,13 @@ export class StoreWatch implements AsyncIterableIterator<StoreChange>, Disposabl
     const step = await this.#iterator.next();
     if (step.done) return { done: true, value: undefined };
     const { tag, data } = step.value;
+    if ((tag & 0xff) === 3) {
+      this.close();
+      throw new ResourceExhaustedError(
+        "store.watch fell more than 64 MiB of changes behind; the feed ended and changes were " +
+          "dropped: re-read the data and watch again (and consume faster)",
+      );
+    }
     const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
     const keyLength = view.getUint32(0, true);
     const key = (data as Uint8Array).slice(4, 4 + keyLength);
@@ -597,6 +637,11 @@ export class Store {
       commits: new CommitPump(owner),
     };
     return new Store(shared, "", new Map());
+  }
+
+  /** @internal Resolves once every commit submitted so far has settled. */
+  idle(): Promise<void> {
+    return this.#shared.commits.idle();
   }
 
   /**
@@ -780,6 +825,11 @@ export class Store {
    * Applies `ops` atomically if every check holds, with a journal record in
    * the same atomic step; resolves once durable. A failed check rejects the
    * whole batch with `ConflictError` naming the key.
+   *
+   * Concurrent commits are group-committed: a few share one fsync. A commit
+   * becomes visible to readers (and watchers) when it is applied, a moment
+   * before its promise resolves; if the machine loses power in that moment,
+   * a commit whose promise never resolved may be gone.
    */
   async commit(ops: CommitOp[], options: CommitOptions = {}): Promise<CommitResult> {
     this.#shared.owner.assertOpen("store.commit");
@@ -799,13 +849,13 @@ export class Store {
           put: op.type === "put",
           key: toBytes(`ops[${index}].key`, op.key),
           value: op.type === "put" ? toBytes(`ops[${index}].value`, op.value) : EMPTY,
-          tree: op.tree === undefined ? null : toBytes(`ops[${index}].tree`, op.tree),
+          tree: treeBytes(`ops[${index}].tree`, op.tree),
         };
       }),
       (options.checks ?? []).map((check, index) => ({
         key: toBytes(`checks[${index}].key`, check?.key),
         value: check.value === null ? null : toBytes(`checks[${index}].value`, check.value),
-        tree: check.tree === undefined ? null : toBytes(`checks[${index}].tree`, check.tree),
+        tree: treeBytes(`checks[${index}].tree`, check.tree),
       })),
       encodedContext(options.ctx),
     );

@@ -8,6 +8,7 @@ import {
   Kernel,
   LockedError,
   NotFoundError,
+  ResourceExhaustedError,
 } from "../mod.ts";
 import { fixture, libraryPath, tempDir } from "./_helpers.ts";
 
@@ -396,4 +397,79 @@ Deno.test("journal retention by age", async () => {
   assert.ok(!ids.includes(old.txId), `the old record was pruned (${ids})`);
   assert.ok(ids.includes(fresh.txId));
   assert.equal(kernel.store.get("old")?.text(), "v", "retention drops journal records, not data");
+});
+
+Deno.test("a huge key in a failed check does not break later commits", async () => {
+  using dir = tempDir();
+  await using kernel = await open(dir.path);
+  const hugeKey = "k".repeat(40_000);
+  await assert.rejects(
+    kernel.store.commit([{ type: "put", key: hugeKey, value: "v" }], {
+      checks: [{ key: hugeKey, value: "other" }],
+    }),
+    ConflictError,
+  );
+  const { txId } = await kernel.store.commit([{ type: "put", key: "after", value: "ok" }]);
+  assert.ok(txId > 0);
+});
+
+Deno.test("close() lets submitted commits finish and report their real outcome", async () => {
+  using dir = tempDir();
+  const kernel = await open(dir.path);
+  const store = kernel.store;
+  const commits = Array.from(
+    { length: 200 },
+    (_, i) => store.commit([{ type: "put", key: `c${i}`, value: String(i) }]),
+  );
+  const closing = kernel.close();
+  const outcomes = await Promise.allSettled(commits);
+  await closing;
+  assert.equal(outcomes.filter((o) => o.status === "fulfilled").length, 200);
+  await assert.rejects(store.commit([{ type: "put", key: "late", value: "x" }]), ClosedError);
+  await using reopened = await open(dir.path);
+  for (let i = 0; i < 200; i++) assert.equal(reopened.store.get(`c${i}`)?.text(), String(i));
+});
+
+Deno.test("an unread watch never stalls writers; it catches up later", async () => {
+  using dir = tempDir();
+  await using kernel = await open(dir.path);
+  const watch = kernel.store.watch("w:", { capacity: 4096 });
+  for (let i = 0; i < 5_000; i++) kernel.store.put(`w:${String(i).padStart(5, "0")}`, String(i));
+  let seen = 0;
+  for await (const change of watch) {
+    assert.equal(text(change.value), String(seen));
+    if (++seen === 5_000) break;
+  }
+});
+
+Deno.test("a watch that falls 64 MiB behind ends with ResourceExhaustedError", async () => {
+  using dir = tempDir();
+  await using kernel = await open(dir.path);
+  const watch = kernel.store.watch("big:", { capacity: 2 << 20 });
+  const value = new Uint8Array(1 << 20);
+  for (let i = 0; i < 80; i++) kernel.store.put(`big:${i}`, value);
+  await assert.rejects(
+    (async () => {
+      for await (const _ of watch) await new Promise((resolve) => setTimeout(resolve, 1));
+    })(),
+    (error: unknown) => error instanceof ResourceExhaustedError && /64 MiB/.test(String(error)),
+  );
+});
+
+Deno.test("a data dir that lost its store is refused, not recreated", async () => {
+  using dir = tempDir();
+  {
+    await using kernel = await open(dir.path);
+    await kernel.store.commit([{ type: "put", key: "k", value: "v" }]);
+  }
+  Deno.removeSync(`${dir.path}/store`, { recursive: true });
+  await assert.rejects(
+    open(dir.path),
+    (error: unknown) => error instanceof CorruptError && /lost its store/.test(error.message),
+  );
+  assert.throws(
+    () => Deno.statSync(`${dir.path}/store`),
+    Deno.errors.NotFound,
+    "nothing recreated",
+  );
 });

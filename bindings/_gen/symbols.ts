@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "26e19deca7272394e280c6cd52a3b11822084062760faabd1b17a55b9a5d3929";
+export const ABI_HASH = "d32da76f00d6d7b8d9b437bdc23fa55bc6a7a4417e7c4b4050df03b92f2377e9";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -69,3 +69,6 @@ export const KREPIS_MAX_TREE_NAME_BYTES = 255;
 export const KREPIS_ROTATE_BYTES = 67108864;
 export const KREPIS_WATCH_PUT = 1;
 export const KREPIS_WATCH_DELETE = 2;
+export const KREPIS_WATCH_OVERFLOW = 3;
+export const KREPIS_WATCH_VALUE_OMITTED = 256;
+export const KREPIS_MAX_BACKLOG_BYTES = 67108864;

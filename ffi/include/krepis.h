@@ -69,6 +69,15 @@
 
 #define KREPIS_WATCH_DELETE 2
 
+// The feed fell too far behind; it ends after this record.
+#define KREPIS_WATCH_OVERFLOW 3
+
+// A change whose value did not fit the ring carries only its key.
+#define KREPIS_WATCH_VALUE_OMITTED 256
+
+// Most bytes of changes buffered for a slow reader.
+#define KREPIS_MAX_BACKLOG_BYTES (64 << 20)
+
 // A JS `Deno.UnsafeCallback.threadSafe` taking `(sequence, length)`.
 typedef void (*KREPIS_RecordCallback)(uint32_t sequence, uint32_t length);
 
@@ -317,7 +326,8 @@ int32_t krepis_store_tree_close(uint32_t tree);
 
 // Starts forwarding changes of `tree` under `prefix` into `ring` (a
 // kernel → JS ring). Stops when the ring or the kernel closes. A change too
-// large for the ring is delivered without its value (tag | 0x100).
+// large for the ring is delivered without its value (tag | 0x100); a reader
+// more than 64 MiB behind gets an overflow record (tag 3) and the feed ends.
 //
 // # Safety
 // `prefix` must point to `prefix_len` readable bytes.

@@ -135,7 +135,8 @@ impl Committer {
         }
     }
 
-    /// Lets the threads finish the queued jobs and joins them. Idempotent.
+    /// Stops the threads once they have answered every queued job (jobs not
+    /// yet applied are answered `CLOSED`) and joins them. Idempotent.
     pub fn stop(&self) {
         drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -226,9 +227,20 @@ fn committer_loop(
             sled_flush |= matches!(job, Job::Flush { .. });
             results.push((job, result));
         }
-        let log = std::mem::take(&mut group.log);
-        if let Err(error) = group.finish() {
-            // Nothing of the group was applied.
+        let mut log = std::mem::take(&mut group.log);
+        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| group.finish()))
+            .unwrap_or_else(|_| {
+                Err(KernelError::new(
+                    ErrorCode::Panic,
+                    "applying a group panicked",
+                ))
+            });
+        if let Err(error) = finished {
+            // sled applies a batch key by key in memory: part of it may be
+            // visible. Nothing of it goes to the commit log (so recovery does
+            // not bring it back) and the store refuses writes until reopened.
+            store.poison(&error.message);
+            log.clear();
             for (_, result) in &mut results {
                 if result.is_ok() {
                     *result = Err(error.clone());
@@ -269,18 +281,30 @@ fn flusher_loop(
             continue;
         };
         // One sync makes the whole group durable.
-        let mut durable = log.append_durably(&group.log);
-        if durable.is_ok() && (group.sled_flush || log.size() > wal::ROTATE_BYTES) {
-            // sled catches up with everything applied so far; then the log
-            // holds nothing sled does not have and can be emptied.
-            durable = store
-                .db
-                .flush()
-                .map_err(KernelError::from)
-                .and_then(|_| log.truncate());
+        let durable = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut durable = log.append_durably(&group.log);
+            if durable.is_ok() && (group.sled_flush || log.size() > wal::ROTATE_BYTES) {
+                // sled catches up with everything applied so far; then the
+                // log holds nothing sled does not have and can be emptied.
+                durable = store
+                    .db
+                    .flush()
+                    .map_err(KernelError::from)
+                    .and_then(|_| log.truncate());
+            }
+            durable
+        }))
+        .unwrap_or_else(|_| {
+            Err(KernelError::new(
+                ErrorCode::Panic,
+                "making a group durable panicked",
+            ))
+        });
+        if let Err(error) = &durable {
+            store.poison(&error.message);
         }
         store.flushes.fetch_add(1, Ordering::Relaxed);
-        let _ = journal::prune(&store);
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| journal::prune(&store)));
         drop(store);
         for (job, result) in group.jobs {
             let result = match (&durable, result) {
@@ -434,6 +458,7 @@ pub fn apply(
     if store.is_closed() {
         return Err(KernelError::new(ErrorCode::Closed, "the store is closed"));
     }
+    store.check_healthy()?;
     if request.ops.is_empty() {
         return Err(
             KernelError::invalid_argument("a commit needs at least one op")
@@ -541,13 +566,35 @@ pub fn apply(
     Ok(tx_id)
 }
 
+/// Longest message (and detail value) a result carries: results must fit the
+/// SDK's fixed completion buffer whatever the keys look like.
+const MAX_RESULT_TEXT: usize = 2000;
+
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 fn encode_result(result: KernelResult<u64>, operation: &str) -> Vec<u8> {
     match result {
         Ok(tx_id) => CommitResult { tx_id, error: None },
-        Err(error) => CommitResult {
-            tx_id: 0,
-            error: Some(error.to_proto(operation)),
-        },
+        Err(error) => {
+            let mut proto = error.to_proto(operation);
+            proto.message = bounded(&proto.message, MAX_RESULT_TEXT);
+            for value in proto.details.values_mut() {
+                *value = bounded(value, MAX_RESULT_TEXT / 4);
+            }
+            CommitResult {
+                tx_id: 0,
+                error: Some(proto),
+            }
+        }
     }
     .encode_to_vec()
 }

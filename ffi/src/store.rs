@@ -55,6 +55,8 @@ static OPEN_DIRS: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
 pub struct Store {
     pub(crate) db: sled::Db,
     dir: PathBuf,
+    /// The key this store holds in the process's open-dir registry.
+    registered: PathBuf,
     /// Key stripes: a writer holds the stripes of every key it touches.
     stripes: Vec<Mutex<()>>,
     pub(crate) next_tx: AtomicU64,
@@ -66,6 +68,7 @@ pub struct Store {
     pub(crate) committer: crate::commit::Committer,
     pub(crate) completions: Arc<crate::commit::Completions>,
     closed: std::sync::atomic::AtomicBool,
+    poisoned: Mutex<Option<String>>,
 }
 
 fn corrupt(dir: &Path, what: impl std::fmt::Display) -> KernelError {
@@ -103,11 +106,11 @@ impl From<sled::Error> for KernelError {
     }
 }
 
-/// Checks that `dir` is ours (or empty, then claims it).
-fn claim_dir(dir: &Path) -> KernelResult<()> {
+/// What a data dir holds before opening: is it already ours?
+fn inspect_dir(dir: &Path) -> KernelResult<bool> {
     let marker = dir.join(MARKER_FILE);
     match std::fs::read_to_string(&marker) {
-        Ok(text) if text == MARKER => return Ok(()),
+        Ok(text) if text == MARKER => return Ok(true),
         Ok(_) => return Err(corrupt(dir, format!("has an unknown {MARKER_FILE} marker"))),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(error) => {
@@ -117,28 +120,50 @@ fn claim_dir(dir: &Path) -> KernelResult<()> {
             ))
         }
     }
-    let entries: Vec<String> = std::fs::read_dir(dir)
+    // Without the marker only our own files may be there: those of a
+    // creation that was interrupted before the marker was written.
+    let own = ["store", crate::wal::FILE_NAME, "KREPIS_DATA_DIR.tmp"];
+    let mut foreign: Vec<String> = std::fs::read_dir(dir)
         .map_err(|error| KernelError::io(&format!("reading {}", dir.display()), &error))?
         .filter_map(|entry| entry.ok())
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| !own.contains(&name.as_str()))
         .collect();
-    if !entries.is_empty() {
-        let mut shown = entries;
-        shown.sort();
-        shown.truncate(5);
+    if !foreign.is_empty() {
+        foreign.sort();
+        foreign.truncate(5);
         return Err(corrupt(
             dir,
             format!(
                 "is not a krepis data directory (it contains {}); point dataDir at an empty directory",
-                shown.join(", ")
+                foreign.join(", ")
             ),
         )
         .with_detail("reason", "foreign"));
     }
+    Ok(false)
+}
+
+/// Makes `dir` ours: written only once its store exists, atomically.
+fn write_marker(dir: &Path) -> KernelResult<()> {
+    let marker = dir.join(MARKER_FILE);
     let temp = dir.join(format!("{MARKER_FILE}.tmp"));
     std::fs::write(&temp, MARKER)
+        .and_then(|()| std::fs::File::open(&temp)?.sync_all())
         .and_then(|()| std::fs::rename(&temp, &marker))
-        .map_err(|error| KernelError::io(&format!("writing {}", marker.display()), &error))
+        .map_err(|error| KernelError::io(&format!("writing {}", marker.display()), &error))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Makes a rename or a new file in `dir` survive power loss (POSIX).
+pub fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(handle) = std::fs::File::open(dir) {
+        let _ = handle.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
 }
 
 fn register_dir(dir: &Path) -> KernelResult<PathBuf> {
@@ -169,17 +194,28 @@ impl Store {
     /// Opens (or creates) the store of `data_dir`. Never reinitialises
     /// anything it does not recognise.
     pub fn open(data_dir: &Path, config: &StoreConfig) -> KernelResult<Arc<Store>> {
-        claim_dir(data_dir)?;
+        let ours = inspect_dir(data_dir)?;
         let registered = register_dir(data_dir)?;
-        let opened = Self::open_registered(data_dir, config);
+        let opened = Self::open_registered(data_dir, config, ours, registered.clone());
         if opened.is_err() {
             unregister_dir(&registered);
         }
         opened
     }
 
-    fn open_registered(data_dir: &Path, config: &StoreConfig) -> KernelResult<Arc<Store>> {
+    fn open_registered(
+        data_dir: &Path,
+        config: &StoreConfig,
+        ours: bool,
+        registered: PathBuf,
+    ) -> KernelResult<Arc<Store>> {
         let path = data_dir.join("store");
+        if ours && !path.is_dir() {
+            return Err(corrupt(
+                data_dir,
+                "has lost its store (store/ is missing or empty); nothing was recreated",
+            ));
+        }
         let cache = match config.cache_capacity_bytes {
             0 => DEFAULT_CACHE_BYTES,
             bytes => bytes,
@@ -209,9 +245,8 @@ impl Store {
                     .ok_or_else(|| {
                         corrupt(data_dir, "has a store without a valid next transaction id")
                     })?;
-                // Commits do not rewrite the counter (they run in parallel);
-                // the journal's last record is the authority, the meta key a
-                // floor for when retention emptied the journal.
+                // Every commit batch stores the counter; the journal's last
+                // record is checked too, as a second source.
                 let last = db
                     .scan_prefix([JOURNAL])
                     .next_back()
@@ -229,6 +264,13 @@ impl Store {
                     ),
                 ))
             }
+            // Never recreate the store of a data dir that had one.
+            None if ours => {
+                return Err(corrupt(
+                    data_dir,
+                    "has lost its store (store/ is missing or empty); nothing was recreated",
+                ))
+            }
             None if db.is_empty() => {
                 let mut batch = sled::Batch::default();
                 batch.insert(META_FORMAT, FORMAT);
@@ -241,6 +283,9 @@ impl Store {
         };
         // Acknowledged commits that sled had not flushed yet come back here.
         let (log, _replayed) = crate::wal::Wal::recover(&db, data_dir)?;
+        if !ours {
+            write_marker(data_dir)?;
+        }
         let next_tx = next_tx.max(
             db.get(META_NEXT_TX)
                 .map_err(|e| sled_error(data_dir, e))?
@@ -250,6 +295,7 @@ impl Store {
         let store = Arc::new(Store {
             db,
             dir: data_dir.to_path_buf(),
+            registered,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             next_tx: AtomicU64::new(next_tx),
             max_value_bytes: match config.max_value_bytes {
@@ -263,6 +309,7 @@ impl Store {
             committer: crate::commit::Committer::default(),
             completions: Arc::default(),
             closed: std::sync::atomic::AtomicBool::new(false),
+            poisoned: Mutex::new(None),
         });
         crate::commit::start(&store, log)?;
         crate::journal::prune(&store)?;
@@ -277,8 +324,7 @@ impl Store {
         self.committer.stop();
         self.completions.wake();
         let _ = self.db.flush();
-        let key = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
-        unregister_dir(&key);
+        unregister_dir(&self.registered);
     }
 
     pub fn dir(&self) -> &Path {
@@ -287,6 +333,25 @@ impl Store {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Refuses further commits after a write failed half-way (sled applies a
+    /// batch key by key in memory, so a failed batch may be partly visible
+    /// until the store is reopened and recovered).
+    pub fn poison(&self, why: &str) {
+        let mut poisoned = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+        poisoned.get_or_insert_with(|| why.to_owned());
+    }
+
+    /// `Err` once the store is poisoned.
+    pub fn check_healthy(&self) -> KernelResult<()> {
+        match self.poisoned.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(why) => Err(KernelError::new(
+                ErrorCode::Io,
+                format!("the store refuses writes after a failed write ({why}); close and reopen the kernel to recover"),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Locks the stripes of `keys` (sled keys), in stripe order so that

@@ -16,7 +16,13 @@
 //! Record: `[length u32 LE][crc32 u32 LE][krepis.v1.JournalRecord]`.
 //!
 //! The log is emptied once sled has flushed everything it covers: at open
-//! after recovery, at close, and when it grows past [`ROTATE_BYTES`].
+//! after recovery, on `store.flush()`, and when it grows past
+//! [`ROTATE_BYTES`]. (At close sled flushes; the stale records left in the
+//! log are skipped by the next recovery, being below sled's next tx id.)
+//!
+//! A failed append is cut back off the file and poisons the log: after a
+//! failed fsync nothing about the file can be trusted, so the store refuses
+//! further commits until it is reopened (and recovered).
 
 use crate::error::{KernelError, KernelResult};
 use crate::proto::{ErrorCode, JournalRecord};
@@ -34,6 +40,7 @@ pub struct Wal {
     path: PathBuf,
     file: File,
     size: u64,
+    poisoned: bool,
 }
 
 fn io(context: &str, path: &Path, error: &std::io::Error) -> KernelError {
@@ -66,6 +73,7 @@ impl Wal {
             .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
             .map_or(1, u64::from_be_bytes);
         let mut replayed = 0;
+        let mut expected = next_tx;
         let mut offset = 0usize;
         while offset + 8 <= bytes.len() {
             let length =
@@ -91,6 +99,19 @@ impl Wal {
             if record.tx_id < next_tx {
                 continue; // sled has it already
             }
+            if record.tx_id != expected {
+                return Err(KernelError::new(
+                    ErrorCode::Corrupt,
+                    format!(
+                        "{} skips from transaction {} to {}: the store and its commit log do not belong together",
+                        path.display(),
+                        expected,
+                        record.tx_id
+                    ),
+                )
+                .with_detail("path", path.display().to_string()));
+            }
+            expected += 1;
             let mut batch = sled::Batch::default();
             for change in &record.changes {
                 let key = data_key(&tree_prefix(&change.tree)?, &change.key);
@@ -110,10 +131,12 @@ impl Wal {
             .append(true)
             .open(&path)
             .map_err(|error| io("opening", &path, &error))?;
+        crate::store::sync_dir(data_dir);
         let mut wal = Wal {
             path,
             file,
             size: 0,
+            poisoned: false,
         };
         wal.truncate()?;
         Ok((wal, replayed))
@@ -121,13 +144,29 @@ impl Wal {
 
     /// Appends framed records and syncs them to disk.
     pub fn append_durably(&mut self, framed: &[u8]) -> KernelResult<()> {
+        if self.poisoned {
+            return Err(KernelError::new(
+                ErrorCode::Io,
+                format!(
+                    "{} failed earlier; reopen the kernel to recover",
+                    self.path.display()
+                ),
+            ));
+        }
         if framed.is_empty() {
             return Ok(());
         }
-        self.file
+        if let Err(error) = self
+            .file
             .write_all(framed)
             .and_then(|()| self.file.sync_data())
-            .map_err(|error| io("writing", &self.path, &error))?;
+        {
+            // Cut off whatever part was written, so later records do not
+            // follow garbage; either way the log is no longer trusted.
+            let _ = self.file.set_len(self.size);
+            self.poisoned = true;
+            return Err(io("writing", &self.path, &error));
+        }
         self.size += framed.len() as u64;
         Ok(())
     }

@@ -1,19 +1,100 @@
-//! Watching a key prefix: a kernel task forwards sled's change events for the
+//! Watching a key prefix: kernel tasks forward sled's change events for the
 //! prefix into a kernel → JS ring, one record per change (tag 1 = put,
 //! 2 = delete; payload `[key_len u32][key][value]`, key without the tree
-//! prefix). A slow JS reader fills the ring and the task waits (back-pressure).
+//! prefix).
+//!
+//! sled delivers events through a bounded channel and blocks *writers* when
+//! a subscriber falls behind, so the subscriber is drained at once into a
+//! backlog (task A) and the backlog is written into the ring as the JS reader
+//! makes room (task B). A reader that falls more than [`MAX_BACKLOG_BYTES`]
+//! behind gets one overflow record (tag 3) and the feed ends: a typed error,
+//! never a stalled store.
 
 use crate::boundary::{call, in_bytes};
 use crate::error::KernelError;
-use crate::ring::{ring, Producer, RING_RECORD_HEADER_BYTES};
+use crate::ring::{ring, Producer, Ring, RING_RECORD_HEADER_BYTES};
 use crate::store::tree;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 pub const WATCH_PUT: u32 = 1;
 pub const WATCH_DELETE: u32 = 2;
+/// The feed fell too far behind; it ends after this record.
+pub const WATCH_OVERFLOW: u32 = 3;
+/// A change whose value did not fit the ring carries only its key.
+pub const WATCH_VALUE_OMITTED: u32 = 0x100;
+/// Most bytes of changes buffered for a slow reader.
+pub const MAX_BACKLOG_BYTES: usize = 64 << 20;
+
+/// Changes waiting for ring space (tag, payload) and their total payload bytes.
+type Pending = (VecDeque<(u32, Vec<u8>)>, usize);
+
+#[derive(Default)]
+struct Backlog {
+    queue: Mutex<Pending>,
+    ready: Notify,
+    overflowed: AtomicBool,
+    ended: AtomicBool,
+}
+
+fn encode(key: &[u8], value: Option<&[u8]>) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(4 + key.len() + value.map_or(0, <[u8]>::len));
+    payload.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    payload.extend_from_slice(key);
+    if let Some(value) = value {
+        payload.extend_from_slice(value);
+    }
+    payload
+}
+
+async fn forward(ring: Arc<Ring>, backlog: Arc<Backlog>) {
+    let mut producer = Producer::new(Arc::clone(&ring));
+    loop {
+        let next = {
+            let mut queue = backlog.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let next = queue.0.pop_front();
+            if let Some((_, payload)) = &next {
+                queue.1 -= payload.len();
+            }
+            next
+        };
+        let (tag, payload) = match next {
+            Some(item) => item,
+            None if backlog.overflowed.load(Ordering::SeqCst) => (WATCH_OVERFLOW, Vec::new()),
+            None if backlog.ended.load(Ordering::SeqCst) => return ring.close(),
+            None => {
+                let notified = backlog.ready.notified();
+                if backlog
+                    .queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+                    .is_empty()
+                    && !backlog.overflowed.load(Ordering::SeqCst)
+                {
+                    notified.await;
+                }
+                continue;
+            }
+        };
+        let Ok(Some(slot)) = producer.reserve(payload.len() as u32, tag).await else {
+            return;
+        };
+        // SAFETY: `payload.len()` bytes were reserved at `slot` for this producer.
+        unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), slot, payload.len()) };
+        producer.publish();
+        if tag == WATCH_OVERFLOW {
+            return ring.close();
+        }
+    }
+}
 
 /// Starts forwarding changes of `tree` under `prefix` into `ring` (a
 /// kernel → JS ring). Stops when the ring or the kernel closes. A change too
-/// large for the ring is delivered without its value (tag | 0x100).
+/// large for the ring is delivered without its value (tag | 0x100); a reader
+/// more than 64 MiB behind gets an overflow record (tag 3) and the feed ends.
 ///
 /// # Safety
 /// `prefix` must point to `prefix_len` readable bytes.
@@ -34,45 +115,43 @@ pub unsafe extern "C" fn krepis_store_watch(
         full.extend_from_slice(prefix);
         let mut subscriber = tree.store.db.watch_prefix(&full);
         let prefix_len = tree.prefix.len();
-        let max_payload = ring.capacity() - RING_RECORD_HEADER_BYTES;
+        let max_payload = (ring.capacity() - RING_RECORD_HEADER_BYTES) as usize;
         ring.claim()?;
+        let backlog = Arc::new(Backlog::default());
+        kernel.spawn(forward(Arc::clone(&ring), Arc::clone(&backlog)))?;
         kernel.spawn(async move {
-            let mut producer = Producer::new(ring);
+            // Task A: never lets sled's channel fill (that would block writers).
             while let Some(event) = (&mut subscriber).await {
+                if ring.is_closed() {
+                    break;
+                }
                 let (tag, key, value) = match &event {
-                    sled::Event::Insert { key, value } => (WATCH_PUT, key, Some(value)),
+                    sled::Event::Insert { key, value } => (WATCH_PUT, key, Some(value.as_ref())),
                     sled::Event::Remove { key } => (WATCH_DELETE, key, None),
                 };
                 let key = &key[prefix_len..];
-                let mut size = 4 + key.len() + value.map_or(0, |value| value.len());
-                let mut tag = tag;
-                let mut value = value;
-                if size > max_payload as usize {
-                    tag |= 0x100;
-                    value = None;
-                    size = 4 + key.len();
-                    if size > max_payload as usize {
+                let (tag, payload) = if 4 + key.len() + value.map_or(0, <[u8]>::len) > max_payload {
+                    if 4 + key.len() > max_payload {
                         continue;
                     }
-                }
-                let payload = match producer.reserve(size as u32, tag).await {
-                    Ok(Some(payload)) => payload,
-                    _ => return,
+                    (tag | WATCH_VALUE_OMITTED, encode(key, None))
+                } else {
+                    (tag, encode(key, value))
                 };
-                // SAFETY: `size` bytes were reserved at `payload` for this producer.
-                unsafe {
-                    (payload as *mut u32).write_unaligned((key.len() as u32).to_le());
-                    std::ptr::copy_nonoverlapping(key.as_ptr(), payload.add(4), key.len());
-                    if let Some(value) = value {
-                        std::ptr::copy_nonoverlapping(
-                            value.as_ptr(),
-                            payload.add(4 + key.len()),
-                            value.len(),
-                        );
-                    }
+                let mut queue = backlog.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.1 + payload.len() > MAX_BACKLOG_BYTES {
+                    backlog.overflowed.store(true, Ordering::SeqCst);
+                    drop(queue);
+                    backlog.ready.notify_one();
+                    return;
                 }
-                producer.publish();
+                queue.1 += payload.len();
+                queue.0.push_back((tag, payload));
+                drop(queue);
+                backlog.ready.notify_one();
             }
+            backlog.ended.store(true, Ordering::SeqCst);
+            backlog.ready.notify_one();
         })?;
         Ok::<i32, KernelError>(0)
     })
