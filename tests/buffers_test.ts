@@ -168,8 +168,11 @@ Deno.test("1,000,000 alloc/release cycles keep RSS stable", async () => {
   assert.equal(stats.liveBuffers, 0);
   assert.equal(stats.liveBytes, 0);
   assert.equal(ownerOf(kernel).mappedCount, 0);
-  const growth = checkpoints[4] - checkpoints[0];
-  assert.ok(growth < 32, `RSS grew by ${growth.toFixed(1)} MiB over 1M cycles`);
+  // The JS heap may still settle during the first quarter; after that RSS
+  // must be flat (a leak of even 32 bytes per cycle would add ~24 MiB).
+  const plateau = checkpoints[4] - checkpoints[1];
+  assert.ok(plateau < 16, `RSS grew by ${plateau.toFixed(1)} MiB over the last 750k cycles`);
+  assert.ok(checkpoints[4] - checkpoints[0] < 64, "no runaway growth");
 });
 
 Deno.test("kernel memory cannot be transferred; if it escapes anyway it is never freed", async () => {
