@@ -39,7 +39,12 @@ import {
   InvalidArgumentError,
   ResourceExhaustedError,
 } from "./errors.ts";
-import { KREPIS_COMPLETION_HEADER_BYTES } from "./_gen/symbols.ts";
+import {
+  KREPIS_COMPLETION_HEADER_BYTES,
+  KREPIS_WATCH_OVERFLOW,
+  KREPIS_WATCH_PUT,
+  KREPIS_WATCH_VALUE_OMITTED,
+} from "./_gen/symbols.ts";
 import { ErrorCode } from "./_gen/proto/krepis/v1/error.ts";
 
 /** A key: bytes, or a string (stored as UTF-8). */
@@ -541,7 +546,7 @@ export class StoreWatch implements AsyncIterableIterator<StoreChange>, Disposabl
     const step = await this.#iterator.next();
     if (step.done) return { done: true, value: undefined };
     const { tag, data } = step.value;
-    if ((tag & 0xff) === 3) {
+    if ((tag & 0xff) === KREPIS_WATCH_OVERFLOW) {
       this.close();
       throw new ResourceExhaustedError(
         "store.watch fell more than 64 MiB of changes behind; the feed ended and changes were " +
@@ -551,11 +556,11 @@ export class StoreWatch implements AsyncIterableIterator<StoreChange>, Disposabl
     const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
     const keyLength = view.getUint32(0, true);
     const key = (data as Uint8Array).slice(4, 4 + keyLength);
-    const hasValue = (tag & 0xff) === 1 && (tag & 0x100) === 0;
+    const hasValue = (tag & 0xff) === KREPIS_WATCH_PUT && (tag & KREPIS_WATCH_VALUE_OMITTED) === 0;
     return {
       done: false,
       value: {
-        type: (tag & 0xff) === 1 ? "put" : "delete",
+        type: (tag & 0xff) === KREPIS_WATCH_PUT ? "put" : "delete",
         key,
         value: hasValue ? (data as Uint8Array).slice(4 + keyLength) : null,
       },

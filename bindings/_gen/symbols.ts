@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "d32da76f00d6d7b8d9b437bdc23fa55bc6a7a4417e7c4b4050df03b92f2377e9";
+export const ABI_HASH = "cbe0dd0518c4507588158d112a480e4a901dd3682e4925972ff80a1b9fb5a65b";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -66,7 +66,6 @@ export const KREPIS_SCAN_ENTRY_HEADER_BYTES = 8;
 export const KREPIS_DATA = 100;
 export const KREPIS_JOURNAL = 106;
 export const KREPIS_MAX_TREE_NAME_BYTES = 255;
-export const KREPIS_ROTATE_BYTES = 67108864;
 export const KREPIS_WATCH_PUT = 1;
 export const KREPIS_WATCH_DELETE = 2;
 export const KREPIS_WATCH_OVERFLOW = 3;

@@ -62,9 +62,6 @@
 
 #define KREPIS_MAX_TREE_NAME_BYTES 255
 
-// Past this size the flusher has sled flush and then empties the log.
-#define KREPIS_ROTATE_BYTES (64 << 20)
-
 #define KREPIS_WATCH_PUT 1
 
 #define KREPIS_WATCH_DELETE 2

@@ -38,9 +38,9 @@ pub const FILE_NAME: &str = "commit.log";
 /// The log is preallocated in chunks of zeros and written in place: an
 /// fdatasync that does not change the file's size does not have to commit
 /// file-system metadata (measured here: ~120 µs instead of ~210 µs).
-pub const CHUNK_BYTES: u64 = 4 << 20;
+pub(crate) const CHUNK_BYTES: u64 = 4 << 20;
 /// Past this size the flusher has sled flush and then empties the log.
-pub const ROTATE_BYTES: u64 = 64 << 20;
+pub(crate) const ROTATE_BYTES: u64 = 64 << 20;
 
 pub struct Wal {
     path: PathBuf,
