@@ -9,6 +9,7 @@
  *
  * await using kernel = await Kernel.open();   // data in ./.krepis
  * console.log(kernel.version, kernel.stats());
+ * kernel.store.put("user:1", "alice");          // durable KV store + journal
  * const ctx = createContext({ tenantId: "acme", timeoutMs: 500 });
  * ```
  *
@@ -24,7 +25,28 @@ export {
   type KernelOptions,
   type KernelStats,
   MAX_WORKER_THREADS,
+  type StoreOptions,
+  type StoreStats,
 } from "./bindings/kernel.ts";
+export {
+  type CommitCheck,
+  type CommitOp,
+  type CommitOptions,
+  type CommitResult,
+  Journal,
+  type JournalReadOptions,
+  type JournalRecord,
+  JsonStore,
+  type ScanOptions,
+  Store,
+  type StoreBytes,
+  type StoreChange,
+  type StoreEntry,
+  type StoreKey,
+  StoreScan,
+  StoreValue,
+  StoreWatch,
+} from "./bindings/store.ts";
 export {
   Buffers,
   type BufferStats,

@@ -513,6 +513,7 @@ export class StoreScan implements IterableIterator<StoreEntry>, Disposable {
     return { done: true, value: undefined };
   }
 
+  /** The scan itself (it is its own iterator). */
   [Symbol.iterator](): StoreScan {
     return this;
   }
@@ -578,6 +579,7 @@ export class StoreWatch implements AsyncIterableIterator<StoreChange>, Disposabl
     return Promise.resolve({ done: true, value: undefined });
   }
 
+  /** The watch itself (it is its own async iterator). */
   [Symbol.asyncIterator](): StoreWatch {
     return this;
   }
