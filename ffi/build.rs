@@ -12,6 +12,7 @@ fn main() {
         "kernel.proto",
         "context.proto",
         "buffers.proto",
+        "store.proto",
     ]
     .map(|file| manifest_dir.join("proto/krepis/v1").join(file));
     for proto in &protos {

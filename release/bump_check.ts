@@ -13,7 +13,10 @@
 import { checkLockstep, readVersionSites } from "./lockstep.ts";
 
 const version = Deno.args[0] ?? "9.8.7";
-const root = decodeURIComponent(new URL("../", import.meta.url).pathname);
+const root = decodeURIComponent(new URL("../", import.meta.url).pathname).replace(
+  /^\/([A-Za-z]:)/,
+  "$1",
+);
 
 async function run(cmd: string, args: string[], cwd: string): Promise<string> {
   const output = await new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped" })
@@ -26,6 +29,9 @@ async function run(cmd: string, args: string[], cwd: string): Promise<string> {
 const temp = await Deno.makeTempDir({ prefix: "krepis-bump-" });
 try {
   await run("git", ["clone", "--quiet", root, temp], root);
+  // CI checks out pull requests on a detached merge commit; cargo-release
+  // only releases from main (release.toml), as a maintainer would.
+  await run("git", ["checkout", "-q", "-B", "main"], temp);
   await run("git", ["config", "user.email", "release-check@krepis.invalid"], temp);
   await run("git", ["config", "user.name", "release check"], temp);
   await run("cargo", [

@@ -81,11 +81,17 @@ try {
   );
 
   // 3. The control-plane types, from the .proto files.
-  const plugin = path("tools/proto/node_modules/.bin/protoc-gen-ts_proto");
+  // On Windows npm installs .cmd shims, which Deno only runs through cmd.
+  const windows = Deno.build.os === "windows";
+  const plugin = path(
+    `tools/proto/node_modules/.bin/protoc-gen-ts_proto${windows ? ".cmd" : ""}`,
+  );
   try {
     await Deno.stat(plugin);
   } catch {
-    await run("npm", ["ci", "--no-audit", "--no-fund", "--silent"], path("tools/proto"));
+    const npm = ["ci", "--no-audit", "--no-fund", "--silent"];
+    if (windows) await run("cmd", ["/d", "/c", "npm", ...npm], path("tools/proto"));
+    else await run("npm", npm, path("tools/proto"));
   }
   const protoDir = path("ffi/proto/krepis/v1");
   const protos = [...Deno.readDirSync(protoDir)]
