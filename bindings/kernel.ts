@@ -111,7 +111,10 @@ function resolveDataDir(dataDir: string | URL | null | undefined): string {
       details: { field: "dataDir" },
     });
   }
-  const absolute = /^([A-Za-z]:)?[\\/]/.test(path);
+  // POSIX: "/…"; Windows: "C:\…" or "\\server\share" (a bare "\…" is not absolute).
+  const absolute = Deno.build.os === "windows"
+    ? /^([A-Za-z]:[\\/]|\\\\)/.test(path)
+    : path.startsWith("/");
   if (!absolute) {
     let cwd: string;
     try {

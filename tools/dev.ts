@@ -106,7 +106,10 @@ async function watch(mode: "test" | "example"): Promise<never> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   let rustChanged = false;
   for await (const event of watcher) {
-    const relevant = event.paths.filter((path) => !path.includes("/_gen/"));
+    // Windows reports backslashes.
+    const relevant = event.paths
+      .map((path) => path.replaceAll("\\", "/"))
+      .filter((path) => !path.includes("/_gen/"));
     if (relevant.length === 0) continue;
     rustChanged ||= relevant.some((path) => path.includes("/ffi/"));
     clearTimeout(timer);

@@ -148,8 +148,12 @@ fn inspect_dir(dir: &Path) -> KernelResult<bool> {
 fn write_marker(dir: &Path) -> KernelResult<()> {
     let marker = dir.join(MARKER_FILE);
     let temp = dir.join(format!("{MARKER_FILE}.tmp"));
-    std::fs::write(&temp, MARKER)
-        .and_then(|()| std::fs::File::open(&temp)?.sync_all())
+    // Sync the handle that wrote (on Windows a read-only handle cannot flush).
+    std::fs::File::create(&temp)
+        .and_then(|mut file| {
+            std::io::Write::write_all(&mut file, MARKER.as_bytes())?;
+            file.sync_all()
+        })
         .and_then(|()| std::fs::rename(&temp, &marker))
         .map_err(|error| KernelError::io(&format!("writing {}", marker.display()), &error))?;
     sync_dir(dir);
