@@ -34,6 +34,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Most requests one group applies before passing them on.
 const MAX_GROUP: usize = 512;
+/// While a sync is in flight, the committer waits up to this long between
+/// arrivals for a group of this size.
+const LINGER_GROUP: usize = 16;
+const LINGER: std::time::Duration = std::time::Duration::from_micros(150);
 
 /// What the committer does for a caller.
 pub enum Job {
@@ -66,6 +70,8 @@ pub struct Completions {
     ready: Mutex<Vec<(u64, Vec<u8>)>>,
     available: Condvar,
     next_ticket: AtomicU64,
+    /// The flusher is syncing a group right now.
+    syncing: std::sync::atomic::AtomicBool,
 }
 
 impl Completions {
@@ -194,8 +200,20 @@ fn committer_loop(
 ) {
     while let Ok(first) = receiver.recv() {
         let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
-            match receiver.try_recv() {
+        loop {
+            while jobs.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            // While the flusher is still syncing the previous group, a
+            // bigger group costs nothing in latency and is cheaper to apply
+            // (one sled batch): linger briefly for more commits.
+            if jobs.len() >= LINGER_GROUP || !completions.syncing.load(Ordering::SeqCst) {
+                break;
+            }
+            match receiver.recv_timeout(LINGER) {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
@@ -281,6 +299,7 @@ fn flusher_loop(
             continue;
         };
         // One sync makes the whole group durable.
+        completions.syncing.store(true, Ordering::SeqCst);
         let durable = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut durable = log.append_durably(&group.log);
             if durable.is_ok() && (group.sled_flush || log.size() > wal::ROTATE_BYTES) {
@@ -300,6 +319,7 @@ fn flusher_loop(
                 "making a group durable panicked",
             ))
         });
+        completions.syncing.store(false, Ordering::SeqCst);
         if let Err(error) = &durable {
             store.poison(&error.message);
         }
