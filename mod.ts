@@ -55,6 +55,15 @@ export {
   SharedBuffer,
 } from "./bindings/buffers.ts";
 export {
+  Guard,
+  GuardedProcess,
+  type GuardOptions,
+  type GuardPolicy,
+  type GuardResult,
+  type GuardStatus,
+  type GuardViolation,
+} from "./bindings/guard.ts";
+export {
   type Context,
   type ContextInit,
   createContext,
@@ -81,6 +90,7 @@ export {
   NotFoundError,
   PermissionError,
   ResourceExhaustedError,
+  UnsupportedError,
 } from "./bindings/errors.ts";
 export { type LibraryOptions } from "./bindings/_loader.ts";
 export { VERSION } from "./bindings/_version.ts";

@@ -21,6 +21,7 @@ import {
   NotFoundError,
   PermissionError,
   ResourceExhaustedError,
+  UnsupportedError,
 } from "./errors.ts";
 
 /** The typed symbol table of the kernel. */
@@ -55,6 +56,8 @@ export function errorFromNative(error: ErrorMessage): KrepisError {
       return new ConflictError(message, options);
     case ErrorCode.ERROR_CODE_NOT_FOUND:
       return new NotFoundError(message, options);
+    case ErrorCode.ERROR_CODE_UNSUPPORTED:
+      return new UnsupportedError(message, options);
     default:
       return new InternalError(message, options);
   }

@@ -21,7 +21,8 @@ export type KrepisErrorCode =
   | "LOCKED"
   | "CORRUPT"
   | "CONFLICT"
-  | "NOT_FOUND";
+  | "NOT_FOUND"
+  | "UNSUPPORTED";
 
 /** Options shared by every error constructor. */
 export interface KrepisErrorOptions {
@@ -315,5 +316,22 @@ export class NotFoundError extends KrepisError {
   /** Creates a not-found error. */
   constructor(message: string, options?: KrepisErrorOptions) {
     super("NOT_FOUND", message, options);
+  }
+}
+
+/**
+ * The host cannot provide something the caller required, e.g. an isolation
+ * feature listed in a guard policy's `require`. `details.feature` names it.
+ *
+ * @example
+ * ```ts
+ * import { UnsupportedError } from "@krepis/sdk";
+ * new UnsupportedError("landlock: not supported by this kernel").code; // "UNSUPPORTED"
+ * ```
+ */
+export class UnsupportedError extends KrepisError {
+  /** Creates an unsupported error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("UNSUPPORTED", message, options);
   }
 }

@@ -11,6 +11,7 @@ import { KernelOwner, registerOwner, warnEscaped } from "./_owner.ts";
 import { KREPIS_BUFFER_ABANDONED } from "./_gen/symbols.ts";
 import { Buffers, type BufferStats } from "./buffers.ts";
 import { Journal, Store } from "./store.ts";
+import { Guard } from "./guard.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
 
@@ -168,6 +169,7 @@ export class Kernel implements AsyncDisposable {
   /** Zero-copy shared memory between JS and the kernel. */
   readonly buffers: Buffers;
   #store: Store | undefined;
+  #guard: Guard | undefined;
   #journal: Journal | undefined;
   readonly #native: NativeLibrary;
   readonly #handle: number;
@@ -270,6 +272,12 @@ export class Kernel implements AsyncDisposable {
   get journal(): Journal {
     void this.store; // same checks
     return this.#journal ??= new Journal(this.#owner);
+  }
+
+  /** Runs untrusted commands in isolated, limited child processes. */
+  get guard(): Guard {
+    this.#assertOpen("Kernel.guard");
+    return this.#guard ??= new Guard(this.#owner);
   }
 
   /** True once {@linkcode Kernel.close} was called. */

@@ -13,6 +13,7 @@ fn main() {
         "context.proto",
         "buffers.proto",
         "store.proto",
+        "guard.proto",
     ]
     .map(|file| manifest_dir.join("proto/krepis/v1").join(file));
     for proto in &protos {

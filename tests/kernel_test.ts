@@ -195,6 +195,11 @@ Deno.test("open/close cycles do not leak kernels or threads", async () => {
     const names = [...Deno.readDirSync("/proc/self/task")].map((task) =>
       Deno.readTextFileSync(`/proc/self/task/${task.name}/comm`).trim()
     );
-    assert.equal(names.filter((name) => name.startsWith("krepis")).length, 0, names.join(","));
+    // "krepis-netns" is process-wide by design (it keeps spare network
+    // namespaces for the guard, like the loaded library itself): not a kernel's.
+    const kernelThreads = names.filter((name) =>
+      name.startsWith("krepis") && name !== "krepis-netns"
+    );
+    assert.equal(kernelThreads.length, 0, names.join(","));
   }
 });

@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "cbe0dd0518c4507588158d112a480e4a901dd3682e4925972ff80a1b9fb5a65b";
+export const ABI_HASH = "b7bc234a38013a8c43d39dad506a523c8e9238e3fdd2d5883c00d4fd1dc4b74b";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -12,6 +12,10 @@ export const symbols = {
   krepis_buffer_release: { parameters: ["u32", "u32"], result: "i32" },
   krepis_debug_callback_per_record: { parameters: ["function", "u32", "u32"], result: "i32" },
   krepis_debug_panic: { parameters: [], result: "i32" },
+  krepis_guard_close: { parameters: ["u32"], result: "i32" },
+  krepis_guard_kill: { parameters: ["u32"], result: "i32" },
+  krepis_guard_spawn: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer"], result: "i32" },
+  krepis_guard_wait: { parameters: ["u32", "u32", "buffer", "u32"], result: "i32", nonblocking: true },
   krepis_journal_read: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
   krepis_journal_undo: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32", nonblocking: true },
   krepis_kernel_close: { parameters: ["u32"], result: "i32" },

@@ -119,6 +119,33 @@ int32_t krepis_debug_callback_per_record(KREPIS_RecordCallback callback,
 // the process survives. Always returns a negative status.
 int32_t krepis_debug_panic(void);
 
+// Releases a guarded process handle (killing it if it still runs).
+int32_t krepis_guard_close(uint32_t process);
+
+// Kills a guarded process and its whole tree (idempotent).
+int32_t krepis_guard_kill(uint32_t process);
+
+// Starts `request` (an encoded `krepis.v1.GuardRequest`) under the guard.
+// stdout/stderr go to the given kernel → JS rings (0 = discard). Writes the
+// process handle to `out_handle`.
+//
+// # Safety
+// `request` must point to `request_len` readable bytes; `out_handle` to one u32.
+int32_t krepis_guard_spawn(uint32_t kernel,
+                           const uint8_t *request,
+                           uint32_t request_len,
+                           uint32_t stdout_ring,
+                           uint32_t stderr_ring,
+                           uint32_t *out_handle);
+
+// [nonblocking] Waits up to `timeout_ms` for a guarded process to end and
+// writes its `krepis.v1.GuardResult` into `out`; returns its length, or 0
+// when it is still running.
+//
+// # Safety
+// `out` must point to `cap` writable bytes.
+int32_t krepis_guard_wait(uint32_t process, uint32_t timeout_ms, uint8_t *out, uint32_t cap);
+
 // Reads journal records from `query.since` (an encoded
 // `krepis.v1.JournalQuery`) into `out` as a `krepis.v1.JournalBatch`, as many
 // as fit in `cap` bytes (at least one, growing the answer if needed).

@@ -28,6 +28,7 @@ pub enum HandleKind {
     Ring = 3,
     Tree = 4,
     Scan = 5,
+    Guard = 6,
 }
 
 impl HandleKind {
@@ -38,6 +39,7 @@ impl HandleKind {
             HandleKind::Ring => "ring",
             HandleKind::Tree => "store tree",
             HandleKind::Scan => "store scan",
+            HandleKind::Guard => "guarded process",
         }
     }
 
@@ -48,6 +50,7 @@ impl HandleKind {
             3 => Some(HandleKind::Ring),
             4 => Some(HandleKind::Tree),
             5 => Some(HandleKind::Scan),
+            6 => Some(HandleKind::Guard),
             _ => None,
         }
     }

@@ -115,6 +115,15 @@ impl Kernel {
         &self.accounting
     }
 
+    /// A handle to the kernel's runtime (for threads that drive async work).
+    pub fn runtime_handle(&self) -> KernelResult<tokio::runtime::Handle> {
+        let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        runtime
+            .as_ref()
+            .map(|runtime| runtime.handle().clone())
+            .ok_or_else(|| KernelError::new(ErrorCode::Closed, "the kernel is closed"))
+    }
+
     /// Runs `task` on the kernel's runtime; `Closed` once the kernel closed.
     pub fn spawn<F>(&self, task: F) -> KernelResult<()>
     where
@@ -141,6 +150,7 @@ impl Kernel {
         if let Some(runtime) = runtime {
             // Rings first: closing them wakes tasks and JS waiters blocked on them.
             ring::release_owned(self.id);
+            crate::guard::release_owned(self.id);
             crate::store::release_owned(self.id);
             crate::scan::release_owned(self.id);
             if tokio::runtime::Handle::try_current().is_ok() {

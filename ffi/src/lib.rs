@@ -13,6 +13,8 @@
 //! - [`kernel`]: kernel lifecycle (a tokio runtime) and stats.
 //! - [`memory`], [`buffers`]: kernel-owned memory shared with JS without copying.
 //! - [`ring`]: SPSC rings between the kernel and JS.
+//! - [`guard`] (+ `sandbox` on Linux): untrusted commands in isolated,
+//!   limited child processes.
 //! - [`store`], [`commit`], [`journal`], [`scan`], [`watch`]: the sled store,
 //!   its group-committed transactions, the journal, the commit log, scans
 //!   and change feeds.
@@ -22,6 +24,7 @@ pub mod boundary;
 pub mod buffers;
 pub mod commit;
 pub mod error;
+pub mod guard;
 pub mod handles;
 pub mod identity;
 pub mod journal;
@@ -29,6 +32,8 @@ pub mod kernel;
 pub mod memory;
 pub mod proto;
 pub mod ring;
+#[cfg(target_os = "linux")]
+pub mod sandbox;
 pub mod scan;
 pub mod store;
 pub mod wal;

@@ -371,6 +371,10 @@ impl Producer {
         self.ring.wake_js(false);
     }
 
+    pub fn capacity(&self) -> u32 {
+        self.ring.capacity
+    }
+
     pub fn unpublished_bytes(&self) -> u32 {
         self.unpublished
     }

@@ -44,6 +44,11 @@ export enum ErrorCode {
   ERROR_CODE_CONFLICT = 11,
   /** ERROR_CODE_NOT_FOUND - A named object (e.g. a transaction id) does not exist. */
   ERROR_CODE_NOT_FOUND = 12,
+  /**
+   * ERROR_CODE_UNSUPPORTED - The host cannot provide something the caller required (e.g. an
+   * isolation feature in policy.require).
+   */
+  ERROR_CODE_UNSUPPORTED = 13,
   UNRECOGNIZED = -1,
 }
 

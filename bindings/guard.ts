@@ -1,0 +1,323 @@
+/**
+ * The guard: run a command the application must not trust in an isolated,
+ * resource-limited child process. Deno's permission model is the first line
+ * (the SDK checks `--allow-run` for the command); the kernel's sandbox is the
+ * second.
+ *
+ * On Linux, each layer is applied when the host allows it and reported in
+ * `isolation`: a new session, `no_new_privs`, rlimits, Landlock file-system
+ * rules (`read`/`write` lists plus the system's program directories), a
+ * seccomp filter (no ptrace/mount/kexec/bpf; no IPv4/IPv6 sockets unless
+ * `net`), a network namespace when `net` is off, and cgroups for
+ * `maxProcesses`/`maxMemoryBytes` when writable. Denied file accesses are
+ * refused *and* reported in `violations`. macOS gets timeouts, output
+ * limits, CPU rlimits and process-group kill; Windows timeouts, output
+ * limits and a job object. A feature that was not applied is never claimed.
+ *
+ * @module
+ */
+
+import { GuardRequest, GuardResult as GuardResultMessage } from "./_gen/proto/krepis/v1/guard.ts";
+import { ErrorCode } from "./_gen/proto/krepis/v1/error.ts";
+import type { KernelOwner } from "./_owner.ts";
+import { requirePermission } from "./_permissions.ts";
+import { openRing, type RingReader } from "./_ring.ts";
+import { ClosedError, InternalError, InvalidArgumentError } from "./errors.ts";
+
+/** Limits and isolation of a guarded command. */
+export interface GuardPolicy {
+  /** Paths the command may read (program directories are always readable). */
+  read?: string[];
+  /** Paths the command may write. */
+  write?: string[];
+  /** Allow IPv4/IPv6 network access (default false). */
+  net?: boolean;
+  /** Memory limit in bytes (cgroup; RLIMIT_AS where cgroups are unavailable). */
+  maxMemoryBytes?: number;
+  /** CPU time limit in ms. */
+  maxCpuMs?: number;
+  /** Limit on processes (cgroup pids). */
+  maxProcesses?: number;
+  /** Wall-clock limit in ms; the whole tree is killed (SIGKILL) after it. */
+  timeoutMs?: number;
+  /** Limit on each of stdout and stderr; beyond it output is truncated and the tree killed. */
+  maxOutputBytes?: number;
+  /** Names of `env` entries passed through (default: all of `env`). */
+  env?: string[];
+  /** Isolation features that must be applied, else `UnsupportedError`. */
+  require?: string[];
+}
+
+/** What to run. */
+export interface GuardOptions {
+  /** The executable (a path, or a name found on PATH). */
+  cmd: string;
+  /** Arguments. */
+  args?: string[];
+  /** Working directory. */
+  cwd?: string;
+  /** Environment of the command (nothing is inherited). */
+  env?: Record<string, string>;
+  /** Bytes written to the command's stdin, which is then closed. */
+  stdin?: Uint8Array | string;
+  /** Limits and isolation. */
+  policy?: GuardPolicy;
+}
+
+/** A limit or isolation rule the command ran into. */
+export interface GuardViolation {
+  /** "read", "write", "net", "syscall", "processes", "memory", "cpu", "timeout", "output" or "orphans". */
+  readonly kind: string;
+  /** What happened. */
+  readonly detail: string;
+}
+
+/** How a guarded command ended. */
+export interface GuardStatus {
+  /** Exit code, or `null` when killed by a signal. */
+  readonly code: number | null;
+  /** Signal name when killed by one. */
+  readonly signal: string | null;
+  /** Wall-clock time. */
+  readonly usage: { readonly wallMs: number };
+  /** Every limit or rule it ran into. */
+  readonly violations: readonly GuardViolation[];
+  /** What isolation was applied, and what was not (with why). */
+  readonly isolation: {
+    readonly applied: readonly string[];
+    readonly notApplied: readonly string[];
+  };
+  /** stdout was cut at `maxOutputBytes`. */
+  readonly stdoutTruncated: boolean;
+  /** stderr was cut at `maxOutputBytes`. */
+  readonly stderrTruncated: boolean;
+}
+
+/** {@linkcode GuardStatus} plus the collected output. */
+export interface GuardResult extends GuardStatus {
+  /** Everything the command wrote to stdout (up to `maxOutputBytes`). */
+  readonly stdout: Uint8Array;
+  /** Everything the command wrote to stderr (up to `maxOutputBytes`). */
+  readonly stderr: Uint8Array;
+}
+
+const OUTPUT_RING_BYTES = 64 * 1024;
+
+function outputStream(ring: RingReader): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      for (;;) {
+        if (ring.detached) {
+          controller.close();
+          return;
+        }
+        const record = ring.read();
+        if (record !== null) {
+          controller.enqueue((record.data as Uint8Array).slice());
+          return;
+        }
+        if (ring.closed && ring.available === 0) {
+          ring.close();
+          controller.close();
+          return;
+        }
+        await ring.wait(60_000);
+      }
+    },
+    cancel() {
+      ring.close();
+    },
+  });
+}
+
+function checkList(field: string, value: unknown): string[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value) || value.some((item) => typeof item !== "string")) {
+    throw new InvalidArgumentError(`${field} must be an array of strings`, { details: { field } });
+  }
+  return value;
+}
+
+function checkLimit(field: string, value: unknown): number {
+  if (value === undefined) return 0;
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0) {
+    throw new InvalidArgumentError(`${field} must be a positive integer`, { details: { field } });
+  }
+  return value;
+}
+
+/**
+ * A running guarded command: stream its output, wait for `status`, `kill()` it.
+ *
+ * @example
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({ dataDir: null });
+ * await using child = kernel.guard.spawn({ cmd: "/bin/echo", args: ["hi"] });
+ * for await (const chunk of child.stdout) console.log(new TextDecoder().decode(chunk));
+ * console.log((await child.status).code); // 0
+ * ```
+ */
+export class GuardedProcess implements AsyncDisposable {
+  /** The command's stdout. */
+  readonly stdout: ReadableStream<Uint8Array>;
+  /** The command's stderr. */
+  readonly stderr: ReadableStream<Uint8Array>;
+  /** Resolves when the command (and its whole tree) has stopped. */
+  readonly status: Promise<GuardStatus>;
+  readonly #owner: KernelOwner;
+  readonly #handle: number;
+
+  /** @internal Use `kernel.guard.spawn()`. */
+  constructor(owner: KernelOwner, handle: number, stdout: RingReader, stderr: RingReader) {
+    this.#owner = owner;
+    this.#handle = handle;
+    this.stdout = outputStream(stdout);
+    this.stderr = outputStream(stderr);
+    this.status = this.#wait();
+  }
+
+  async #wait(): Promise<GuardStatus> {
+    const { native } = this.#owner;
+    const out = new Uint8Array(64 * 1024);
+    for (;;) {
+      if (this.#owner.closed) throw new ClosedError("the kernel closed while the command ran");
+      const length = await native.symbols.krepis_guard_wait(this.#handle, 1_000, out, out.length);
+      if (
+        length === -ErrorCode.ERROR_CODE_CLOSED || length === -ErrorCode.ERROR_CODE_INVALID_HANDLE
+      ) {
+        throw new ClosedError("the guarded process was released (kernel closed)");
+      }
+      if (length < 0) throw new InternalError(`waiting for a guarded process failed (${length})`);
+      if (length > out.length) throw new InternalError("guard result too large");
+      if (length === 0) continue;
+      const result = GuardResultMessage.decode(out.subarray(0, length));
+      native.symbols.krepis_guard_close(this.#handle);
+      return {
+        code: result.signal === "" ? result.code : null,
+        signal: result.signal === "" ? null : result.signal,
+        usage: { wallMs: Number(result.usage?.wallMs ?? 0) },
+        violations: result.violations.map(({ kind, detail }) => ({ kind, detail })),
+        isolation: {
+          applied: result.isolation?.applied ?? [],
+          notApplied: result.isolation?.notApplied ?? [],
+        },
+        stdoutTruncated: result.stdoutTruncated,
+        stderrTruncated: result.stderrTruncated,
+      };
+    }
+  }
+
+  /** Kills the command and its whole tree (idempotent). */
+  kill(): void {
+    if (!this.#owner.closed) this.#owner.native.symbols.krepis_guard_kill(this.#handle);
+  }
+
+  /** Kills the command if still running and waits for it to stop. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.kill();
+    await this.status.catch(() => {});
+  }
+}
+
+/**
+ * `kernel.guard`: run untrusted commands.
+ *
+ * @example
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({ dataDir: null });
+ * const result = await kernel.guard.run({
+ *   cmd: "/bin/cat",
+ *   args: ["/etc/hostname"],
+ *   policy: { read: [], timeoutMs: 1_000 },
+ * });
+ * console.log(result.code, result.violations); // 1 [{ kind: "read", detail: "/etc/hostname" }]
+ * ```
+ */
+export class Guard {
+  readonly #owner: KernelOwner;
+
+  /** @internal Use `kernel.guard`. */
+  constructor(owner: KernelOwner) {
+    this.#owner = owner;
+  }
+
+  /** Starts a command under the guard; see {@linkcode GuardedProcess}. */
+  spawn(options: GuardOptions): GuardedProcess {
+    this.#owner.assertOpen("guard.spawn");
+    if (
+      typeof options !== "object" || options === null || typeof options.cmd !== "string" ||
+      options.cmd === ""
+    ) {
+      throw new InvalidArgumentError("guard: cmd must be a non-empty string", {
+        details: { field: "cmd" },
+      });
+    }
+    requirePermission(
+      { name: "run", command: options.cmd },
+      `running ${options.cmd}`,
+      `--allow-run=${options.cmd}`,
+    );
+    const policy = options.policy ?? {};
+    const env = options.env ?? {};
+    if (typeof env !== "object" || Object.values(env).some((v) => typeof v !== "string")) {
+      throw new InvalidArgumentError("guard: env must map names to strings", {
+        details: { field: "env" },
+      });
+    }
+    const request = GuardRequest.encode({
+      cmd: options.cmd,
+      args: checkList("args", options.args),
+      cwd: options.cwd ?? "",
+      env,
+      stdin: typeof options.stdin === "string"
+        ? new TextEncoder().encode(options.stdin)
+        : options.stdin ?? new Uint8Array(),
+      policy: {
+        read: checkList("policy.read", policy.read),
+        write: checkList("policy.write", policy.write),
+        net: policy.net === true,
+        maxMemoryBytes: BigInt(checkLimit("policy.maxMemoryBytes", policy.maxMemoryBytes)),
+        maxCpuMs: BigInt(checkLimit("policy.maxCpuMs", policy.maxCpuMs)),
+        maxProcesses: checkLimit("policy.maxProcesses", policy.maxProcesses),
+        timeoutMs: BigInt(checkLimit("policy.timeoutMs", policy.timeoutMs)),
+        maxOutputBytes: BigInt(checkLimit("policy.maxOutputBytes", policy.maxOutputBytes)),
+        envAllow: checkList("policy.env", policy.env),
+        require: checkList("policy.require", policy.require),
+      },
+    }).finish();
+    const stdout = openRing(this.#owner, { capacity: OUTPUT_RING_BYTES, direction: "toJs" });
+    const stderr = openRing(this.#owner, { capacity: OUTPUT_RING_BYTES, direction: "toJs" });
+    const { native } = this.#owner;
+    const out = new Uint32Array(1);
+    try {
+      native.check(
+        native.symbols.krepis_guard_spawn(
+          this.#owner.handle,
+          request,
+          request.length,
+          stdout.nativeHandle,
+          stderr.nativeHandle,
+          out,
+        ),
+      );
+    } catch (error) {
+      stdout.close();
+      stderr.close();
+      throw error;
+    }
+    return new GuardedProcess(this.#owner, out[0], stdout as RingReader, stderr as RingReader);
+  }
+
+  /** Runs a command to the end and collects its output. */
+  async run(options: GuardOptions): Promise<GuardResult> {
+    const child = this.spawn(options);
+    const [stdout, stderr, status] = await Promise.all([
+      new Response(child.stdout).bytes(),
+      new Response(child.stderr).bytes(),
+      child.status,
+    ]);
+    return { ...status, stdout, stderr };
+  }
+}
