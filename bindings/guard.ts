@@ -78,8 +78,8 @@ export interface GuardStatus {
   readonly code: number | null;
   /** Signal name when killed by one. */
   readonly signal: string | null;
-  /** Wall-clock time. */
-  readonly usage: { readonly wallMs: number };
+  /** Wall-clock time; CPU time and peak memory where the OS reports them (else 0). */
+  readonly usage: { readonly wallMs: number; readonly cpuMs: number; readonly maxRssBytes: number };
   /** Every limit or rule it ran into. */
   readonly violations: readonly GuardViolation[];
   /** What isolation was applied, and what was not (with why). */
@@ -196,7 +196,11 @@ export class GuardedProcess implements AsyncDisposable {
       return {
         code: result.signal === "" ? result.code : null,
         signal: result.signal === "" ? null : result.signal,
-        usage: { wallMs: Number(result.usage?.wallMs ?? 0) },
+        usage: {
+          wallMs: Number(result.usage?.wallMs ?? 0),
+          cpuMs: Number(result.usage?.cpuMs ?? 0),
+          maxRssBytes: Number(result.usage?.maxRssBytes ?? 0),
+        },
         violations: result.violations.map(({ kind, detail }) => ({ kind, detail })),
         isolation: {
           applied: result.isolation?.applied ?? [],

@@ -212,6 +212,7 @@ Deno.test({
     });
     violation(result, "cpu");
     assert.ok(result.usage.wallMs < 5_000);
+    assert.ok(result.usage.cpuMs >= 300, `cpu ${result.usage.cpuMs} ms`);
   },
 });
 
