@@ -5,11 +5,12 @@
  * second.
  *
  * On Linux, each layer is applied when the host allows it and reported in
- * `isolation`: a new session, `no_new_privs`, rlimits, Landlock file-system
- * rules (`read`/`write` lists plus the system's program directories), a
- * seccomp filter (no ptrace/mount/kexec/bpf; no IPv4/IPv6 sockets unless
- * `net`), a network namespace when `net` is off, and cgroups for
- * `maxProcesses`/`maxMemoryBytes` when writable. Denied file accesses are
+ * `isolation`: a new session, `no_new_privs`, no capabilities, rlimits,
+ * Landlock file-system rules (`read`/`write` lists of absolute paths plus the
+ * system's program directories) and signal scoping, a seccomp filter (no
+ * ptrace/mount/kexec/bpf/io_uring; no IPv4/IPv6 sockets unless `net`), a
+ * network namespace when `net` is off, and cgroups (tracking the whole tree,
+ * and for `maxProcesses`/`maxMemoryBytes`/`maxCpuMs`) when writable. Denied file accesses are
  * refused *and* reported in `violations`. macOS gets timeouts, output
  * limits, CPU rlimits and process-group kill; Windows timeouts, output
  * limits and a job object. A feature that was not applied is never claimed.
@@ -130,12 +131,69 @@ function outputStream(ring: RingReader): ReadableStream<Uint8Array> {
   });
 }
 
+/** Waits for a guarded process to end; its status and any collected output. */
+async function waitFor(
+  owner: KernelOwner,
+  handle: number,
+): Promise<{ status: GuardStatus; stdout: Uint8Array; stderr: Uint8Array }> {
+  const { native } = owner;
+  let out = new Uint8Array(64 * 1024);
+  for (;;) {
+    if (owner.closed) throw new ClosedError("the kernel closed while the command ran");
+    const length = await native.symbols.krepis_guard_wait(handle, 1_000, out, out.length);
+    if (
+      length === -ErrorCode.ERROR_CODE_CLOSED || length === -ErrorCode.ERROR_CODE_INVALID_HANDLE
+    ) {
+      throw new ClosedError("the guarded process was released (kernel closed)");
+    }
+    if (length < 0) throw new InternalError(`waiting for a guarded process failed (${length})`);
+    if (length > out.length) {
+      out = new Uint8Array(length); // the result is kept: read it again
+      continue;
+    }
+    if (length === 0) continue;
+    const result = GuardResultMessage.decode(out.subarray(0, length));
+    native.symbols.krepis_guard_close(handle);
+    return {
+      status: {
+        code: result.signal === "" ? result.code : null,
+        signal: result.signal === "" ? null : result.signal,
+        usage: {
+          wallMs: Number(result.usage?.wallMs ?? 0),
+          cpuMs: Number(result.usage?.cpuMs ?? 0),
+          maxRssBytes: Number(result.usage?.maxRssBytes ?? 0),
+        },
+        violations: result.violations.map(({ kind, detail }) => ({ kind, detail })),
+        isolation: {
+          applied: result.isolation?.applied ?? [],
+          notApplied: result.isolation?.notApplied ?? [],
+        },
+        stdoutTruncated: result.stdoutTruncated,
+        stderrTruncated: result.stderrTruncated,
+      },
+      stdout: result.stdout,
+      stderr: result.stderr,
+    };
+  }
+}
+
 function checkList(field: string, value: unknown): string[] {
   if (value === undefined) return [];
   if (!Array.isArray(value) || value.some((item) => typeof item !== "string")) {
     throw new InvalidArgumentError(`${field} must be an array of strings`, { details: { field } });
   }
   return value;
+}
+
+function checkPaths(field: string, value: unknown): string[] {
+  const paths = checkList(field, value);
+  const relative = paths.find((path) => !/^(\/|[A-Za-z]:[\\/])/.test(path));
+  if (relative !== undefined) {
+    throw new InvalidArgumentError(`${field} must hold absolute paths, got "${relative}"`, {
+      details: { field },
+    });
+  }
+  return paths;
 }
 
 function checkLimit(field: string, value: unknown): number {
@@ -177,39 +235,8 @@ export class GuardedProcess implements AsyncDisposable {
     this.status = this.#wait();
   }
 
-  async #wait(): Promise<GuardStatus> {
-    const { native } = this.#owner;
-    const out = new Uint8Array(64 * 1024);
-    for (;;) {
-      if (this.#owner.closed) throw new ClosedError("the kernel closed while the command ran");
-      const length = await native.symbols.krepis_guard_wait(this.#handle, 1_000, out, out.length);
-      if (
-        length === -ErrorCode.ERROR_CODE_CLOSED || length === -ErrorCode.ERROR_CODE_INVALID_HANDLE
-      ) {
-        throw new ClosedError("the guarded process was released (kernel closed)");
-      }
-      if (length < 0) throw new InternalError(`waiting for a guarded process failed (${length})`);
-      if (length > out.length) throw new InternalError("guard result too large");
-      if (length === 0) continue;
-      const result = GuardResultMessage.decode(out.subarray(0, length));
-      native.symbols.krepis_guard_close(this.#handle);
-      return {
-        code: result.signal === "" ? result.code : null,
-        signal: result.signal === "" ? null : result.signal,
-        usage: {
-          wallMs: Number(result.usage?.wallMs ?? 0),
-          cpuMs: Number(result.usage?.cpuMs ?? 0),
-          maxRssBytes: Number(result.usage?.maxRssBytes ?? 0),
-        },
-        violations: result.violations.map(({ kind, detail }) => ({ kind, detail })),
-        isolation: {
-          applied: result.isolation?.applied ?? [],
-          notApplied: result.isolation?.notApplied ?? [],
-        },
-        stdoutTruncated: result.stdoutTruncated,
-        stderrTruncated: result.stderrTruncated,
-      };
-    }
+  #wait(): Promise<GuardStatus> {
+    return waitFor(this.#owner, this.#handle).then(({ status }) => status);
   }
 
   /** Kills the command and its whole tree (idempotent). */
@@ -247,8 +274,8 @@ export class Guard {
     this.#owner = owner;
   }
 
-  /** Starts a command under the guard; see {@linkcode GuardedProcess}. */
-  spawn(options: GuardOptions): GuardedProcess {
+  /** Checks and encodes a request (SDK-internal). */
+  #encode(options: GuardOptions, collect: boolean): Uint8Array<ArrayBuffer> {
     this.#owner.assertOpen("guard.spawn");
     if (
       typeof options !== "object" || options === null || typeof options.cmd !== "string" ||
@@ -279,8 +306,8 @@ export class Guard {
         ? new TextEncoder().encode(options.stdin)
         : options.stdin ?? new Uint8Array(),
       policy: {
-        read: checkList("policy.read", policy.read),
-        write: checkList("policy.write", policy.write),
+        read: checkPaths("policy.read", policy.read),
+        write: checkPaths("policy.write", policy.write),
         net: policy.net === true,
         maxMemoryBytes: BigInt(checkLimit("policy.maxMemoryBytes", policy.maxMemoryBytes)),
         maxCpuMs: BigInt(checkLimit("policy.maxCpuMs", policy.maxCpuMs)),
@@ -290,7 +317,14 @@ export class Guard {
         envAllow: checkList("policy.env", policy.env),
         require: checkList("policy.require", policy.require),
       },
+      collectOutput: collect,
     }).finish();
+    return request;
+  }
+
+  /** Starts a command under the guard; see {@linkcode GuardedProcess}. */
+  spawn(options: GuardOptions): GuardedProcess {
+    const request = this.#encode(options, false);
     const stdout = openRing(this.#owner, { capacity: OUTPUT_RING_BYTES, direction: "toJs" });
     const stderr = openRing(this.#owner, { capacity: OUTPUT_RING_BYTES, direction: "toJs" });
     const { native } = this.#owner;
@@ -314,14 +348,18 @@ export class Guard {
     return new GuardedProcess(this.#owner, out[0], stdout as RingReader, stderr as RingReader);
   }
 
-  /** Runs a command to the end and collects its output. */
+  /**
+   * Runs a command to the end and collects its output (in the kernel, up to
+   * `maxOutputBytes` or 64 MiB per stream): one wait, no streams.
+   */
   async run(options: GuardOptions): Promise<GuardResult> {
-    const child = this.spawn(options);
-    const [stdout, stderr, status] = await Promise.all([
-      new Response(child.stdout).bytes(),
-      new Response(child.stderr).bytes(),
-      child.status,
-    ]);
+    const request = this.#encode(options, true);
+    const { native } = this.#owner;
+    const out = new Uint32Array(1);
+    native.check(
+      native.symbols.krepis_guard_spawn(this.#owner.handle, request, request.length, 0, 0, out),
+    );
+    const { status, stdout, stderr } = await waitFor(this.#owner, out[0]);
     return { ...status, stdout, stderr };
   }
 }

@@ -314,3 +314,99 @@ Deno.test({
     assert.match(outcome.message, /--allow-run=\/bin\/true/);
   },
 });
+
+Deno.test({
+  name: "the command cannot signal processes outside its sandbox, and holds no capabilities",
+  ignore: !linux,
+  fn: async () => {
+    await using kernel = await open();
+    const outside = new Deno.Command("/bin/sleep", { args: ["30"] }).spawn();
+    try {
+      const result = await kernel.guard.run({
+        cmd: "/bin/sh",
+        args: ["-c", `kill -9 ${outside.pid}; echo "kill=$?"; grep CapEff /proc/self/status`],
+      });
+      const out = text(result.stdout);
+      if (result.isolation.applied.includes("signal_scope")) {
+        assert.match(out, /kill=1/, "the signal was refused");
+      }
+      assert.match(out, /CapEff:\s+0+\n/, out);
+      assert.ok(result.isolation.applied.includes("no_capabilities"));
+    } finally {
+      try {
+        outside.kill("SIGKILL");
+      } catch { /* already gone: the test failed above */ }
+      const status = await outside.status;
+      assert.equal(status.signal, "SIGKILL", "the outside process survived the guarded command");
+    }
+  },
+});
+
+Deno.test({
+  name: "relative policy paths are refused (they would silently mean something else)",
+  fn: async () => {
+    await using kernel = await open();
+    assert.throws(
+      () => kernel.guard.spawn({ cmd: "/bin/true", policy: { write: ["."] } }),
+      (e: unknown) => e instanceof InvalidArgumentError && e.details.field === "policy.write",
+    );
+  },
+});
+
+Deno.test({
+  name: "escape: a grandchild that leaves the process group (setsid) is still stopped",
+  ignore: !linux,
+  fn: async () => {
+    await using kernel = await open();
+    const result = await kernel.guard.run({
+      cmd: "/bin/sh",
+      args: ["-c", "setsid /bin/sleep 30 > /dev/null 2>&1 & echo $!"],
+      policy: { timeoutMs: 5_000 },
+    });
+    if (!result.isolation.applied.includes("process_tree")) {
+      assert.ok(result.isolation.notApplied.some((line) => line.startsWith("process_tree:")));
+      return;
+    }
+    violation(result, "orphans");
+    const escaped = Number(text(result.stdout).trim());
+    for (let i = 0; i < 100 && existsProcess(escaped); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.equal(existsProcess(escaped), false);
+    assert.ok(result.usage.wallMs < 3_000);
+  },
+});
+
+Deno.test({
+  name: "maxCpuMs counts the whole tree, not only the first process",
+  ignore: !linux,
+  fn: async () => {
+    await using kernel = await open();
+    const burn = "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done";
+    const result = await kernel.guard.run({
+      cmd: "/bin/sh",
+      args: ["-c", `(${burn}); (${burn}); (${burn}); (${burn})`],
+      policy: { maxCpuMs: 300, timeoutMs: 30_000 },
+    });
+    if (!result.isolation.applied.includes("cgroup_cpu")) return;
+    violation(result, "cpu");
+  },
+});
+
+Deno.test({
+  name: "a flood of denied accesses keeps the result readable; own descriptors are not violations",
+  ignore: !linux,
+  fn: async () => {
+    await using kernel = await open();
+    const flood = await kernel.guard.run({
+      cmd: "/bin/sh",
+      args: ["-c", "for i in $(seq 1 500); do cat /etc/hostname 2>/dev/null; done; echo done"],
+      policy: { timeoutMs: 30_000 },
+    });
+    assert.equal(text(flood.stdout), "done\n");
+    assert.ok(flood.violations.length > 0 && flood.violations.length <= 64);
+    const own = await kernel.guard.run({ cmd: "/bin/sh", args: ["-c", "echo hi > /dev/stdout"] });
+    assert.equal(text(own.stdout), "hi\n");
+    assert.deepEqual(own.violations, []);
+  },
+});

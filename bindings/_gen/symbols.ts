@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "b7bc234a38013a8c43d39dad506a523c8e9238e3fdd2d5883c00d4fd1dc4b74b";
+export const ABI_HASH = "8c00ada80dcd5dfcfc957c246bbee3ca2a5c8bc8468b6a630557f05cfcee9501";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -66,6 +66,7 @@ export const KREPIS_RING_MIN_CAPACITY = 64;
 export const KREPIS_RING_MAX_CAPACITY = 1073741824;
 export const KREPIS_RING_DIAG_FILL = 1;
 export const KREPIS_RING_DIAG_CLOSE_WHEN_DONE = 2;
+export const KREPIS_MAX_REPORTED_VIOLATIONS = 64;
 export const KREPIS_SCAN_ENTRY_HEADER_BYTES = 8;
 export const KREPIS_DATA = 100;
 export const KREPIS_JOURNAL = 106;

@@ -54,6 +54,9 @@
 // Diagnostics flag: close the ring after the last record.
 #define KREPIS_RING_DIAG_CLOSE_WHEN_DONE 2
 
+// Most file violations reported per command (the first ones).
+#define KREPIS_MAX_REPORTED_VIOLATIONS 64
+
 #define KREPIS_SCAN_ENTRY_HEADER_BYTES 8
 
 #define KREPIS_DATA 100

@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 
 static PROCESSES: HandleTable<Guarded> = HandleTable::new(HandleKind::Guard);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// `run()` collects output in memory: at most this much per stream unless
+/// `maxOutputBytes` says otherwise.
+const COLLECT_LIMIT_BYTES: u64 = 64 << 20;
 
 /// A guarded process, as its handle holds it.
 pub struct Guarded {
@@ -135,7 +138,9 @@ fn pump(
     stop: &Stopper,
     name: &str,
     runtime: &tokio::runtime::Handle,
-) -> bool {
+    collect: bool,
+) -> (bool, Vec<u8>) {
+    let mut collected = Vec::new();
     let mut producer = ring.map(Producer::new);
     let max_chunk = producer.as_ref().map_or(64 * 1024, |p| {
         (p_capacity(p) - RING_RECORD_HEADER_BYTES).min(64 * 1024) as usize
@@ -144,7 +149,7 @@ fn pump(
     let mut total = 0u64;
     loop {
         let read = match source.read(&mut buffer) {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return (false, collected),
             Ok(read) => read,
         };
         let allowed = if limit == 0 {
@@ -152,6 +157,9 @@ fn pump(
         } else {
             (limit - total.min(limit)).min(read as u64)
         };
+        if collect {
+            collected.extend_from_slice(&buffer[..allowed as usize]);
+        }
         if let Some(producer) = producer.as_mut() {
             if allowed > 0 {
                 match runtime.block_on(producer.reserve(allowed as u32, 0)) {
@@ -174,7 +182,7 @@ fn pump(
                 "output",
                 format!("{name} exceeded maxOutputBytes ({limit} bytes)"),
             )));
-            return true;
+            return (true, collected);
         }
     }
 }
@@ -230,7 +238,9 @@ struct Spawned {
     job: Option<windows::Job>,
 }
 
-type Waiter = Box<dyn FnOnce() -> std::io::Result<(Option<i32>, Option<i32>, u64, u64)> + Send>;
+/// Exit code, signal, CPU ms, max RSS bytes, and whether group members were left.
+type Waited = (Option<i32>, Option<i32>, u64, u64, bool);
+type Waiter = Box<dyn FnOnce() -> std::io::Result<Waited> + Send>;
 
 impl Spawned {
     #[cfg(not(target_os = "linux"))]
@@ -260,7 +270,7 @@ impl Spawned {
                 let signal = std::os::unix::process::ExitStatusExt::signal(&status);
                 #[cfg(not(unix))]
                 let signal = None;
-                Ok((status.code(), signal, 0, 0))
+                Ok((status.code(), signal, 0, 0, false))
             }),
             #[cfg(windows)]
             job,
@@ -299,6 +309,20 @@ fn spawn(
 ) -> KernelResult<u32> {
     let kernel = crate::kernel::kernel(kernel_handle)?;
     let policy = request.policy.clone().unwrap_or_default();
+    for (field, paths) in [
+        ("policy.read", &policy.read),
+        ("policy.write", &policy.write),
+    ] {
+        if let Some(relative) = paths
+            .iter()
+            .find(|path| !std::path::Path::new(path).is_absolute())
+        {
+            return Err(KernelError::invalid_argument(format!(
+                "{field} must hold absolute paths, got {relative:?}"
+            ))
+            .with_detail("field", field));
+        }
+    }
     if request.cmd.is_empty() {
         return Err(
             KernelError::invalid_argument("cmd must not be empty").with_detail("field", "cmd")
@@ -393,7 +417,8 @@ fn spawn(
     }
     #[cfg(windows)]
     {
-        isolation.applied = vec!["job_object".into()];
+        // Reported after spawn, once the job object exists.
+        isolation.applied = Vec::new();
         isolation.not_applied = [
             "session",
             "no_new_privs",
@@ -518,13 +543,17 @@ fn spawn(
                 .spawn_blocking(move || crate::sandbox::supervise(listener, sandbox, violations));
         }
         let pid = child.pid;
+        let tracked = sandbox
+            .pids_cgroup
+            .as_ref()
+            .map(|dir| dir.join("cgroup.procs"));
         let spawned = Spawned {
             pid: pid as u32,
             stdin: Some(Box::new(child.stdin)),
             stdout: Some(Box::new(child.stdout)),
             stderr: Some(Box::new(child.stderr)),
             wait: Box::new(move || {
-                let (status, usage) = crate::sandbox::wait(pid)?;
+                let (status, usage, orphans) = crate::sandbox::wait(pid, tracked.as_deref())?;
                 let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
                 let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
                 let cpu =
@@ -534,6 +563,7 @@ fn spawn(
                     signal,
                     cpu(usage.ru_utime) + cpu(usage.ru_stime),
                     usage.ru_maxrss as u64 * 1024,
+                    orphans,
                 ))
             }),
         };
@@ -553,9 +583,18 @@ fn spawn(
     #[cfg(not(target_os = "linux"))]
     {
         let child = command.spawn().map_err(start_error)?;
+        let spawned = Spawned::from_std(child);
+        #[cfg(windows)]
+        if spawned.job.is_some() {
+            isolation.applied.push("job_object".into());
+        } else {
+            isolation.not_applied.push(
+                "job_object: could not be created; only the command itself can be killed".into(),
+            );
+        }
         finish_spawn(
             kernel.as_ref(),
-            Spawned::from_std(child),
+            spawned,
             request,
             policy,
             violations,
@@ -613,8 +652,13 @@ fn finish_spawn(
             let _ = stdin.write_all(&input);
         });
     }
-    let limit = policy.max_output_bytes;
-    let readers: Vec<tokio::task::JoinHandle<bool>> = [
+    let collect = request.collect_output;
+    let limit = match (policy.max_output_bytes, collect) {
+        // Collected output lives in memory: bounded even without a policy.
+        (0, true) => COLLECT_LIMIT_BYTES,
+        (limit, _) => limit,
+    };
+    let readers: Vec<tokio::task::JoinHandle<(bool, Vec<u8>)>> = [
         (
             child
                 .stdout
@@ -637,8 +681,16 @@ fn finish_spawn(
         let (stop, pump_runtime) = (Arc::clone(&stop), runtime.clone());
         runtime.spawn_blocking(move || {
             let truncated = match source {
-                Some(source) => pump(source, ring.clone(), limit, &stop, name, &pump_runtime),
-                None => false,
+                Some(source) => pump(
+                    source,
+                    ring.clone(),
+                    limit,
+                    &stop,
+                    name,
+                    &pump_runtime,
+                    collect,
+                ),
+                None => (false, Vec::new()),
             };
             if let Some(ring) = ring {
                 ring.close();
@@ -665,7 +717,15 @@ fn finish_spawn(
                 return;
             }
             if policy.max_cpu_ms > 0 {
-                if let Some(used) = cpu_ms(pid) {
+                // The whole tree's CPU time where a cpu cgroup tracks it.
+                #[cfg(target_os = "linux")]
+                let used = monitor_sandbox
+                    .as_ref()
+                    .and_then(|s| s.tree_cpu_ms())
+                    .or_else(|| cpu_ms(pid));
+                #[cfg(not(target_os = "linux"))]
+                let used = cpu_ms(pid);
+                if let Some(used) = used {
                     if used > policy.max_cpu_ms {
                         monitor_stop.kill(Some((
                             "cpu",
@@ -697,8 +757,11 @@ fn finish_spawn(
         let wall_ms = started.elapsed().as_millis() as u64;
         let mut result = GuardResult::default();
         let (mut cpu_ms, mut max_rss_bytes) = (0, 0);
+        let left_orphans = matches!(&status, Ok((_, _, _, _, true)));
+        #[cfg(windows)]
+        let _ = left_orphans; // the job object holds the tree on Windows
         match &status {
-            Ok((code, signal, cpu, rss)) => {
+            Ok((code, signal, cpu, rss, _)) => {
                 result.code = code.unwrap_or(-1);
                 (cpu_ms, max_rss_bytes) = (*cpu, *rss);
                 #[cfg(not(unix))]
@@ -731,10 +794,14 @@ fn finish_spawn(
         // Anything of the tree still alive is an orphan: stop it.
         #[cfg(unix)]
         {
-            // SAFETY: probing and signalling a process group is memory-safe.
-            let alive = unsafe { libc::kill(-(pid as i32), 0) } == 0;
+            // Linux: the group was checked (and killed) before the leader was
+            // reaped, so no recycled pid can be hit; the cgroups catch
+            // processes that left the group. Other Unixes: probe the group now.
             #[cfg(target_os = "linux")]
-            let alive = alive || sandbox.as_ref().is_some_and(|s| s.kill_cgroups() > 0);
+            let alive = left_orphans || sandbox.as_ref().is_some_and(|s| s.kill_cgroups() > 0);
+            #[cfg(not(target_os = "linux"))]
+            // SAFETY: probing a process group is memory-safe.
+            let alive = left_orphans || unsafe { libc::kill(-(pid as i32), 0) } == 0;
             if alive {
                 stop.violations
                     .lock()
@@ -745,8 +812,11 @@ fn finish_spawn(
                             "processes were left running after the command exited; they were killed"
                                 .into(),
                     });
-                // SAFETY: as above.
-                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                #[cfg(not(target_os = "linux"))]
+                // SAFETY: signalling a process group is memory-safe.
+                unsafe {
+                    libc::kill(-(pid as i32), libc::SIGKILL)
+                };
             }
         }
         #[cfg(windows)]
@@ -762,14 +832,37 @@ fn finish_spawn(
                 }
             }
             sandbox.kill_cgroups();
-            sandbox.cleanup();
         }
-        let truncated: Vec<bool> = readers
+        // A process that escaped every kill may still hold the output open:
+        // do not wait for it forever.
+        let outputs: Vec<(bool, Vec<u8>)> = readers
             .into_iter()
-            .map(|reader| join_runtime.block_on(reader).unwrap_or(false))
+            .map(|reader| {
+                join_runtime
+                    .block_on(async {
+                        tokio::time::timeout(Duration::from_millis(500), reader).await
+                    })
+                    .map(|joined| joined.unwrap_or_default())
+                    .unwrap_or_else(|_| {
+                        stop.violations
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(GuardViolation {
+                                kind: "orphans".into(),
+                                detail: "a process outside the command's reach kept its output open"
+                                    .into(),
+                            });
+                        (false, Vec::new())
+                    })
+            })
             .collect();
-        result.stdout_truncated = truncated.first().copied().unwrap_or(false);
-        result.stderr_truncated = truncated.get(1).copied().unwrap_or(false);
+        let mut outputs = outputs.into_iter();
+        let (stdout_truncated, stdout) = outputs.next().unwrap_or_default();
+        let (stderr_truncated, stderr) = outputs.next().unwrap_or_default();
+        result.stdout = stdout;
+        result.stderr = stderr;
+        result.stdout_truncated = stdout_truncated;
+        result.stderr_truncated = stderr_truncated;
         result.usage = Some(GuardUsage {
             wall_ms,
             cpu_ms,
@@ -783,6 +876,11 @@ fn finish_spawn(
         result.isolation = Some(isolation);
         *waiter.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
         waiter.finished.notify_all();
+        // Removing the (now empty) cgroups is off the result's path.
+        #[cfg(target_os = "linux")]
+        if let Some(sandbox) = &sandbox {
+            sandbox.cleanup();
+        }
     });
     Ok(handle)
 }

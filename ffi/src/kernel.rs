@@ -69,6 +69,8 @@ impl Kernel {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(worker_threads as usize)
             .thread_name(thread_name)
+            // Guarded processes each park a few blocking tasks (pipes, reaper).
+            .max_blocking_threads(4096)
             .enable_time()
             .build()
             .map_err(|error| KernelError::io("starting the kernel runtime", &error))?;

@@ -36,14 +36,19 @@ const SECCOMP_IOCTL_NOTIF_RECV: libc::c_ulong = 0xc050_2100;
 const SECCOMP_IOCTL_NOTIF_SEND: libc::c_ulong = 0xc018_2101;
 const SECCOMP_IOCTL_NOTIF_ID_VALID: libc::c_ulong = 0x4008_2102;
 const SECCOMP_USER_NOTIF_FLAG_CONTINUE: u32 = 1;
+/// Most file violations reported per command (the first ones).
+pub const MAX_REPORTED_VIOLATIONS: usize = 64;
 const FAILED_NETNS: u32 = 1;
 const FAILED_LANDLOCK: u32 = 2;
 const FAILED_SECCOMP: u32 = 4;
+const FAILED_CAPABILITIES: u32 = 8;
+const FAILED_CGROUP: u32 = 16;
 
 #[cfg(target_arch = "x86_64")]
 mod arch {
     pub(super) const AUDIT: u32 = 0xc000_003e;
-    pub(super) const DENIED: &[i64] = &[101, 165, 166, 246, 320, 321]; // ptrace mount umount2 kexec_load kexec_file_load bpf
+    // ptrace mount umount2 kexec_load kexec_file_load bpf io_uring_setup/enter/register
+    pub(super) const DENIED: &[i64] = &[101, 165, 166, 246, 320, 321, 425, 426, 427];
     pub(super) const SOCKET: i64 = 41;
     pub(super) const OPEN: Option<i64> = Some(2);
     pub(super) const CREAT: Option<i64> = Some(85);
@@ -53,7 +58,7 @@ mod arch {
 #[cfg(target_arch = "aarch64")]
 mod arch {
     pub(super) const AUDIT: u32 = 0xc000_00b7;
-    pub(super) const DENIED: &[i64] = &[117, 40, 39, 104, 294, 280];
+    pub(super) const DENIED: &[i64] = &[117, 40, 39, 104, 294, 280, 425, 426, 427];
     pub(super) const SOCKET: i64 = 198;
     pub(super) const OPEN: Option<i64> = None;
     pub(super) const CREAT: Option<i64> = None;
@@ -170,6 +175,8 @@ pub struct Sandbox {
     unshare_net: bool,
     /// A ready network namespace to enter instead of creating one.
     netns: Option<OwnedFd>,
+    /// Root: empty the bounding set and the capability sets before exec.
+    drop_capabilities: bool,
     /// Layers the child could not apply (FAILED_* bits), written before exec.
     failed: std::sync::atomic::AtomicU32,
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
@@ -177,6 +184,7 @@ pub struct Sandbox {
     pub cgroups: Vec<PathBuf>,
     pub memory_cgroup: Option<PathBuf>,
     pub pids_cgroup: Option<PathBuf>,
+    pub cpu_cgroup: Option<PathBuf>,
     pub read: Vec<PathBuf>,
     pub write: Vec<PathBuf>,
 }
@@ -221,6 +229,11 @@ fn open_path(path: &Path) -> Option<(OwnedFd, bool)> {
     Some((fd, is_dir))
 }
 
+/// Landlock's ABI version here (0 = unavailable).
+pub fn landlock_version() -> i64 {
+    landlock_abi().max(0)
+}
+
 fn landlock_ruleset(read: &[PathBuf], write: &[PathBuf]) -> Result<OwnedFd, String> {
     let abi = landlock_abi();
     if abi < 1 {
@@ -236,16 +249,13 @@ fn landlock_ruleset(read: &[PathBuf], write: &[PathBuf]) -> Result<OwnedFd, Stri
     if abi >= 5 {
         all |= 1 << 15; // ioctl_dev
     }
-    let handled: u64 = all;
-    // SAFETY: the attribute is a valid u64 (handled_access_fs) of the given size.
-    let fd = unsafe {
-        libc::syscall(
-            LANDLOCK_CREATE_RULESET,
-            &handled as *const u64,
-            8usize,
-            0u32,
-        )
-    };
+    // struct landlock_ruleset_attr { handled_access_fs, handled_access_net, scoped }.
+    // ABI 6 adds `scoped`: no signals to, and no abstract unix sockets of,
+    // processes outside the sandbox (e.g. the Deno process itself).
+    let attr: [u64; 3] = [all, 0, if abi >= 6 { 0b11 } else { 0 }];
+    let size: usize = if abi >= 6 { 24 } else { 8 };
+    // SAFETY: the attribute is valid for `size` bytes.
+    let fd = unsafe { libc::syscall(LANDLOCK_CREATE_RULESET, attr.as_ptr(), size, 0u32) };
     if fd < 0 {
         return Err(format!(
             "creating the ruleset failed: {}",
@@ -342,6 +352,17 @@ fn seccomp_program(net: bool) -> Vec<libc::sock_filter> {
         stmt(RET_K, SECCOMP_RET_KILL_PROCESS),
         stmt(LD_W_ABS, 0),
     ];
+    #[cfg(target_arch = "x86_64")]
+    {
+        // x32 system calls (numbers with bit 30) would match none of the rules.
+        program.push(libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: 0x4000_0000,
+        });
+        program.push(stmt(RET_K, SECCOMP_RET_KILL_PROCESS));
+    }
     for &nr in arch::DENIED {
         program.push(jump(nr as u32, 0, 1));
         program.push(stmt(RET_K, SECCOMP_RET_KILL_PROCESS));
@@ -418,11 +439,13 @@ impl Sandbox {
             unshare_net: !policy.net,
             netns: if policy.net { None } else { netns_pool::take() },
             failed: std::sync::atomic::AtomicU32::new(0),
+            drop_capabilities: false,
             rlimits: Vec::new(),
             cgroup_procs: Vec::new(),
             cgroups: Vec::new(),
             memory_cgroup: None,
             pids_cgroup: None,
+            cpu_cgroup: None,
             read: policy
                 .read
                 .iter()
@@ -435,18 +458,46 @@ impl Sandbox {
                 .collect(),
         };
         let name = format!("krepis-guard-{}-{id}", std::process::id());
-        if policy.max_processes > 0 {
-            match make_cgroup(
-                "pids",
-                &name,
-                &[("pids.max", policy.max_processes.to_string())],
-            ) {
-                Ok(dir) => {
+        // A pids cgroup always, when possible: it tracks the whole tree, even
+        // processes that leave the process group with setsid.
+        let pids_max = if policy.max_processes > 0 {
+            policy.max_processes.to_string()
+        } else {
+            "max".into()
+        };
+        match make_cgroup("pids", &name, &[("pids.max", pids_max)]) {
+            Ok(dir) => {
+                sandbox.applied.push("process_tree".into());
+                if policy.max_processes > 0 {
                     sandbox.applied.push("cgroup_pids".into());
-                    sandbox.pids_cgroup = Some(dir.clone());
+                }
+                sandbox.pids_cgroup = Some(dir.clone());
+                sandbox.cgroups.push(dir);
+            }
+            Err(why) => {
+                sandbox.not_applied.push(format!(
+                    "process_tree: {why}; a process that calls setsid escapes the group kill"
+                ));
+                if policy.max_processes > 0 {
+                    sandbox.not_applied.push(format!("cgroup_pids: {why}"));
+                }
+            }
+        }
+        if policy.max_cpu_ms > 0 {
+            let controller = if cgroup_dir("cpuacct").is_some_and(|d| d.ends_with("cpuacct")) {
+                "cpuacct"
+            } else {
+                "cpu"
+            };
+            match make_cgroup(controller, &name, &[]) {
+                Ok(dir) => {
+                    sandbox.applied.push("cgroup_cpu".into());
+                    sandbox.cpu_cgroup = Some(dir.clone());
                     sandbox.cgroups.push(dir);
                 }
-                Err(why) => sandbox.not_applied.push(format!("cgroup_pids: {why}")),
+                Err(why) => sandbox.not_applied.push(format!(
+                    "cgroup_cpu: {why}; maxCpuMs counts the first process only"
+                )),
             }
         }
         if policy.max_memory_bytes > 0 {
@@ -501,6 +552,14 @@ impl Sandbox {
             Ok(fd) => {
                 sandbox.landlock = Some(fd);
                 sandbox.applied.push("landlock".into());
+                if landlock_version() >= 6 {
+                    sandbox.applied.push("signal_scope".into());
+                } else {
+                    sandbox.not_applied.push(
+                        "signal_scope: needs Landlock ABI 6 (the command can signal processes of its user)"
+                            .into(),
+                    );
+                }
             }
             Err(why) => sandbox.not_applied.push(format!("landlock: {why}")),
         }
@@ -529,6 +588,11 @@ impl Sandbox {
         if sandbox.unshare_net {
             sandbox.applied.push("net_namespace".into());
         }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            sandbox.drop_capabilities = true;
+        }
+        sandbox.applied.push("no_capabilities".into());
         sandbox
     }
 
@@ -560,11 +624,12 @@ impl Sandbox {
                         break;
                     }
                 }
-                libc::write(
-                    fd.as_raw_fd(),
-                    digits[at..].as_ptr().cast(),
-                    digits.len() - at,
-                );
+                let length = digits.len() - at;
+                if libc::write(fd.as_raw_fd(), digits[at..].as_ptr().cast(), length)
+                    != length as isize
+                {
+                    self.failed.fetch_or(FAILED_CGROUP, Ordering::SeqCst);
+                }
             }
             for &(resource, limit) in &self.rlimits {
                 let hard = if resource == libc::RLIMIT_CPU {
@@ -592,6 +657,38 @@ impl Sandbox {
                 && libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0
             {
                 self.failed.fetch_or(FAILED_NETNS, Ordering::SeqCst);
+            }
+            // Descriptors inherited without CLOEXEC must not reach the command.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 1u32 << 2);
+            if self.drop_capabilities {
+                // An empty bounding set means exec grants root nothing either.
+                for capability in 0..=63 {
+                    libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0);
+                }
+                #[repr(C)]
+                struct Header {
+                    version: u32,
+                    pid: i32,
+                }
+                #[repr(C)]
+                struct Data {
+                    effective: u32,
+                    permitted: u32,
+                    inheritable: u32,
+                }
+                let header = Header {
+                    version: 0x2008_0522,
+                    pid: 0,
+                };
+                let none = || Data {
+                    effective: 0,
+                    permitted: 0,
+                    inheritable: 0,
+                };
+                let data = [none(), none()];
+                if libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) != 0 {
+                    self.failed.fetch_or(FAILED_CAPABILITIES, Ordering::SeqCst);
+                }
             }
             fail(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
             if let Some(ruleset) = &self.landlock {
@@ -629,7 +726,13 @@ impl Sandbox {
         for (bit, name) in [
             (FAILED_NETNS, "net_namespace"),
             (FAILED_LANDLOCK, "landlock"),
+            (FAILED_LANDLOCK, "signal_scope"),
             (FAILED_SECCOMP, "seccomp"),
+            (FAILED_CAPABILITIES, "no_capabilities"),
+            (FAILED_CGROUP, "cgroup_pids"),
+            (FAILED_CGROUP, "cgroup_memory"),
+            (FAILED_CGROUP, "cgroup_cpu"),
+            (FAILED_CGROUP, "process_tree"),
         ] {
             if failed & bit != 0 && self.applied.iter().any(|applied| applied == name) {
                 self.applied.retain(|applied| applied != name);
@@ -694,6 +797,19 @@ impl Sandbox {
             }
         }
         found
+    }
+
+    /// CPU time of the whole tree, in ms, from its cpu cgroup.
+    pub fn tree_cpu_ms(&self) -> Option<u64> {
+        let dir = self.cpu_cgroup.as_ref()?;
+        if let Ok(nanos) = std::fs::read_to_string(dir.join("cpuacct.usage")) {
+            return nanos.trim().parse::<u64>().ok().map(|ns| ns / 1_000_000);
+        }
+        let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        stat.lines()
+            .find_map(|line| line.strip_prefix("usage_usec "))
+            .and_then(|us| us.trim().parse::<u64>().ok())
+            .map(|us| us / 1000)
     }
 
     /// Kills whatever is left in the cgroups; returns how many were found.
@@ -897,6 +1013,18 @@ pub fn supervise(
             (path, write)
         });
         let allowed = match &decision {
+            // The command's own descriptors (/dev/stdout, /proc/self/fd/N…):
+            // Landlock decides, there is nothing path-based to report.
+            Some((path, _))
+                if path.starts_with("/dev/fd")
+                    || path.starts_with("/proc/self/fd")
+                    || path.starts_with("/proc/thread-self/fd")
+                    || ["/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/tty"]
+                        .iter()
+                        .any(|special| path == Path::new(special)) =>
+            {
+                true
+            }
             Some((path, write)) => sandbox.allows(path, *write),
             None => true, // unreadable argument: let the kernel (and Landlock) decide
         };
@@ -913,13 +1041,15 @@ pub fn supervise(
         }
         if !allowed {
             if let Some((path, write)) = decision {
-                violations
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(GuardViolation {
+                let mut list = violations.lock().unwrap_or_else(|p| p.into_inner());
+                // Bounded: a command that hammers the policy must not make
+                // its own result unreadable.
+                if list.len() < MAX_REPORTED_VIOLATIONS {
+                    list.push(GuardViolation {
                         kind: if write { "write" } else { "read" }.into(),
-                        detail: path.display().to_string(),
+                        detail: path.display().to_string().chars().take(512).collect(),
                     });
+                }
             }
         }
         let response = Response {
@@ -966,10 +1096,24 @@ extern "C" fn child_main(argument: *mut libc::c_void) -> libc::c_int {
             libc::write(args.error, (&code as *const i32).cast(), 4);
             libc::_exit(127)
         };
+        // Deno's handlers must not run here (this child shares the parent's
+        // memory): every caught signal goes back to its default while all
+        // are still blocked, then the mask is cleared (what posix_spawn does).
+        for signal in 1..libc::SIGRTMAX() {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction != libc::SIG_IGN
+                && current.sa_sigaction != libc::SIG_DFL
+            {
+                let mut default: libc::sigaction = std::mem::zeroed();
+                default.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         for (target, &fd) in args.fds.iter().enumerate() {
             if libc::dup2(fd, target as i32) < 0 {
                 return fail(*libc::__errno_location());
@@ -1033,6 +1177,15 @@ pub fn spawn(
         sandbox,
     };
     let mut stack = vec![0u8; 256 * 1024];
+    // Block every signal around the clone (the child restores defaults first).
+    // SAFETY: sigset operations on local values.
+    let previous = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+        previous
+    };
     // SAFETY: the stack grows down from its (16-byte aligned) top; the
     // child only touches `args` and its own stack before exec; CLONE_VFORK
     // keeps this frame (and `stack`) alive until then.
@@ -1045,8 +1198,11 @@ pub fn spawn(
             &args as *const ChildArgs<'_> as *mut libc::c_void,
         )
     };
+    let clone_error = std::io::Error::last_os_error();
+    // SAFETY: restores this thread's mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
     if pid < 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(clone_error);
     }
     drop((stdin_read, stdout_write, stderr_write, error_write));
     let mut code = [0u8; 4];
@@ -1065,8 +1221,63 @@ pub fn spawn(
     })
 }
 
-/// Waits for a child started by [`spawn`]: its wait status and rusage.
-pub fn wait(pid: i32) -> std::io::Result<(i32, libc::rusage)> {
+/// Waits for a child started by [`spawn`]: its wait status, rusage, and
+/// whether processes of its group were still alive when it exited (they are
+/// killed before the child is reaped, while its zombie still holds the pid
+/// and the group id, so no recycled pid can be hit).
+pub fn wait(pid: i32, tracked: Option<&Path>) -> std::io::Result<(i32, libc::rusage, bool)> {
+    // SAFETY: waitid with WNOWAIT leaves the zombie in place.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        while libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        ) != 0
+        {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EINTR) {
+                return Err(error);
+            }
+        }
+    }
+    let orphans = match tracked {
+        // The tracking cgroup lists the tree (a cheap read), including
+        // processes that left the group.
+        Some(procs) => std::fs::read_to_string(procs)
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line.trim().parse::<i32>().is_ok_and(|member| member != pid)),
+        None => group_members(pid) > 0,
+    };
+    if orphans {
+        // SAFETY: the group id cannot be recycled while the leader's zombie exists.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    let (status, usage) = reap(pid)?;
+    Ok((status, usage, orphans))
+}
+
+/// Processes of process group `leader` other than the leader itself.
+fn group_members(leader: i32) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != leader)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<i32>().ok())
+                    == Some(leader)
+            })
+        })
+        .count()
+}
+
+fn reap(pid: i32) -> std::io::Result<(i32, libc::rusage)> {
     let mut status = 0;
     // SAFETY: rusage is plain data, filled by wait4.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

@@ -38,7 +38,14 @@ export interface GuardRequest {
   cwd: string;
   env: { [key: string]: string };
   stdin: Uint8Array;
-  policy: GuardPolicy | undefined;
+  policy:
+    | GuardPolicy
+    | undefined;
+  /**
+   * Collect stdout/stderr into the result (instead of streaming them
+   * through rings), up to max_output_bytes or 64 MiB.
+   */
+  collectOutput: boolean;
 }
 
 export interface GuardRequest_EnvEntry {
@@ -81,6 +88,9 @@ export interface GuardResult {
   isolation: GuardIsolation | undefined;
   stdoutTruncated: boolean;
   stderrTruncated: boolean;
+  /** With collect_output. */
+  stdout: Uint8Array;
+  stderr: Uint8Array;
 }
 
 function createBaseGuardPolicy(): GuardPolicy {
@@ -252,7 +262,7 @@ export const GuardPolicy: MessageFns<GuardPolicy> = {
 };
 
 function createBaseGuardRequest(): GuardRequest {
-  return { cmd: "", args: [], cwd: "", env: {}, stdin: new Uint8Array(0), policy: undefined };
+  return { cmd: "", args: [], cwd: "", env: {}, stdin: new Uint8Array(0), policy: undefined, collectOutput: false };
 }
 
 export const GuardRequest: MessageFns<GuardRequest> = {
@@ -274,6 +284,9 @@ export const GuardRequest: MessageFns<GuardRequest> = {
     }
     if (message.policy !== undefined) {
       GuardPolicy.encode(message.policy, writer.uint32(50).fork()).join();
+    }
+    if (message.collectOutput !== false) {
+      writer.uint32(56).bool(message.collectOutput);
     }
     return writer;
   },
@@ -340,6 +353,14 @@ export const GuardRequest: MessageFns<GuardRequest> = {
             }
 
             message.policy = GuardPolicy.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.collectOutput = reader.bool();
             continue;
           }
         }
@@ -612,6 +633,8 @@ function createBaseGuardResult(): GuardResult {
     isolation: undefined,
     stdoutTruncated: false,
     stderrTruncated: false,
+    stdout: new Uint8Array(0),
+    stderr: new Uint8Array(0),
   };
 }
 
@@ -637,6 +660,12 @@ export const GuardResult: MessageFns<GuardResult> = {
     }
     if (message.stderrTruncated !== false) {
       writer.uint32(56).bool(message.stderrTruncated);
+    }
+    if (message.stdout.length !== 0) {
+      writer.uint32(66).bytes(message.stdout);
+    }
+    if (message.stderr.length !== 0) {
+      writer.uint32(74).bytes(message.stderr);
     }
     return writer;
   },
@@ -708,6 +737,22 @@ export const GuardResult: MessageFns<GuardResult> = {
             }
 
             message.stderrTruncated = reader.bool();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.stdout = reader.bytes();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.stderr = reader.bytes();
             continue;
           }
         }
