@@ -45,6 +45,17 @@ try {
   await kernel.journal.undo(txId, { ctx });
   console.log(`after undo: user:1 exists = ${kernel.store.has("user:1")}`);
 
+  // The guard: an untrusted command in an isolated, limited child process.
+  const guarded = await kernel.guard.run({
+    cmd: Deno.execPath(),
+    args: ["--version"],
+    policy: { timeoutMs: 5_000, maxOutputBytes: 64 * 1024 },
+  });
+  console.log(
+    `guard: exit ${guarded.code}, "${new TextDecoder().decode(guarded.stdout).split("\n")[0]}", ` +
+      `isolation ${guarded.isolation.applied.join(", ")}`,
+  );
+
   // Errors are typed and say what was wrong.
   try {
     await Kernel.open({ workerThreads: 100_000, dataDir: null });

@@ -123,7 +123,13 @@ async function watch(mode: "test" | "example"): Promise<never> {
   throw new Error("dev: the file watcher stopped");
 }
 
-const DENO_RUN_FLAGS = ["--allow-ffi", "--allow-read", "--allow-write", "--allow-env"];
+const DENO_RUN_FLAGS = [
+  "--allow-ffi",
+  "--allow-read",
+  "--allow-write",
+  "--allow-env",
+  `--allow-run=${Deno.execPath()}`,
+];
 
 async function main(command: string, rest: string[]): Promise<void> {
   switch (command) {
