@@ -289,6 +289,17 @@ Deno.test({
     // or the wait ends with ClosedError when the handle went first.
     const outcome = await child.status.then((status) => status.signal, (error) => error.name);
     assert.ok(outcome === "SIGKILL" || outcome === "ClosedError", String(outcome));
+    // No cgroup of this process is left behind.
+    const mine = () => {
+      try {
+        return [...Deno.readDirSync("/sys/fs/cgroup/pids")]
+          .filter((entry) => entry.name.startsWith(`krepis-guard-${Deno.pid}-`)).length;
+      } catch {
+        return 0; // no such hierarchy here
+      }
+    };
+    for (let i = 0; i < 100 && mine() > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(mine(), 0);
   },
 });
 

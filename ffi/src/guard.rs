@@ -43,6 +43,8 @@ struct Stopper {
     #[cfg_attr(windows, allow(dead_code))]
     pid: u32,
     killed: AtomicBool,
+    /// Set (under the lock) once the command's pid has been reaped.
+    reaped: Arc<Mutex<bool>>,
     violations: Arc<Mutex<Vec<GuardViolation>>>,
     #[cfg(windows)]
     job: Option<windows::Job>,
@@ -60,6 +62,12 @@ impl Stopper {
                 });
         }
         if self.killed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Held while signalling: once the command is reaped its pid may be
+        // recycled, and the reaper sets the flag under this same lock.
+        let reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        if *reaped {
             return;
         }
         #[cfg(unix)]
@@ -138,9 +146,8 @@ fn pump(
     stop: &Stopper,
     name: &str,
     runtime: &tokio::runtime::Handle,
-    collect: bool,
-) -> (bool, Vec<u8>) {
-    let mut collected = Vec::new();
+    sink: Option<&Mutex<Vec<u8>>>,
+) -> bool {
     let mut producer = ring.map(Producer::new);
     let max_chunk = producer.as_ref().map_or(64 * 1024, |p| {
         (p_capacity(p) - RING_RECORD_HEADER_BYTES).min(64 * 1024) as usize
@@ -149,7 +156,7 @@ fn pump(
     let mut total = 0u64;
     loop {
         let read = match source.read(&mut buffer) {
-            Ok(0) | Err(_) => return (false, collected),
+            Ok(0) | Err(_) => return false,
             Ok(read) => read,
         };
         let allowed = if limit == 0 {
@@ -157,8 +164,10 @@ fn pump(
         } else {
             (limit - total.min(limit)).min(read as u64)
         };
-        if collect {
-            collected.extend_from_slice(&buffer[..allowed as usize]);
+        if let Some(sink) = sink {
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&buffer[..allowed as usize]);
         }
         if let Some(producer) = producer.as_mut() {
             if allowed > 0 {
@@ -182,7 +191,7 @@ fn pump(
                 "output",
                 format!("{name} exceeded maxOutputBytes ({limit} bytes)"),
             )));
-            return (true, collected);
+            return true;
         }
     }
 }
@@ -229,6 +238,8 @@ fn cpu_ms(pid: u32) -> Option<u64> {
 /// A started command, whichever way it was started.
 struct Spawned {
     pid: u32,
+    /// Shared with the reaper: see `Stopper::reaped`.
+    reaped: Arc<Mutex<bool>>,
     stdin: Option<Box<dyn Write + Send>>,
     stdout: Option<Box<dyn Read + Send>>,
     stderr: Option<Box<dyn Read + Send>>,
@@ -250,8 +261,11 @@ impl Spawned {
             use std::os::windows::io::AsRawHandle;
             windows::Job::for_process(child.as_raw_handle() as _)
         };
+        let reaped: Arc<Mutex<bool>> = Arc::default();
+        let reaper = Arc::clone(&reaped);
         Spawned {
             pid: child.id(),
+            reaped,
             stdin: child
                 .stdin
                 .take()
@@ -266,6 +280,7 @@ impl Spawned {
                 .map(|s| Box::new(s) as Box<dyn Read + Send>),
             wait: Box::new(move || {
                 let status = child.wait()?;
+                *reaper.lock().unwrap_or_else(|p| p.into_inner()) = true;
                 #[cfg(unix)]
                 let signal = std::os::unix::process::ExitStatusExt::signal(&status);
                 #[cfg(not(unix))]
@@ -547,13 +562,17 @@ fn spawn(
             .pids_cgroup
             .as_ref()
             .map(|dir| dir.join("cgroup.procs"));
+        let reaped: Arc<Mutex<bool>> = Arc::default();
+        let reaper = Arc::clone(&reaped);
         let spawned = Spawned {
             pid: pid as u32,
+            reaped,
             stdin: Some(Box::new(child.stdin)),
             stdout: Some(Box::new(child.stdout)),
             stderr: Some(Box::new(child.stderr)),
             wait: Box::new(move || {
-                let (status, usage, orphans) = crate::sandbox::wait(pid, tracked.as_deref())?;
+                let (status, usage, orphans) =
+                    crate::sandbox::wait(pid, tracked.as_deref(), &reaper)?;
                 let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
                 let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
                 let cpu =
@@ -631,6 +650,7 @@ fn finish_spawn(
     let stop = Arc::new(Stopper {
         pid,
         killed: AtomicBool::new(false),
+        reaped: Arc::clone(&child.reaped),
         violations: Arc::clone(&violations),
         #[cfg(windows)]
         job,
@@ -658,47 +678,44 @@ fn finish_spawn(
         (0, true) => COLLECT_LIMIT_BYTES,
         (limit, _) => limit,
     };
-    let readers: Vec<tokio::task::JoinHandle<(bool, Vec<u8>)>> = [
-        (
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            stdout_ring,
-            "stdout",
-        ),
-        (
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            stderr_ring,
-            "stderr",
-        ),
+    // Pumps report through a std channel (tokio timers die with the runtime
+    // on kernel close); collected output accumulates in shared buffers, so
+    // whatever was read is kept even if a pump never finishes.
+    let sinks: Arc<[Mutex<Vec<u8>>; 2]> = Arc::default();
+    let truncated: Arc<[AtomicBool; 2]> = Arc::default();
+    let (pumped, pumps_done) = std::sync::mpsc::channel::<()>();
+    for (index, (source, ring, name)) in [
+        (child.stdout.take(), stdout_ring, "stdout"),
+        (child.stderr.take(), stderr_ring, "stderr"),
     ]
     .into_iter()
-    .map(|(source, ring, name)| {
+    .enumerate()
+    {
         let (stop, pump_runtime) = (Arc::clone(&stop), runtime.clone());
+        let (sinks, truncated, pumped) =
+            (Arc::clone(&sinks), Arc::clone(&truncated), pumped.clone());
         runtime.spawn_blocking(move || {
-            let truncated = match source {
-                Some(source) => pump(
+            if let Some(source) = source {
+                let sink = collect.then(|| &sinks[index]);
+                if pump(
                     source,
                     ring.clone(),
                     limit,
                     &stop,
                     name,
                     &pump_runtime,
-                    collect,
-                ),
-                None => (false, Vec::new()),
-            };
+                    sink,
+                ) {
+                    truncated[index].store(true, Ordering::SeqCst);
+                }
+            }
             if let Some(ring) = ring {
                 ring.close();
             }
-            truncated
-        })
-    })
-    .collect();
+            let _ = pumped.send(());
+        });
+    }
+    drop(pumped);
 
     // The monitor: timeout, CPU (precise on Linux), cgroup limits.
     let monitor_stop = Arc::clone(&stop);
@@ -750,8 +767,10 @@ fn finish_spawn(
     // The waiter: reaps the child, cleans up the tree, builds the result.
     let waiter = Arc::clone(&guarded);
     let wait = child.wait;
-    let join_runtime = runtime.clone();
     runtime.spawn_blocking(move || {
+        // Whatever happens below (even a panic), the cgroups are removed.
+        #[cfg(target_os = "linux")]
+        let _cleanup = CleanupOnDrop(sandbox.clone());
         let status = wait();
         done.store(true, Ordering::SeqCst);
         let wall_ms = started.elapsed().as_millis() as u64;
@@ -833,36 +852,26 @@ fn finish_spawn(
             }
             sandbox.kill_cgroups();
         }
-        // A process that escaped every kill may still hold the output open:
-        // do not wait for it forever.
-        let outputs: Vec<(bool, Vec<u8>)> = readers
-            .into_iter()
-            .map(|reader| {
-                join_runtime
-                    .block_on(async {
-                        tokio::time::timeout(Duration::from_millis(500), reader).await
-                    })
-                    .map(|joined| joined.unwrap_or_default())
-                    .unwrap_or_else(|_| {
-                        stop.violations
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(GuardViolation {
-                                kind: "orphans".into(),
-                                detail: "a process outside the command's reach kept its output open"
-                                    .into(),
-                            });
-                        (false, Vec::new())
-                    })
-            })
-            .collect();
-        let mut outputs = outputs.into_iter();
-        let (stdout_truncated, stdout) = outputs.next().unwrap_or_default();
-        let (stderr_truncated, stderr) = outputs.next().unwrap_or_default();
-        result.stdout = stdout;
-        result.stderr = stderr;
-        result.stdout_truncated = stdout_truncated;
-        result.stderr_truncated = stderr_truncated;
+        // Collected output: wait (briefly) for the pumps. A process that
+        // escaped every kill may still hold the output open; streamed output
+        // is the reader's business and does not hold the result back.
+        if collect {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            for _ in 0..2 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if pumps_done.recv_timeout(left).is_err() {
+                    stop.violations.lock().unwrap_or_else(|p| p.into_inner()).push(GuardViolation {
+                        kind: "orphans".into(),
+                        detail: "a process outside the command's reach kept its output open".into(),
+                    });
+                    break;
+                }
+            }
+        }
+        result.stdout = std::mem::take(&mut *sinks[0].lock().unwrap_or_else(|p| p.into_inner()));
+        result.stderr = std::mem::take(&mut *sinks[1].lock().unwrap_or_else(|p| p.into_inner()));
+        result.stdout_truncated = truncated[0].load(Ordering::SeqCst);
+        result.stderr_truncated = truncated[1].load(Ordering::SeqCst);
         result.usage = Some(GuardUsage {
             wall_ms,
             cpu_ms,
@@ -876,13 +885,23 @@ fn finish_spawn(
         result.isolation = Some(isolation);
         *waiter.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
         waiter.finished.notify_all();
-        // Removing the (now empty) cgroups is off the result's path.
-        #[cfg(target_os = "linux")]
-        if let Some(sandbox) = &sandbox {
-            sandbox.cleanup();
-        }
+        // Removing the (now empty) cgroups happens when `_cleanup` drops,
+        // after the result is published.
     });
     Ok(handle)
+}
+
+/// Removes a command's cgroups when dropped.
+#[cfg(target_os = "linux")]
+struct CleanupOnDrop(Option<Arc<crate::sandbox::Sandbox>>);
+
+#[cfg(target_os = "linux")]
+impl Drop for CleanupOnDrop {
+    fn drop(&mut self) {
+        if let Some(sandbox) = &self.0 {
+            sandbox.cleanup();
+        }
+    }
 }
 
 /// Kills every guarded process of a kernel (on kernel close), zombie-free:

@@ -392,34 +392,64 @@ fn seccomp_program(net: bool) -> Vec<libc::sock_filter> {
     program
 }
 
-fn cgroup_dir(controller: &str) -> Option<PathBuf> {
-    let v1 = PathBuf::from("/sys/fs/cgroup").join(controller);
-    if v1.join("cgroup.procs").exists() {
-        return Some(v1);
+/// Where this process's cgroup for `controller` is, and whether it is the
+/// unified (v2) hierarchy. Guarded commands get cgroups *below* it, so the
+/// limits the service itself runs under (systemd TasksMax, memory) still
+/// apply to them.
+fn own_cgroup(controller: &str) -> Option<(PathBuf, bool)> {
+    let table = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let relative = |path: &str| path.trim_start_matches('/').to_owned();
+    for line in table.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if id != "0" && controllers.split(',').any(|c| c == controller) {
+            let dir = PathBuf::from("/sys/fs/cgroup")
+                .join(controller)
+                .join(relative(path));
+            if dir.join("cgroup.procs").exists() {
+                return Some((dir, false));
+            }
+        }
     }
-    let v2 = PathBuf::from("/sys/fs/cgroup");
-    let controllers = std::fs::read_to_string(v2.join("cgroup.subtree_control")).ok()?;
-    controllers
-        .split_whitespace()
-        .any(|c| c == controller)
-        .then_some(v2)
+    for line in table.lines() {
+        if let Some(path) = line.strip_prefix("0::") {
+            let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|root| root.join("cgroup.controllers").exists())?;
+            let dir = root.join(relative(path));
+            if dir.join("cgroup.procs").exists() {
+                return Some((dir, true));
+            }
+        }
+    }
+    None
 }
 
+/// Creates (or, on v2, reuses) the cgroup `name` below this process's own
+/// cgroup for `controller`, and writes `settings` into it.
 fn make_cgroup(
     controller: &str,
     name: &str,
     settings: &[(&str, String)],
-) -> Result<PathBuf, String> {
-    let base = cgroup_dir(controller).ok_or("no writable cgroup hierarchy with this controller")?;
+    existing: &[PathBuf],
+) -> Result<(PathBuf, bool), String> {
+    let (base, v2) = own_cgroup(controller).ok_or("no cgroup hierarchy with this controller")?;
     let dir = base.join(name);
-    std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // One directory holds every controller on v2.
+    let fresh = !(v2 && existing.contains(&dir));
+    if fresh {
+        std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     for (file, value) in settings {
         if let Err(error) = std::fs::write(dir.join(file), value) {
-            let _ = std::fs::remove_dir(&dir);
+            if fresh {
+                let _ = std::fs::remove_dir(&dir);
+            }
             return Err(format!("{file}: {error}"));
         }
     }
-    Ok(dir)
+    Ok((dir, v2))
 }
 
 impl Sandbox {
@@ -465,8 +495,14 @@ impl Sandbox {
         } else {
             "max".into()
         };
-        match make_cgroup("pids", &name, &[("pids.max", pids_max)]) {
-            Ok(dir) => {
+        let settings: Vec<(&str, String)> =
+            if policy.max_processes > 0 || own_cgroup("pids").is_some_and(|(_, v2)| !v2) {
+                vec![("pids.max", pids_max)]
+            } else {
+                Vec::new() // v2 tracking needs no controller
+            };
+        match make_cgroup("pids", &name, &settings, &sandbox.cgroups) {
+            Ok((dir, _)) => {
                 sandbox.applied.push("process_tree".into());
                 if policy.max_processes > 0 {
                     sandbox.applied.push("cgroup_pids".into());
@@ -484,16 +520,18 @@ impl Sandbox {
             }
         }
         if policy.max_cpu_ms > 0 {
-            let controller = if cgroup_dir("cpuacct").is_some_and(|d| d.ends_with("cpuacct")) {
+            let controller = if own_cgroup("cpuacct").is_some_and(|(_, v2)| !v2) {
                 "cpuacct"
             } else {
                 "cpu"
             };
-            match make_cgroup(controller, &name, &[]) {
-                Ok(dir) => {
+            match make_cgroup(controller, &name, &[], &sandbox.cgroups) {
+                Ok((dir, _)) => {
                     sandbox.applied.push("cgroup_cpu".into());
                     sandbox.cpu_cgroup = Some(dir.clone());
-                    sandbox.cgroups.push(dir);
+                    if !sandbox.cgroups.contains(&dir) {
+                        sandbox.cgroups.push(dir);
+                    }
                 }
                 Err(why) => sandbox.not_applied.push(format!(
                     "cgroup_cpu: {why}; maxCpuMs counts the first process only"
@@ -501,7 +539,7 @@ impl Sandbox {
             }
         }
         if policy.max_memory_bytes > 0 {
-            let v1 = cgroup_dir("memory").is_some_and(|d| d.ends_with("memory"));
+            let v1 = own_cgroup("memory").is_some_and(|(_, v2)| !v2);
             let limit = if v1 {
                 "memory.limit_in_bytes"
             } else {
@@ -511,8 +549,9 @@ impl Sandbox {
                 "memory",
                 &name,
                 &[(limit, policy.max_memory_bytes.to_string())],
+                &sandbox.cgroups,
             ) {
-                Ok(dir) => {
+                Ok((dir, _)) => {
                     if v1 {
                         let _ = std::fs::write(
                             dir.join("memory.memsw.limit_in_bytes"),
@@ -523,7 +562,9 @@ impl Sandbox {
                     }
                     sandbox.applied.push("cgroup_memory".into());
                     sandbox.memory_cgroup = Some(dir.clone());
-                    sandbox.cgroups.push(dir);
+                    if !sandbox.cgroups.contains(&dir) {
+                        sandbox.cgroups.push(dir);
+                    }
                 }
                 Err(why) => {
                     sandbox
@@ -544,8 +585,12 @@ impl Sandbox {
         sandbox.applied.push("rlimits".into());
         for dir in &sandbox.cgroups {
             let procs = dir.join("cgroup.procs");
-            if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&procs) {
-                sandbox.cgroup_procs.push(OwnedFd::from(file));
+            match std::fs::OpenOptions::new().write(true).open(&procs) {
+                Ok(file) => sandbox.cgroup_procs.push(OwnedFd::from(file)),
+                // Without a way in, the cgroup tracks nothing: same as failing.
+                Err(_) => {
+                    sandbox.failed.fetch_or(FAILED_CGROUP, Ordering::SeqCst);
+                }
             }
         }
         match landlock_ruleset(&sandbox.read, &sandbox.write) {
@@ -660,10 +705,19 @@ impl Sandbox {
             }
             // Descriptors inherited without CLOEXEC must not reach the command.
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 1u32 << 2);
-            if self.drop_capabilities {
-                // An empty bounding set means exec grants root nothing either.
-                for capability in 0..=63 {
-                    libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0);
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
+            {
+                if self.drop_capabilities {
+                    // An empty bounding set means exec grants root nothing either.
+                    for capability in 0..=63 {
+                        libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0);
+                    }
                 }
                 #[repr(C)]
                 struct Header {
@@ -722,6 +776,12 @@ impl Sandbox {
     /// Moves the layers the child could not apply from applied to not applied.
     pub fn settle(&mut self) -> Vec<String> {
         let failed = self.failed.load(Ordering::SeqCst);
+        if failed & FAILED_CGROUP != 0 {
+            // The command is not in them: nothing read from them is true.
+            self.pids_cgroup = None;
+            self.cpu_cgroup = None;
+            self.memory_cgroup = None;
+        }
         let mut lost = Vec::new();
         for (bit, name) in [
             (FAILED_NETNS, "net_namespace"),
@@ -1099,7 +1159,7 @@ extern "C" fn child_main(argument: *mut libc::c_void) -> libc::c_int {
         // Deno's handlers must not run here (this child shares the parent's
         // memory): every caught signal goes back to its default while all
         // are still blocked, then the mask is cleared (what posix_spawn does).
-        for signal in 1..libc::SIGRTMAX() {
+        for signal in 1..=libc::SIGRTMAX() {
             let mut current: libc::sigaction = std::mem::zeroed();
             if libc::sigaction(signal, std::ptr::null(), &mut current) == 0
                 && current.sa_sigaction != libc::SIG_IGN
@@ -1225,7 +1285,11 @@ pub fn spawn(
 /// whether processes of its group were still alive when it exited (they are
 /// killed before the child is reaped, while its zombie still holds the pid
 /// and the group id, so no recycled pid can be hit).
-pub fn wait(pid: i32, tracked: Option<&Path>) -> std::io::Result<(i32, libc::rusage, bool)> {
+pub fn wait(
+    pid: i32,
+    tracked: Option<&Path>,
+    reaped: &Mutex<bool>,
+) -> std::io::Result<(i32, libc::rusage, bool)> {
     // SAFETY: waitid with WNOWAIT leaves the zombie in place.
     unsafe {
         let mut info: libc::siginfo_t = std::mem::zeroed();
@@ -1255,7 +1319,10 @@ pub fn wait(pid: i32, tracked: Option<&Path>) -> std::io::Result<(i32, libc::rus
         // SAFETY: the group id cannot be recycled while the leader's zombie exists.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
+    // Reap under the lock that killers check: no signal can reach a recycled pid.
+    let mut flag = reaped.lock().unwrap_or_else(|p| p.into_inner());
     let (status, usage) = reap(pid)?;
+    *flag = true;
     Ok((status, usage, orphans))
 }
 
