@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "8c00ada80dcd5dfcfc957c246bbee3ca2a5c8bc8468b6a630557f05cfcee9501";
+export const ABI_HASH = "9ad745b1a0c9713c91d5b7d78a8ed5708805b76501838540831e7405ba595a14";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -52,6 +52,8 @@ export const KREPIS_BUFFER_RELEASED = 0;
 export const KREPIS_BUFFER_LEAKED = 1;
 export const KREPIS_BUFFER_ABANDONED = 2;
 export const KREPIS_COMPLETION_HEADER_BYTES = 16;
+export const KREPIS_KNUL_HEADER_BYTES = 40;
+export const KREPIS_KNUL_VERSION = 1;
 export const KREPIS_MEMORY_ALIGNMENT = 64;
 export const KREPIS_RING_HEAD = 0;
 export const KREPIS_RING_TAIL = 64;

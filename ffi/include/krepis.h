@@ -23,6 +23,12 @@
 // Bytes of one completion's header in `krepis_store_completions` output.
 #define KREPIS_COMPLETION_HEADER_BYTES 16
 
+// Header size in bytes.
+#define KREPIS_KNUL_HEADER_BYTES 40
+
+// The protocol version this codec speaks.
+#define KREPIS_KNUL_VERSION 1
+
 // Alignment of every allocation shared with JS.
 #define KREPIS_MEMORY_ALIGNMENT 64
 

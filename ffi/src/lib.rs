@@ -29,6 +29,7 @@ pub mod handles;
 pub mod identity;
 pub mod journal;
 pub mod kernel;
+pub mod knul;
 pub mod memory;
 pub mod proto;
 pub mod ring;
