@@ -230,7 +230,7 @@ export class Buffers {
 }
 
 /**
- * Wraps a buffer the kernel produced (e.g. a pinned store value) as a
+ * Wraps a buffer the kernel produced (e.g. a large store value) as a
  * `SharedBuffer` of `kernel`, mapping it once (SDK-internal).
  */
 export function adoptKernelBuffer(

@@ -142,7 +142,7 @@ export interface JournalReadOptions {
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-/** Values up to this size are copied into a shared slab; larger ones are pinned in place. */
+/** Values up to `LARGE_VALUE_BYTES` are copied into a shared slab; larger ones into a buffer of their own. */
 const SLAB_BYTES = 256 * 1024;
 const LARGE_VALUE_BYTES = 16 * 1024;
 const SCAN_BATCH_BYTES = 64 * 1024;
@@ -344,8 +344,9 @@ class Slab {
 /**
  * A value read from the store, zero-copy: a read-only view valid until
  * `release()` (use `using`). Small values sit in kernel memory shared with
- * JS (the kernel copied them once from its cache); values over 16 KiB are
- * mapped in place from the store's cache.
+ * JS (the kernel copied them once from its cache); values over 16 KiB get a
+ * kernel buffer of their own. Either way the memory is the kernel's, never
+ * the store's cache, so even a write through a cast cannot alter the store.
  *
  * @example
  * ```ts
@@ -360,14 +361,14 @@ export class StoreValue implements Disposable {
   /** Length in bytes. */
   readonly length: number;
   readonly #slab: Slab | null;
-  readonly #pinned: SharedBuffer | null;
+  readonly #buffer: SharedBuffer | null;
   readonly #offset: number;
   #released = false;
 
   /** @internal */
-  constructor(slab: Slab | null, pinned: SharedBuffer | null, offset: number, length: number) {
+  constructor(slab: Slab | null, buffer: SharedBuffer | null, offset: number, length: number) {
     this.#slab = slab;
-    this.#pinned = pinned;
+    this.#buffer = buffer;
     this.#offset = offset;
     this.length = length;
   }
@@ -375,7 +376,7 @@ export class StoreValue implements Disposable {
   /** The bytes (no copy). @throws {ClosedError} after `release()`. */
   get bytes(): ReadonlyBytes {
     if (this.#released) throw new ClosedError("StoreValue.bytes: the value was released");
-    if (this.#pinned !== null) return this.#pinned.bytes as ReadonlyBytes;
+    if (this.#buffer !== null) return this.#buffer.bytes as ReadonlyBytes;
     return this.#slab!.bytes.subarray(this.#offset, this.#offset + this.length) as ReadonlyBytes;
   }
 
@@ -398,7 +399,7 @@ export class StoreValue implements Disposable {
   release(): void {
     if (this.#released) return;
     this.#released = true;
-    if (this.#pinned !== null) this.#pinned.release();
+    if (this.#buffer !== null) this.#buffer.release();
     else this.#slab!.unref();
   }
 
@@ -415,7 +416,7 @@ interface StoreShared {
   kernel: object;
   slab: Slab | null;
   keyScratch: Uint8Array<ArrayBuffer>;
-  pinOut: BigUint64Array<ArrayBuffer>;
+  bufferOut: BigUint64Array<ArrayBuffer>;
   commits: CommitPump;
 }
 
@@ -640,7 +641,7 @@ export class Store {
       kernel,
       slab: null,
       keyScratch: new Uint8Array(4096),
-      pinOut: new BigUint64Array(3),
+      bufferOut: new BigUint64Array(3),
       commits: new CommitPump(owner),
     };
     return new Store(shared, "", new Map());
@@ -702,12 +703,13 @@ export class Store {
           length,
           slab.bytes,
           offset,
-          SLAB_BYTES,
+          // Large values go to a buffer of their own: do not copy them here.
+          Math.min(SLAB_BYTES, offset + LARGE_VALUE_BYTES),
         ),
       );
       if (status === 0) return null;
       const size = status - 1;
-      if (size > LARGE_VALUE_BYTES) return this.#getPinned(bytes, length);
+      if (size > LARGE_VALUE_BYTES) return this.#getAsBuffer(bytes, length);
       if (size > SLAB_BYTES - offset) {
         // The slab is full: retire it (freed with its last value) and retry.
         slab.retire();
@@ -720,17 +722,17 @@ export class Store {
     }
   }
 
-  #getPinned(bytes: Uint8Array<ArrayBuffer>, length: number): StoreValue | null {
+  #getAsBuffer(bytes: Uint8Array<ArrayBuffer>, length: number): StoreValue | null {
     const shared = this.#shared;
     const { native } = shared.owner;
     const found = native.check(
-      native.symbols.krepis_store_get_pinned(this.#handle, bytes, length, shared.pinOut),
+      native.symbols.krepis_store_get_buffer(this.#handle, bytes, length, shared.bufferOut),
     );
     if (found === 0) return null;
     const buffer = adoptKernelBuffer(shared.owner, shared.kernel, {
-      handle: Number(shared.pinOut[0]),
-      address: shared.pinOut[1],
-      byteLength: Number(shared.pinOut[2]),
+      handle: Number(shared.bufferOut[0]),
+      address: shared.bufferOut[1],
+      byteLength: Number(shared.bufferOut[2]),
     });
     return new StoreValue(null, buffer, 0, buffer.byteLength);
   }

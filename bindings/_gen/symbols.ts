@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "9ad745b1a0c9713c91d5b7d78a8ed5708805b76501838540831e7405ba595a14";
+export const ABI_HASH = "ec097292113b3a0827de765b68d07ec8082c30932cc1579abcc9441699af0032";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -34,7 +34,7 @@ export const symbols = {
   krepis_store_delete: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_store_flush: { parameters: ["u32", "buffer", "u32"], result: "i32", nonblocking: true },
   krepis_store_get: { parameters: ["u32", "buffer", "u32", "buffer", "u32", "u32"], result: "i32" },
-  krepis_store_get_pinned: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
+  krepis_store_get_buffer: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_store_has: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_store_put: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
   krepis_store_scan: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },

@@ -288,7 +288,7 @@ int32_t krepis_store_flush(uint32_t kernel, uint8_t *out, uint32_t cap);
 
 // Looks `key` up. Returns 0 when absent, else `1 + length`; when the value
 // fits in `out[offset..cap]` it is copied there (else the caller retries
-// with room, or pins it with `krepis_store_get_pinned`).
+// with room, or takes it as a buffer with `krepis_store_get_buffer`).
 //
 // # Safety
 // `key` must point to `key_len` readable bytes and `out` to `cap` writable bytes.
@@ -299,13 +299,14 @@ int32_t krepis_store_get(uint32_t tree,
                          uint32_t offset,
                          uint32_t cap);
 
-// Pins `key`'s current value in place (no copy) as a buffer handle: writes
+// Copies `key`'s current value into a new kernel buffer (for large values:
+// JS maps it once instead of growing its own buffer and retrying). Writes
 // the handle to `out[0]`, the address to `out[1]`, the length to `out[2]`.
 // Returns 1 when found, 0 when absent. Release it like a buffer.
 //
 // # Safety
 // `key` must point to `key_len` readable bytes; `out` to three aligned u64.
-int32_t krepis_store_get_pinned(uint32_t tree, const uint8_t *key, uint32_t key_len, uint64_t *out);
+int32_t krepis_store_get_buffer(uint32_t tree, const uint8_t *key, uint32_t key_len, uint64_t *out);
 
 // Returns 1 when `key` exists, 0 when not.
 //

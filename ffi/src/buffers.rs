@@ -47,20 +47,13 @@ impl BufferAccounting {
     }
 }
 
-/// A buffer alive in the handle table.
-/// What a buffer's bytes are.
-pub enum Backing {
-    /// Kernel-allocated memory (JS may write it).
-    Owned(NativeMemory),
-    /// A store value pinned in place (read-only for JS). Its bytes live in
-    /// sled's heap allocation, which does not move while pinned.
-    Pinned(sled::IVec),
-}
-
+/// A buffer alive in the handle table. Its memory is always the kernel's
+/// own allocation, never memory another component (e.g. the store's cache)
+/// also reads: JS can write any view it holds, whatever its static type.
 pub struct SharedBuffer {
     kernel_id: u64,
     /// Freed on drop unless `abandoned`.
-    memory: ManuallyDrop<Backing>,
+    memory: ManuallyDrop<NativeMemory>,
     /// JS lost track of a view of this memory: never free it.
     abandoned: AtomicBool,
     accounting: Arc<BufferAccounting>,
@@ -68,17 +61,11 @@ pub struct SharedBuffer {
 
 impl SharedBuffer {
     pub fn bytes(&self) -> *const u8 {
-        match &*self.memory {
-            Backing::Owned(memory) => memory.as_ptr(),
-            Backing::Pinned(value) => value.as_ptr(),
-        }
+        self.memory.as_ptr()
     }
 
     pub fn len(&self) -> usize {
-        match &*self.memory {
-            Backing::Owned(memory) => memory.len(),
-            Backing::Pinned(value) => value.len(),
-        }
+        self.memory.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -110,36 +97,45 @@ pub fn alloc(kernel_handle: u32, len: u32) -> KernelResult<(u32, u64)> {
     }
     let memory = NativeMemory::zeroed(len as usize)?;
     let address = memory.address();
+    let handle = insert(&kernel, memory)?;
+    Ok((handle, address))
+}
+
+/// Copies `bytes` (e.g. a large store value) into a new buffer of `kernel`
+/// that JS maps read-only: returns handle, address and length.
+///
+/// A copy rather than a pin of the store's own allocation on purpose: a JS
+/// view can be written through a cast, and such a write must never reach
+/// the store's cache (it would be read back, and could be flushed to disk).
+pub fn copy_from(kernel: &crate::kernel::Kernel, bytes: &[u8]) -> KernelResult<(u32, u64, u64)> {
+    if bytes.len() > MAX_BUFFER_BYTES as usize {
+        return Err(KernelError::invalid_argument(format!(
+            "value of {} bytes exceeds the buffer maximum of {MAX_BUFFER_BYTES}",
+            bytes.len()
+        )));
+    }
+    let memory = NativeMemory::zeroed(bytes.len())?;
+    // SAFETY: `memory` was just allocated with room for `bytes.len()` bytes
+    // and is not shared with anyone yet; the regions cannot overlap.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), memory.as_ptr(), bytes.len()) };
+    let address = memory.address();
+    let handle = insert(kernel, memory)?;
+    Ok((handle, address, bytes.len() as u64))
+}
+
+/// Registers `memory` as a live buffer of `kernel`, counted in its stats.
+fn insert(kernel: &crate::kernel::Kernel, memory: NativeMemory) -> KernelResult<u32> {
     let accounting = Arc::clone(kernel.accounting());
     accounting.live_buffers.fetch_add(1, Ordering::Relaxed);
     accounting
         .live_bytes
-        .fetch_add(u64::from(len), Ordering::Relaxed);
-    let handle = BUFFERS.insert(Arc::new(SharedBuffer {
+        .fetch_add(memory.len() as u64, Ordering::Relaxed);
+    BUFFERS.insert(Arc::new(SharedBuffer {
         kernel_id: kernel.id(),
-        memory: ManuallyDrop::new(Backing::Owned(memory)),
+        memory: ManuallyDrop::new(memory),
         abandoned: AtomicBool::new(false),
         accounting,
-    }))?;
-    Ok((handle, address))
-}
-
-/// Pins a store value as a read-only buffer of `kernel`: returns handle,
-/// address and length. JS maps it once; releasing unpins it.
-pub fn pin(kernel: &crate::kernel::Kernel, value: sled::IVec) -> KernelResult<(u32, u64, u64)> {
-    let accounting = Arc::clone(kernel.accounting());
-    let length = value.len() as u64;
-    accounting.live_buffers.fetch_add(1, Ordering::Relaxed);
-    accounting.live_bytes.fetch_add(length, Ordering::Relaxed);
-    let buffer = Arc::new(SharedBuffer {
-        kernel_id: kernel.id(),
-        memory: ManuallyDrop::new(Backing::Pinned(value)),
-        abandoned: AtomicBool::new(false),
-        accounting,
-    });
-    let address = buffer.bytes() as usize as u64;
-    let handle = BUFFERS.insert(buffer)?;
-    Ok((handle, address, length))
+    }))
 }
 
 /// Looks up a live buffer (for capabilities that read buffers JS filled).

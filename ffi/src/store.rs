@@ -495,7 +495,7 @@ pub extern "C" fn krepis_store_tree_close(tree: u32) -> i32 {
 
 /// Looks `key` up. Returns 0 when absent, else `1 + length`; when the value
 /// fits in `out[offset..cap]` it is copied there (else the caller retries
-/// with room, or pins it with `krepis_store_get_pinned`).
+/// with room, or takes it as a buffer with `krepis_store_get_buffer`).
 ///
 /// # Safety
 /// `key` must point to `key_len` readable bytes and `out` to `cap` writable bytes.
@@ -516,7 +516,7 @@ pub unsafe extern "C" fn krepis_store_get(
             return Ok(0);
         };
         let length = i32::try_from(value.len()).map_err(|_| {
-            KernelError::invalid_argument("value larger than 2 GiB: use the pinned path")
+            KernelError::invalid_argument("value larger than 2 GiB: use krepis_store_get_buffer")
         })?;
         if offset <= cap && value.len() <= (cap - offset) as usize && !out.is_null() {
             // SAFETY: `out[offset..offset + len]` lies within the caller's `cap` bytes.
@@ -528,20 +528,21 @@ pub unsafe extern "C" fn krepis_store_get(
     })
 }
 
-/// Pins `key`'s current value in place (no copy) as a buffer handle: writes
+/// Copies `key`'s current value into a new kernel buffer (for large values:
+/// JS maps it once instead of growing its own buffer and retrying). Writes
 /// the handle to `out[0]`, the address to `out[1]`, the length to `out[2]`.
 /// Returns 1 when found, 0 when absent. Release it like a buffer.
 ///
 /// # Safety
 /// `key` must point to `key_len` readable bytes; `out` to three aligned u64.
 #[no_mangle]
-pub unsafe extern "C" fn krepis_store_get_pinned(
+pub unsafe extern "C" fn krepis_store_get_buffer(
     tree: u32,
     key: *const u8,
     key_len: u32,
     out: *mut u64,
 ) -> i32 {
-    call("krepis_store_get_pinned", || {
+    call("krepis_store_get_buffer", || {
         if out.is_null() || !out.is_aligned() {
             return Err(KernelError::invalid_argument(
                 "out must point to three aligned u64",
@@ -554,7 +555,7 @@ pub unsafe extern "C" fn krepis_store_get_pinned(
             return Ok(0);
         };
         let owner = self::kernel_of(&tree)?;
-        let (handle, address, length) = crate::buffers::pin(&owner, value)?;
+        let (handle, address, length) = crate::buffers::copy_from(&owner, &value)?;
         // SAFETY: checked non-null and aligned; the caller guarantees three u64.
         unsafe {
             out.write(u64::from(handle));
