@@ -134,6 +134,47 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "escape: mkdir, rm, mv and ln outside `write` fail and are reported; existing parents are not",
+  ignore: !linux,
+  fn: async () => {
+    await using kernel = await open();
+    using inside = tempDir();
+    using outside = tempDir();
+    Deno.writeTextFileSync(`${outside.path}/keep`, "keep");
+    const result = await kernel.guard.run({
+      cmd: "/bin/sh",
+      args: [
+        "-c",
+        [
+          `mkdir -p ${inside.path}/a/b`, // walks existing parents (/tmp…): EEXIST, no report
+          `mkdir ${outside.path}/made`,
+          `rm -f ${outside.path}/keep`,
+          `mv ${inside.path}/a ${outside.path}/moved`,
+          `ln -s /etc/passwd ${outside.path}/link`,
+          `: > ${inside.path}/file`,
+          `ln ${inside.path}/file ${outside.path}/hard`,
+          "true",
+        ].join("; "),
+      ],
+      policy: { write: [inside.path] },
+    });
+    assert.equal(result.code, 0, text(result.stderr));
+    assert.ok(Deno.statSync(`${inside.path}/a/b`).isDirectory, "allowed changes still work");
+    assert.equal(Deno.readTextFileSync(`${outside.path}/keep`), "keep");
+    assert.deepEqual([...Deno.readDirSync(outside.path)].map((entry) => entry.name), ["keep"]);
+    // Tools may also probe (read) their targets first: those are reported
+    // too, but which ones depends on the coreutils version.
+    for (const v of result.violations) assert.ok(v.detail.startsWith(`${outside.path}/`), v.detail);
+    const writes = result.violations.filter((v) => v.kind === "write").map((v) => v.detail).sort();
+    assert.deepEqual(
+      writes,
+      ["hard", "keep", "link", "made", "moved"].map((name) => `${outside.path}/${name}`),
+    );
+  },
+});
+
+Deno.test({
   name: "escape: a TCP connection with net: false kills the command",
   ignore: !linux,
   fn: async () => {

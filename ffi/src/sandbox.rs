@@ -54,6 +54,40 @@ mod arch {
     pub(super) const CREAT: Option<i64> = Some(85);
     pub(super) const OPENAT: i64 = 257;
     pub(super) const OPENAT2: i64 = 437;
+    /// Calls that change the file tree, sent to the supervisor so an
+    /// out-of-policy one is reported (Landlock alone would deny silently).
+    pub(super) const TREE_CHANGES: &[(i64, &[super::PathArg])] = {
+        use super::PathArg as A;
+        &[
+            (libc::SYS_mkdir, &[A::creates(None, 0)]),
+            (libc::SYS_mknod, &[A::creates(None, 0)]),
+            (libc::SYS_symlink, &[A::creates(None, 1)]),
+            (libc::SYS_rmdir, &[A::changes(None, 0)]),
+            (libc::SYS_unlink, &[A::changes(None, 0)]),
+            (libc::SYS_truncate, &[A::changes(None, 0)]),
+            (
+                libc::SYS_rename,
+                &[A::changes(None, 0), A::replaces(None, 1)],
+            ),
+            (libc::SYS_link, &[A::changes(None, 0), A::creates(None, 1)]),
+            (libc::SYS_mkdirat, &[A::creates(Some(0), 1)]),
+            (libc::SYS_mknodat, &[A::creates(Some(0), 1)]),
+            (libc::SYS_symlinkat, &[A::creates(Some(1), 2)]),
+            (libc::SYS_unlinkat, &[A::changes(Some(0), 1)]),
+            (
+                libc::SYS_renameat,
+                &[A::changes(Some(0), 1), A::replaces(Some(2), 3)],
+            ),
+            (
+                libc::SYS_renameat2,
+                &[A::changes(Some(0), 1), A::replaces(Some(2), 3)],
+            ),
+            (
+                libc::SYS_linkat,
+                &[A::changes(Some(0), 1), A::creates(Some(2), 3)],
+            ),
+        ]
+    };
 }
 #[cfg(target_arch = "aarch64")]
 mod arch {
@@ -64,6 +98,76 @@ mod arch {
     pub(super) const CREAT: Option<i64> = None;
     pub(super) const OPENAT: i64 = 56;
     pub(super) const OPENAT2: i64 = 437;
+    /// As on x86_64; arm64 has only the `*at` forms (and `truncate`).
+    pub(super) const TREE_CHANGES: &[(i64, &[super::PathArg])] = {
+        use super::PathArg as A;
+        &[
+            (libc::SYS_truncate, &[A::changes(None, 0)]),
+            (libc::SYS_mkdirat, &[A::creates(Some(0), 1)]),
+            (libc::SYS_mknodat, &[A::creates(Some(0), 1)]),
+            (libc::SYS_symlinkat, &[A::creates(Some(1), 2)]),
+            (libc::SYS_unlinkat, &[A::changes(Some(0), 1)]),
+            (
+                libc::SYS_renameat,
+                &[A::changes(Some(0), 1), A::replaces(Some(2), 3)],
+            ),
+            (
+                libc::SYS_renameat2,
+                &[A::changes(Some(0), 1), A::replaces(Some(2), 3)],
+            ),
+            (
+                libc::SYS_linkat,
+                &[A::changes(Some(0), 1), A::creates(Some(2), 3)],
+            ),
+        ]
+    };
+}
+
+/// A path argument of a call that changes the file tree: where it is (an
+/// optional directory-fd argument, the path argument) and what the call does
+/// to it. For `symlink` only the new link counts: its target is just text.
+#[derive(Clone, Copy)]
+struct PathArg {
+    dir: Option<usize>,
+    path: usize,
+    role: PathRole,
+}
+
+/// Decides when an out-of-policy path is worth a violation: only when the
+/// call would otherwise have changed something. `mkdir -p` meeting an
+/// existing `/tmp` gets its EEXIST (from the kernel), not a false report.
+#[derive(Clone, Copy, PartialEq)]
+enum PathRole {
+    /// Made by the call (fails with EEXIST when present).
+    Creates,
+    /// Removed or modified (fails with ENOENT when absent).
+    Changes,
+    /// A rename's target: written either way.
+    Replaces,
+}
+
+impl PathArg {
+    const fn creates(dir: Option<usize>, path: usize) -> Self {
+        Self {
+            dir,
+            path,
+            role: PathRole::Creates,
+        }
+    }
+    const fn changes(dir: Option<usize>, path: usize) -> Self {
+        Self {
+            dir,
+            path,
+            role: PathRole::Changes,
+        }
+    }
+    const fn replaces(dir: Option<usize>, path: usize) -> Self {
+        Self {
+            dir,
+            path,
+            role: PathRole::Replaces,
+        }
+    }
 }
 
 /// Always readable (and executable): what running a program needs.
@@ -384,6 +488,7 @@ fn seccomp_program(net: bool) -> Vec<libc::sock_filter> {
     ]
     .into_iter()
     .flatten()
+    .chain(arch::TREE_CHANGES.iter().map(|&(nr, _)| nr))
     {
         program.push(jump(nr as u32, 0, 1));
         program.push(stmt(RET_K, SECCOMP_RET_USER_NOTIF));
@@ -1013,9 +1118,75 @@ fn read_u64(pid: u32, address: u64) -> Option<u64> {
     Some(u64::from_ne_bytes(buffer))
 }
 
-/// Answers the command's `open` calls: continues those the policy allows
-/// (Landlock still enforces them) and refuses the rest with EACCES, recording
-/// a violation. Returns when the command and every child of it are gone.
+/// The paths a notified call would touch, as the command sees them, each
+/// with whether it writes. An argument that cannot be read yields nothing:
+/// the kernel (and Landlock) decide alone.
+fn requested_accesses(pid: u32, nr: i64, args: &[u64; 6]) -> Vec<(PathBuf, bool)> {
+    let resolve = |dirfd: i64, address: u64| -> Option<PathBuf> {
+        let raw = read_string(pid, address)?;
+        let base = if raw.starts_with('/') {
+            PathBuf::new()
+        } else if dirfd == libc::AT_FDCWD as i64 {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default()
+        } else {
+            std::fs::read_link(format!("/proc/{pid}/fd/{dirfd}")).unwrap_or_default()
+        };
+        Some(normalize(&base.join(&raw)))
+    };
+    let cwd = libc::AT_FDCWD as i64;
+    let fd = |index: usize| args[index] as i32 as i64;
+    if let Some(&(_, paths)) = arch::TREE_CHANGES.iter().find(|(call, _)| *call == nr) {
+        return paths
+            .iter()
+            .filter_map(|arg| {
+                let path = resolve(arg.dir.map_or(cwd, fd), args[arg.path])?;
+                let exists = path.symlink_metadata().is_ok();
+                let changes_something = match arg.role {
+                    PathRole::Creates => !exists,
+                    PathRole::Changes => exists,
+                    PathRole::Replaces => true,
+                };
+                changes_something.then_some((path, true))
+            })
+            .collect();
+    }
+    let (dirfd, path_at, flags) = if Some(nr) == arch::OPEN {
+        (cwd, args[0], args[1])
+    } else if Some(nr) == arch::CREAT {
+        (
+            cwd,
+            args[0],
+            (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64,
+        )
+    } else if nr == arch::OPENAT2 {
+        (fd(0), args[1], read_u64(pid, args[2]).unwrap_or(0))
+    } else {
+        (fd(0), args[1], args[2])
+    };
+    let flags = flags as i32;
+    let write =
+        flags & libc::O_ACCMODE != libc::O_RDONLY || flags & (libc::O_CREAT | libc::O_TRUNC) != 0;
+    resolve(dirfd, path_at)
+        .map(|path| (path, write))
+        .into_iter()
+        .collect()
+}
+
+/// The command's own descriptors (/dev/stdout, /proc/self/fd/N…): Landlock
+/// decides, there is nothing path-based to report.
+fn is_own_descriptor(path: &Path) -> bool {
+    path.starts_with("/dev/fd")
+        || path.starts_with("/proc/self/fd")
+        || path.starts_with("/proc/thread-self/fd")
+        || ["/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/tty"]
+            .iter()
+            .any(|special| path == Path::new(special))
+}
+
+/// Answers the command's `open` calls and the calls that change the file
+/// tree (mkdir, unlink, rename, link, symlink, truncate, mknod): continues
+/// those the policy allows (Landlock still enforces them) and refuses the
+/// rest with EACCES, recording a violation. Returns when the command and every child of it are gone.
 pub fn supervise(
     listener: OwnedFd,
     sandbox: Arc<Sandbox>,
@@ -1038,56 +1209,16 @@ pub fn supervise(
             }
             return; // ENOENT: no process uses the filter any more
         }
-        let nr = i64::from(notification.data.nr);
-        let args = notification.data.args;
-        let (dirfd, path_at, flags) = if Some(nr) == arch::OPEN {
-            (libc::AT_FDCWD as i64, args[0], args[1])
-        } else if Some(nr) == arch::CREAT {
-            (
-                libc::AT_FDCWD as i64,
-                args[0],
-                (libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC) as u64,
-            )
-        } else if nr == arch::OPENAT2 {
-            (
-                args[0] as i32 as i64,
-                args[1],
-                read_u64(notification.pid, args[2]).unwrap_or(0),
-            )
-        } else {
-            (args[0] as i32 as i64, args[1], args[2])
-        };
-        let decision = read_string(notification.pid, path_at).map(|raw| {
-            let base = if raw.starts_with('/') {
-                PathBuf::new()
-            } else if dirfd == libc::AT_FDCWD as i64 {
-                std::fs::read_link(format!("/proc/{}/cwd", notification.pid)).unwrap_or_default()
-            } else {
-                std::fs::read_link(format!("/proc/{}/fd/{dirfd}", notification.pid))
-                    .unwrap_or_default()
-            };
-            let path = normalize(&base.join(&raw));
-            let flags = flags as i32;
-            let write = flags & libc::O_ACCMODE != libc::O_RDONLY
-                || flags & (libc::O_CREAT | libc::O_TRUNC) != 0;
-            (path, write)
-        });
-        let allowed = match &decision {
-            // The command's own descriptors (/dev/stdout, /proc/self/fd/N…):
-            // Landlock decides, there is nothing path-based to report.
-            Some((path, _))
-                if path.starts_with("/dev/fd")
-                    || path.starts_with("/proc/self/fd")
-                    || path.starts_with("/proc/thread-self/fd")
-                    || ["/dev/stdin", "/dev/stdout", "/dev/stderr", "/dev/tty"]
-                        .iter()
-                        .any(|special| path == Path::new(special)) =>
-            {
-                true
-            }
-            Some((path, write)) => sandbox.allows(path, *write),
-            None => true, // unreadable argument: let the kernel (and Landlock) decide
-        };
+        let accesses = requested_accesses(
+            notification.pid,
+            i64::from(notification.data.nr),
+            &notification.data.args,
+        );
+        let denied: Vec<&(PathBuf, bool)> = accesses
+            .iter()
+            .filter(|(path, write)| !is_own_descriptor(path) && !sandbox.allows(path, *write))
+            .collect();
+        let allowed = denied.is_empty();
         // SAFETY: checks that the notification still refers to a live syscall.
         let valid = unsafe {
             libc::ioctl(
@@ -1100,13 +1231,13 @@ pub fn supervise(
             continue;
         }
         if !allowed {
-            if let Some((path, write)) = decision {
-                let mut list = violations.lock().unwrap_or_else(|p| p.into_inner());
+            let mut list = violations.lock().unwrap_or_else(|p| p.into_inner());
+            for (path, write) in denied {
                 // Bounded: a command that hammers the policy must not make
                 // its own result unreadable.
                 if list.len() < MAX_REPORTED_VIOLATIONS {
                     list.push(GuardViolation {
-                        kind: if write { "write" } else { "read" }.into(),
+                        kind: if *write { "write" } else { "read" }.into(),
                         detail: path.display().to_string().chars().take(512).collect(),
                     });
                 }
