@@ -54,9 +54,9 @@ mod arch {
     pub(super) const CREAT: Option<i64> = Some(85);
     pub(super) const OPENAT: i64 = 257;
     pub(super) const OPENAT2: i64 = 437;
-    /// Calls that change the file tree, sent to the supervisor so an
-    /// out-of-policy one is reported (Landlock alone would deny silently).
-    pub(super) const TREE_CHANGES: &[(i64, &[super::PathArg])] = {
+    /// The legacy (non-`*at`) calls that change the file tree; the `*at`
+    /// forms every architecture has are in [`super::TREE_CHANGES`].
+    pub(super) const LEGACY_TREE_CHANGES: &[(i64, &[super::PathArg])] = {
         use super::PathArg as A;
         &[
             (libc::SYS_mkdir, &[A::creates(None, 0)]),
@@ -64,28 +64,11 @@ mod arch {
             (libc::SYS_symlink, &[A::creates(None, 1)]),
             (libc::SYS_rmdir, &[A::changes(None, 0)]),
             (libc::SYS_unlink, &[A::changes(None, 0)]),
-            (libc::SYS_truncate, &[A::changes(None, 0)]),
             (
                 libc::SYS_rename,
                 &[A::changes(None, 0), A::replaces(None, 1)],
             ),
             (libc::SYS_link, &[A::changes(None, 0), A::creates(None, 1)]),
-            (libc::SYS_mkdirat, &[A::creates(Some(0), 1)]),
-            (libc::SYS_mknodat, &[A::creates(Some(0), 1)]),
-            (libc::SYS_symlinkat, &[A::creates(Some(1), 2)]),
-            (libc::SYS_unlinkat, &[A::changes(Some(0), 1)]),
-            (
-                libc::SYS_renameat,
-                &[A::changes(Some(0), 1), A::replaces(Some(2), 3)],
-            ),
-            (
-                libc::SYS_renameat2,
-                &[A::changes(Some(0), 1), A::replaces(Some(2), 3)],
-            ),
-            (
-                libc::SYS_linkat,
-                &[A::changes(Some(0), 1), A::creates(Some(2), 3)],
-            ),
         ]
     };
 }
@@ -98,29 +81,39 @@ mod arch {
     pub(super) const CREAT: Option<i64> = None;
     pub(super) const OPENAT: i64 = 56;
     pub(super) const OPENAT2: i64 = 437;
-    /// As on x86_64; arm64 has only the `*at` forms (and `truncate`).
-    pub(super) const TREE_CHANGES: &[(i64, &[super::PathArg])] = {
-        use super::PathArg as A;
-        &[
-            (libc::SYS_truncate, &[A::changes(None, 0)]),
-            (libc::SYS_mkdirat, &[A::creates(Some(0), 1)]),
-            (libc::SYS_mknodat, &[A::creates(Some(0), 1)]),
-            (libc::SYS_symlinkat, &[A::creates(Some(1), 2)]),
-            (libc::SYS_unlinkat, &[A::changes(Some(0), 1)]),
-            (
-                libc::SYS_renameat,
-                &[A::changes(Some(0), 1), A::replaces(Some(2), 3)],
-            ),
-            (
-                libc::SYS_renameat2,
-                &[A::changes(Some(0), 1), A::replaces(Some(2), 3)],
-            ),
-            (
-                libc::SYS_linkat,
-                &[A::changes(Some(0), 1), A::creates(Some(2), 3)],
-            ),
-        ]
-    };
+    /// arm64 has only the `*at` forms.
+    pub(super) const LEGACY_TREE_CHANGES: &[(i64, &[super::PathArg])] = &[];
+}
+
+/// Calls that change the file tree, sent to the supervisor so an
+/// out-of-policy one is reported (Landlock alone would deny silently). Each
+/// architecture adds its legacy forms (`arch::LEGACY_TREE_CHANGES`).
+const TREE_CHANGES: &[(i64, &[PathArg])] = {
+    use PathArg as A;
+    &[
+        (libc::SYS_truncate, &[A::changes(None, 0)]),
+        (libc::SYS_mkdirat, &[A::creates(Some(0), 1)]),
+        (libc::SYS_mknodat, &[A::creates(Some(0), 1)]),
+        (libc::SYS_symlinkat, &[A::creates(Some(1), 2)]),
+        (libc::SYS_unlinkat, &[A::changes(Some(0), 1)]),
+        (
+            libc::SYS_renameat,
+            &[A::changes(Some(0), 1), A::replaces(Some(2), 3)],
+        ),
+        (
+            libc::SYS_renameat2,
+            &[A::changes(Some(0), 1), A::replaces(Some(2), 3)],
+        ),
+        (
+            libc::SYS_linkat,
+            &[A::changes(Some(0), 1), A::creates(Some(2), 3)],
+        ),
+    ]
+};
+
+/// Every call that changes the file tree on this architecture.
+fn tree_changes() -> impl Iterator<Item = &'static (i64, &'static [PathArg])> {
+    TREE_CHANGES.iter().chain(arch::LEGACY_TREE_CHANGES)
 }
 
 /// A path argument of a call that changes the file tree: where it is (an
@@ -488,7 +481,7 @@ fn seccomp_program(net: bool) -> Vec<libc::sock_filter> {
     ]
     .into_iter()
     .flatten()
-    .chain(arch::TREE_CHANGES.iter().map(|&(nr, _)| nr))
+    .chain(tree_changes().map(|&(nr, _)| nr))
     {
         program.push(jump(nr as u32, 0, 1));
         program.push(stmt(RET_K, SECCOMP_RET_USER_NOTIF));
@@ -1135,7 +1128,7 @@ fn requested_accesses(pid: u32, nr: i64, args: &[u64; 6]) -> Vec<(PathBuf, bool)
     };
     let cwd = libc::AT_FDCWD as i64;
     let fd = |index: usize| args[index] as i32 as i64;
-    if let Some(&(_, paths)) = arch::TREE_CHANGES.iter().find(|(call, _)| *call == nr) {
+    if let Some(&(_, paths)) = tree_changes().find(|(call, _)| *call == nr) {
         return paths
             .iter()
             .filter_map(|arg| {
