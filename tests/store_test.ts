@@ -228,6 +228,20 @@ Deno.test("undo reverts a transaction; a later change makes it a conflict naming
   await assert.rejects(kernel.journal.undo(-1), InvalidArgumentError);
 });
 
+Deno.test("an undo conflict on a huge key is still a ConflictError (the message is bounded)", async () => {
+  using dir = tempDir();
+  await using kernel = await open(dir.path);
+  const key = "k".repeat(40_000);
+  const first = await kernel.store.commit([{ type: "put", key, value: "1" }]);
+  const later = await kernel.store.commit([{ type: "put", key, value: "2" }]);
+  await assert.rejects(kernel.journal.undo(first.txId), (error: unknown) => {
+    assert.ok(error instanceof ConflictError, String(error));
+    assert.equal(error.details.conflictingTxId, String(later.txId));
+    return true;
+  });
+  assert.equal(kernel.store.getCopy(key)?.length, 1, "nothing was undone");
+});
+
 Deno.test("scan: order, prefix, bounds, limit, reverse, streaming in batches", async () => {
   using dir = tempDir();
   await using kernel = await open(dir.path);

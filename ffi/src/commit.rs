@@ -116,10 +116,8 @@ impl Committer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-            .ok_or_else(|| KernelError::new(ErrorCode::Closed, "the store is closed"))?;
-        sender
-            .send(job(reply))
-            .map_err(|_| KernelError::new(ErrorCode::Closed, "the store is closed"))?;
+            .ok_or_else(closed)?;
+        sender.send(job(reply)).map_err(|_| closed())?;
         result.recv().map_err(|_| {
             KernelError::new(
                 ErrorCode::Closed,
@@ -476,7 +474,7 @@ pub fn apply(
 ) -> KernelResult<u64> {
     let store = group.store;
     if store.is_closed() {
-        return Err(KernelError::new(ErrorCode::Closed, "the store is closed"));
+        return Err(closed());
     }
     store.check_healthy()?;
     if request.ops.is_empty() {
@@ -601,7 +599,9 @@ fn bounded(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
-fn encode_result(result: KernelResult<u64>, operation: &str) -> Vec<u8> {
+/// Encodes a commit's (or undo's) outcome for JS, with the error text bounded
+/// so it always fits JS's fixed result buffer (keys in messages can be huge).
+pub(crate) fn encode_result(result: KernelResult<u64>, operation: &str) -> Vec<u8> {
     match result {
         Ok(tx_id) => CommitResult { tx_id, error: None },
         Err(error) => {

@@ -8,8 +8,8 @@ use crate::boundary::{call, in_bytes, out_bytes, write_out};
 use crate::commit::{self, show_key, Group, Job};
 use crate::error::{KernelError, KernelResult};
 use crate::proto::{
-    self, op::Kind, CommitRequest, CommitResult, ErrorCode, JournalBatch, JournalQuery,
-    JournalRecord, Op, UndoRequest,
+    self, op::Kind, CommitRequest, ErrorCode, JournalBatch, JournalQuery, JournalRecord, Op,
+    UndoRequest,
 };
 use crate::store::{data_key, tree_prefix, Store, JOURNAL};
 use prost::Message;
@@ -288,13 +288,6 @@ pub unsafe extern "C" fn krepis_journal_undo(
                 reply,
             })
         })();
-        let encoded = match result {
-            Ok(tx_id) => CommitResult { tx_id, error: None },
-            Err(error) => CommitResult {
-                tx_id: 0,
-                error: Some(error.to_proto("krepis_journal_undo")),
-            },
-        };
-        write_out(&encoded.encode_to_vec(), out)
+        write_out(&commit::encode_result(result, "krepis_journal_undo"), out)
     })
 }
