@@ -20,7 +20,6 @@
 import { Kernel } from "../mod.ts";
 import { ownerOf } from "../bindings/_owner.ts";
 import { openRing, type RingReader } from "../bindings/_ring.ts";
-import { KREPIS_RING_HEADER_BYTES } from "../bindings/_gen/symbols.ts";
 import { libraryPath, median, ratio, report } from "./_harness.ts";
 
 await using kernel = await Kernel.open({
@@ -38,23 +37,32 @@ function produce(ring: RingReader, count: number, length: number): void {
   native.check(native.symbols.krepis_ring_debug_produce(handleOf(ring), count, length, 0));
 }
 
-/** Records/s through the ring, reading in place. */
-async function ringRun(capacity: number, count: number, length: number): Promise<number> {
-  using ring = openRing(owner, { capacity, direction: "toJs" }) as RingReader;
+/** Records/s: the kernel produces `count` records, JS drains them all with `visit`. */
+async function drainRun(
+  ring: RingReader,
+  count: number,
+  length: number,
+  visit: (data: Uint8Array, offset: number) => void,
+): Promise<number> {
   let received = 0;
-  let checksum = 0;
-  const visit = (data: Uint8Array, offset: number) => {
-    checksum += data[offset];
-  };
   const start = performance.now();
   produce(ring, count, length);
   while (received < count) {
     received += ring.drain(visit);
     if (received < count && ring.available === 0) await ring.wait(10_000);
   }
-  const seconds = (performance.now() - start) / 1000;
+  return count / ((performance.now() - start) / 1000);
+}
+
+/** Records/s through the ring, reading in place. */
+async function ringRun(capacity: number, count: number, length: number): Promise<number> {
+  using ring = openRing(owner, { capacity, direction: "toJs" }) as RingReader;
+  let checksum = 0;
+  const rate = await drainRun(ring, count, length, (data, offset) => {
+    checksum += data[offset];
+  });
   if (checksum < 0) throw new Error("unreachable: keeps the read alive");
-  return count / seconds;
+  return rate;
 }
 
 /** Anchor (b): the same ring, each record copied out with copyInto. */
@@ -63,22 +71,13 @@ async function copyRun(capacity: number, count: number, length: number): Promise
   const base = Deno.UnsafePointer.of(ring.data)!;
   const target = new Uint8Array(Math.max(length, 1));
   const into = target.subarray(0, length);
-  let received = 0;
   let checksum = 0;
-  const visit = (_data: Uint8Array, offset: number) => {
+  const rate = await drainRun(ring, count, length, (_data, offset) => {
     Deno.UnsafePointerView.copyInto(base, into, offset);
     checksum += target[0];
-  };
-  void KREPIS_RING_HEADER_BYTES;
-  const start = performance.now();
-  produce(ring, count, length);
-  while (received < count) {
-    received += ring.drain(visit);
-    if (received < count && ring.available === 0) await ring.wait(10_000);
-  }
-  const seconds = (performance.now() - start) / 1000;
-  if (checksum < 0) throw new Error("unreachable");
-  return count / seconds;
+  });
+  if (checksum < 0) throw new Error("unreachable: keeps the copy alive");
+  return rate;
 }
 
 /** Anchor (a): one thread-safe callback call per record. */

@@ -972,18 +972,8 @@ export class Journal {
         tenantId: options.tenantId ?? "",
         limit: 0,
       }).finish();
-      let length = native.check(
-        native.symbols.krepis_journal_read(
-          this.#owner.handle,
-          query,
-          query.length,
-          out,
-          out.length,
-        ),
-      );
-      if (length > out.length) {
-        out = new Uint8Array(length);
-        length = native.check(
+      const read = () =>
+        native.check(
           native.symbols.krepis_journal_read(
             this.#owner.handle,
             query,
@@ -992,6 +982,11 @@ export class Journal {
             out.length,
           ),
         );
+      let length = read();
+      if (length > out.length) {
+        // The kernel reported the size it needs: grow once and ask again.
+        out = new Uint8Array(length);
+        length = read();
       }
       const batch = JournalBatch.decode(out.subarray(0, length));
       for (const record of batch.records) {

@@ -477,7 +477,7 @@ fn spawn(
     };
 
     #[cfg(target_os = "linux")]
-    {
+    let (spawned, sandbox) = {
         use std::ffi::CString;
         drop(command);
         let env: std::collections::HashMap<String, String> = request
@@ -586,21 +586,10 @@ fn spawn(
                 ))
             }),
         };
-        finish_spawn(
-            kernel.as_ref(),
-            spawned,
-            request,
-            policy,
-            violations,
-            isolation,
-            started,
-            stdout_ring,
-            stderr_ring,
-            Some(sandbox),
-        )
-    }
+        (spawned, Some(sandbox))
+    };
     #[cfg(not(target_os = "linux"))]
-    {
+    let (spawned, sandbox) = {
         let child = command.spawn().map_err(start_error)?;
         let spawned = Spawned::from_std(child);
         #[cfg(windows)]
@@ -611,19 +600,20 @@ fn spawn(
                 "job_object: could not be created; only the command itself can be killed".into(),
             );
         }
-        finish_spawn(
-            kernel.as_ref(),
-            spawned,
-            request,
-            policy,
-            violations,
-            isolation,
-            started,
-            stdout_ring,
-            stderr_ring,
-            None,
-        )
-    }
+        (spawned, None)
+    };
+    finish_spawn(
+        kernel.as_ref(),
+        spawned,
+        request,
+        policy,
+        violations,
+        isolation,
+        started,
+        stdout_ring,
+        stderr_ring,
+        sandbox,
+    )
 }
 
 #[cfg(target_os = "linux")]
