@@ -112,14 +112,8 @@ abstract class RingEnd {
     return this.#closed || this.owner.closed;
   }
 
-  protected assertUsable(operation: string): void {
-    if (this.#closed || this.owner.closed) {
-      throw new ClosedError(`${operation}: the ring is closed`);
-    }
-  }
-
   /** @throws {ClosedError} once this end or the kernel closed. */
-  protected assertMapped(operation: string): void {
+  protected assertUsable(operation: string): void {
     if (this.detached) throw new ClosedError(`${operation}: the ring is closed`);
   }
 
@@ -259,7 +253,7 @@ export class RingReader extends RingEnd implements AsyncIterable<RingRecord> {
         continue;
       }
       visit(data, offset + RECORD_HEADER, length, words[(offset >> 2) + 1]);
-      tail = (tail + RECORD_HEADER + ((length + 7) & ~7)) >>> 0;
+      tail = (tail + recordSize(length)) >>> 0;
       count++;
     }
     this.#tail = tail;
@@ -289,7 +283,7 @@ export class RingReader extends RingEnd implements AsyncIterable<RingRecord> {
         length,
         this.dataWords[(offset >> 2) + 1],
       );
-      this.#tail = (this.#tail + RECORD_HEADER + ((length + 7) & ~7)) >>> 0;
+      this.#tail = (this.#tail + recordSize(length)) >>> 0;
       // The record's bytes stay reserved until the cursor is published: at
       // the latest when the reader runs dry or a quarter of the ring is read.
       if (((this.#tail - this.#published) >>> 0) >= this.capacity >>> 2) {

@@ -113,22 +113,24 @@ export class SharedBuffer implements Disposable {
    * @throws {ClosedError} after `release()` or after the kernel closed.
    */
   get bytes(): Uint8Array<ArrayBuffer> {
-    if (this.#released || this.#owner.closed) {
-      throw new ClosedError(
-        this.#released
-          ? "SharedBuffer.bytes: the buffer was released"
-          : "SharedBuffer.bytes: the kernel is closed",
-      );
-    }
+    this.#assertLive("bytes");
     return this.#bytes;
   }
 
   /** The kernel's handle of this buffer (for APIs that take buffers). */
   get handle(): number {
-    if (this.#released || this.#owner.closed) {
-      throw new ClosedError("SharedBuffer.handle: the buffer was released");
-    }
+    this.#assertLive("handle");
     return this.#handle;
+  }
+
+  /** Throws `ClosedError` naming why, once released or the kernel closed. */
+  #assertLive(member: string): void {
+    if (this.#released) {
+      throw new ClosedError(`SharedBuffer.${member}: the buffer was released`);
+    }
+    if (this.#owner.closed) {
+      throw new ClosedError(`SharedBuffer.${member}: the kernel is closed`);
+    }
   }
 
   /** True after `release()` or after the kernel closed. */

@@ -41,6 +41,7 @@ import {
 } from "./errors.ts";
 import {
   KREPIS_COMPLETION_HEADER_BYTES,
+  KREPIS_SCAN_ENTRY_HEADER_BYTES,
   KREPIS_WATCH_OVERFLOW,
   KREPIS_WATCH_PUT,
   KREPIS_WATCH_VALUE_OMITTED,
@@ -485,7 +486,7 @@ export class StoreScan implements IterableIterator<StoreEntry>, Disposable {
     const offset = this.#offset;
     const keyLength = this.#filledWords[offset >> 2];
     const valueLength = this.#filledWords[(offset >> 2) + 1];
-    const keyAt = offset + 8;
+    const keyAt = offset + KREPIS_SCAN_ENTRY_HEADER_BYTES;
     const batch = this.#filled;
     const entry = {
       key: batch.subarray(keyAt, keyAt + keyLength) as ReadonlyBytes,
@@ -494,7 +495,8 @@ export class StoreScan implements IterableIterator<StoreEntry>, Disposable {
         keyAt + keyLength + valueLength,
       ) as ReadonlyBytes,
     };
-    this.#offset += Math.ceil((8 + keyLength + valueLength) / 8) * 8;
+    // Entries are padded to 8 bytes (the header's u32 pair stays aligned).
+    this.#offset += Math.ceil((KREPIS_SCAN_ENTRY_HEADER_BYTES + keyLength + valueLength) / 8) * 8;
     this.#index++;
     return { done: false, value: entry };
   }
@@ -669,20 +671,13 @@ export class Store {
   /** Key bytes and length, encoding strings into a reused scratch buffer. */
   #key(key: StoreKey, field = "key"): [Uint8Array<ArrayBuffer>, number] {
     this.#shared.owner.assertOpen("store");
-    if (typeof key === "string") {
-      const scratch = this.#shared.keyScratch;
-      if (key.length * 3 <= scratch.length) {
-        const { written } = encoder.encodeInto(key, scratch);
-        return [scratch, written];
-      }
-      const bytes = encoder.encode(key);
-      return [bytes, bytes.length];
+    const scratch = this.#shared.keyScratch;
+    if (typeof key === "string" && key.length * 3 <= scratch.length) {
+      const { written } = encoder.encodeInto(key, scratch);
+      return [scratch, written];
     }
-    if (key instanceof Uint8Array) return [key as Uint8Array<ArrayBuffer>, key.length];
-    throw new InvalidArgumentError(
-      `${field} must be a Uint8Array or a string, got ${key === null ? "null" : typeof key}`,
-      { details: { field } },
-    );
+    const bytes = toBytes(field, key);
+    return [bytes, bytes.length];
   }
 
   /**

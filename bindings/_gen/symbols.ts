@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "ec097292113b3a0827de765b68d07ec8082c30932cc1579abcc9441699af0032";
+export const ABI_HASH = "3d82e91dfb97075f93e721f1523433138ea88ca6bacc47fca9a4dbc7821d6cb5";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {

@@ -63,6 +63,8 @@
 // Most file violations reported per command (the first ones).
 #define KREPIS_MAX_REPORTED_VIOLATIONS 64
 
+// Bytes of one scan entry's header (key length, value length: u32 LE each)
+// in `krepis_store_scan_next` output; entries are padded to 8 bytes.
 #define KREPIS_SCAN_ENTRY_HEADER_BYTES 8
 
 #define KREPIS_DATA 100

@@ -9,11 +9,13 @@ use crate::boundary::{call, in_bytes};
 use crate::error::{KernelError, KernelResult};
 use crate::handles::{HandleKind, HandleTable};
 use crate::proto::ScanOptions;
-use crate::store::tree;
+use crate::store::{data_key, tree};
 use prost::Message;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
+/// Bytes of one scan entry's header (key length, value length: u32 LE each)
+/// in `krepis_store_scan_next` output; entries are padded to 8 bytes.
 pub const SCAN_ENTRY_HEADER_BYTES: u32 = 8;
 
 struct ScanState {
@@ -128,17 +130,13 @@ pub unsafe extern "C" fn krepis_store_scan(
             KernelError::invalid_argument(format!("not a krepis.v1.ScanOptions: {error}"))
         })?;
         let tree = tree(tree_handle)?;
-        let mut lower = tree.prefix.clone();
-        lower.extend_from_slice(&options.prefix);
+        let mut lower = data_key(&tree.prefix, &options.prefix);
         let mut upper = successor(&lower);
         if let Some(start) = &options.start {
-            let mut bound = tree.prefix.clone();
-            bound.extend_from_slice(start);
-            lower = lower.max(bound);
+            lower = lower.max(data_key(&tree.prefix, start));
         }
         if let Some(end) = &options.end {
-            let mut bound = tree.prefix.clone();
-            bound.extend_from_slice(end);
+            let bound = data_key(&tree.prefix, end);
             upper = Some(match upper {
                 Some(current) => current.min(bound),
                 None => bound,

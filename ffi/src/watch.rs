@@ -13,7 +13,7 @@
 use crate::boundary::{call, in_bytes};
 use crate::error::KernelError;
 use crate::ring::{ring, Producer, Ring, RING_RECORD_HEADER_BYTES};
-use crate::store::tree;
+use crate::store::{data_key, tree};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,9 +111,7 @@ pub unsafe extern "C" fn krepis_store_watch(
         let tree = tree(tree_handle)?;
         let ring = ring(ring_handle)?;
         let kernel = crate::kernel::kernel_by_id(tree.kernel_id)?;
-        let mut full = tree.prefix.clone();
-        full.extend_from_slice(prefix);
-        let mut subscriber = tree.store.db.watch_prefix(&full);
+        let mut subscriber = tree.store.db.watch_prefix(data_key(&tree.prefix, prefix));
         let prefix_len = tree.prefix.len();
         let max_payload = (ring.capacity() - RING_RECORD_HEADER_BYTES) as usize;
         ring.claim()?;
