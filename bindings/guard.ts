@@ -276,7 +276,7 @@ export class Guard {
 
   /** Checks and encodes a request (SDK-internal). */
   #encode(options: GuardOptions, collect: boolean): Uint8Array<ArrayBuffer> {
-    this.#owner.assertOpen("guard.spawn");
+    this.#owner.assertOpen(collect ? "guard.run" : "guard.spawn");
     if (
       typeof options !== "object" || options === null || typeof options.cmd !== "string" ||
       options.cmd === ""

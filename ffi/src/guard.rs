@@ -32,9 +32,10 @@ const COLLECT_LIMIT_BYTES: u64 = 64 << 20;
 /// A guarded process, as its handle holds it.
 pub struct Guarded {
     kernel_id: u64,
-    pid: u32,
     stop: Arc<Stopper>,
-    result: Mutex<Option<GuardResult>>,
+    /// The encoded `GuardResult` once the command ended: encoded once, since
+    /// JS may read it twice (a first buffer too small for collected output).
+    result: Mutex<Option<Vec<u8>>>,
     finished: Condvar,
 }
 
@@ -51,15 +52,20 @@ struct Stopper {
 }
 
 impl Stopper {
+    /// Adds a violation to the command's result.
+    fn record(&self, kind: &str, detail: impl Into<String>) {
+        self.violations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(GuardViolation {
+                kind: kind.into(),
+                detail: detail.into(),
+            });
+    }
+
     fn kill(&self, kind: Option<(&str, String)>) {
         if let Some((kind, detail)) = kind {
-            self.violations
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(GuardViolation {
-                    kind: kind.into(),
-                    detail,
-                });
+            self.record(kind, detail);
         }
         if self.killed.swap(true, Ordering::SeqCst) {
             return;
@@ -150,7 +156,7 @@ fn pump(
 ) -> bool {
     let mut producer = ring.map(Producer::new);
     let max_chunk = producer.as_ref().map_or(64 * 1024, |p| {
-        (p_capacity(p) - RING_RECORD_HEADER_BYTES).min(64 * 1024) as usize
+        (p.capacity() - RING_RECORD_HEADER_BYTES).min(64 * 1024) as usize
     });
     let mut buffer = vec![0u8; max_chunk];
     let mut total = 0u64;
@@ -196,29 +202,18 @@ fn pump(
     }
 }
 
-fn p_capacity(producer: &Producer) -> u32 {
-    producer.capacity()
-}
-
 #[cfg(unix)]
 fn signal_name(signal: i32) -> String {
-    #[cfg(unix)]
-    {
-        match signal {
-            libc::SIGKILL => "SIGKILL".into(),
-            libc::SIGTERM => "SIGTERM".into(),
-            libc::SIGSYS => "SIGSYS".into(),
-            libc::SIGXCPU => "SIGXCPU".into(),
-            libc::SIGSEGV => "SIGSEGV".into(),
-            libc::SIGABRT => "SIGABRT".into(),
-            libc::SIGINT => "SIGINT".into(),
-            libc::SIGPIPE => "SIGPIPE".into(),
-            other => format!("SIG{other}"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        format!("SIG{signal}")
+    match signal {
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGSYS => "SIGSYS".into(),
+        libc::SIGXCPU => "SIGXCPU".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGABRT => "SIGABRT".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGPIPE => "SIGPIPE".into(),
+        other => format!("SIG{other}"),
     }
 }
 
@@ -647,7 +642,6 @@ fn finish_spawn(
     });
     let guarded = Arc::new(Guarded {
         kernel_id: kernel.id(),
-        pid,
         stop: Arc::clone(&stop),
         result: Mutex::new(None),
         finished: Condvar::new(),
@@ -781,19 +775,10 @@ fn finish_spawn(
                         result.signal = signal_name(signal);
                         if signal == libc::SIGSYS {
                             let kind = if policy.net { "syscall" } else { "net" };
-                            stop.violations.lock().unwrap_or_else(|p| p.into_inner()).push(GuardViolation {
-                                kind: kind.into(),
-                                detail: "killed by seccomp: a forbidden system call (an IPv4/IPv6 socket with net: false, or ptrace/mount/kexec/bpf)".into(),
-                            });
+                            stop.record(kind, "killed by seccomp: a forbidden system call (an IPv4/IPv6 socket with net: false, or ptrace/mount/kexec/bpf)");
                         }
                         if signal == libc::SIGXCPU && !stop.killed.load(Ordering::SeqCst) {
-                            stop.violations
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(GuardViolation {
-                                    kind: "cpu".into(),
-                                    detail: format!("exceeded maxCpuMs ({} ms)", policy.max_cpu_ms),
-                                });
+                            stop.record("cpu", format!("exceeded maxCpuMs ({} ms)", policy.max_cpu_ms));
                         }
                     }
                 }
@@ -812,15 +797,10 @@ fn finish_spawn(
             // SAFETY: probing a process group is memory-safe.
             let alive = left_orphans || unsafe { libc::kill(-(pid as i32), 0) } == 0;
             if alive {
-                stop.violations
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(GuardViolation {
-                        kind: "orphans".into(),
-                        detail:
-                            "processes were left running after the command exited; they were killed"
-                                .into(),
-                    });
+                stop.record(
+                    "orphans",
+                    "processes were left running after the command exited; they were killed",
+                );
                 #[cfg(not(target_os = "linux"))]
                 // SAFETY: signalling a process group is memory-safe.
                 unsafe {
@@ -850,10 +830,10 @@ fn finish_spawn(
             for _ in 0..2 {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if pumps_done.recv_timeout(left).is_err() {
-                    stop.violations.lock().unwrap_or_else(|p| p.into_inner()).push(GuardViolation {
-                        kind: "orphans".into(),
-                        detail: "a process outside the command's reach kept its output open".into(),
-                    });
+                    stop.record(
+                        "orphans",
+                        "a process outside the command's reach kept its output open",
+                    );
                     break;
                 }
             }
@@ -873,7 +853,7 @@ fn finish_spawn(
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         result.isolation = Some(isolation);
-        *waiter.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+        *waiter.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.encode_to_vec());
         waiter.finished.notify_all();
         // Removing the (now empty) cgroups happens when `_cleanup` drops,
         // after the result is published.
@@ -965,7 +945,7 @@ pub unsafe extern "C" fn krepis_guard_wait(
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        write_out(&result.as_ref().expect("checked").encode_to_vec(), out)
+        write_out(result.as_ref().expect("checked"), out)
     })
 }
 
@@ -991,7 +971,6 @@ pub extern "C" fn krepis_guard_close(process: u32) -> i32 {
         {
             process.stop.kill(None);
         }
-        let _ = process.pid;
         Ok(0)
     })
 }

@@ -524,15 +524,17 @@ fn own_cgroup(controller: &str) -> Option<(PathBuf, bool)> {
     None
 }
 
-/// Creates (or, on v2, reuses) the cgroup `name` below this process's own
-/// cgroup for `controller`, and writes `settings` into it.
+/// Creates (or, on v2, reuses) the cgroup `name` below `own` (this process's
+/// cgroup for the controller, from [`own_cgroup`]), and writes `settings`
+/// into it.
 fn make_cgroup(
-    controller: &str,
+    own: Option<&(PathBuf, bool)>,
     name: &str,
     settings: &[(&str, String)],
     existing: &[PathBuf],
-) -> Result<(PathBuf, bool), String> {
-    let (base, v2) = own_cgroup(controller).ok_or("no cgroup hierarchy with this controller")?;
+) -> Result<PathBuf, String> {
+    let (base, v2) = own.ok_or("no cgroup hierarchy with this controller")?;
+    let v2 = *v2;
     let dir = base.join(name);
     // One directory holds every controller on v2.
     let fresh = !(v2 && existing.contains(&dir));
@@ -547,7 +549,7 @@ fn make_cgroup(
             return Err(format!("{file}: {error}"));
         }
     }
-    Ok((dir, v2))
+    Ok(dir)
 }
 
 impl Sandbox {
@@ -593,14 +595,15 @@ impl Sandbox {
         } else {
             "max".into()
         };
+        let own_pids = own_cgroup("pids");
         let settings: Vec<(&str, String)> =
-            if policy.max_processes > 0 || own_cgroup("pids").is_some_and(|(_, v2)| !v2) {
+            if policy.max_processes > 0 || own_pids.as_ref().is_some_and(|(_, v2)| !v2) {
                 vec![("pids.max", pids_max)]
             } else {
                 Vec::new() // v2 tracking needs no controller
             };
-        match make_cgroup("pids", &name, &settings, &sandbox.cgroups) {
-            Ok((dir, _)) => {
+        match make_cgroup(own_pids.as_ref(), &name, &settings, &sandbox.cgroups) {
+            Ok(dir) => {
                 sandbox.applied.push("process_tree".into());
                 if policy.max_processes > 0 {
                     sandbox.applied.push("cgroup_pids".into());
@@ -618,13 +621,12 @@ impl Sandbox {
             }
         }
         if policy.max_cpu_ms > 0 {
-            let controller = if own_cgroup("cpuacct").is_some_and(|(_, v2)| !v2) {
-                "cpuacct"
-            } else {
-                "cpu"
-            };
-            match make_cgroup(controller, &name, &[], &sandbox.cgroups) {
-                Ok((dir, _)) => {
+            // v1 accounts CPU in `cpuacct`; v2 has one hierarchy.
+            let own_cpu = own_cgroup("cpuacct")
+                .filter(|(_, v2)| !v2)
+                .or_else(|| own_cgroup("cpu"));
+            match make_cgroup(own_cpu.as_ref(), &name, &[], &sandbox.cgroups) {
+                Ok(dir) => {
                     sandbox.applied.push("cgroup_cpu".into());
                     sandbox.cpu_cgroup = Some(dir.clone());
                     if !sandbox.cgroups.contains(&dir) {
@@ -637,19 +639,20 @@ impl Sandbox {
             }
         }
         if policy.max_memory_bytes > 0 {
-            let v1 = own_cgroup("memory").is_some_and(|(_, v2)| !v2);
+            let own_memory = own_cgroup("memory");
+            let v1 = own_memory.as_ref().is_some_and(|(_, v2)| !v2);
             let limit = if v1 {
                 "memory.limit_in_bytes"
             } else {
                 "memory.max"
             };
             match make_cgroup(
-                "memory",
+                own_memory.as_ref(),
                 &name,
                 &[(limit, policy.max_memory_bytes.to_string())],
                 &sandbox.cgroups,
             ) {
-                Ok((dir, _)) => {
+                Ok(dir) => {
                     if v1 {
                         let _ = std::fs::write(
                             dir.join("memory.memsw.limit_in_bytes"),
