@@ -406,13 +406,13 @@ impl<'a> Group<'a> {
 
     /// Locks the stripes of `keys` not already held by this group.
     pub fn lock(&mut self, keys: &[Vec<u8>]) {
-        let fresh: Vec<&[u8]> = keys
+        // Each key hashed once; `insert` keeps only stripes not yet held.
+        let fresh: Vec<usize> = keys
             .iter()
-            .map(Vec::as_slice)
-            .filter(|key| !self.stripes.contains(&stripe_of(key)))
+            .map(|key| stripe_of(key))
+            .filter(|&stripe| self.stripes.insert(stripe))
             .collect();
-        self.stripes.extend(fresh.iter().map(|key| stripe_of(key)));
-        self.guards.extend(self.store.lock_keys(fresh));
+        self.guards.extend(self.store.lock_stripes(fresh));
     }
 
     /// The current value of a sled key as this group sees it.
@@ -439,23 +439,36 @@ impl<'a> Group<'a> {
     }
 }
 
+/// The tree an op or check names, or the commit's default tree.
+fn tree_name<'a>(tree: &'a Option<String>, default_tree: &'a str) -> &'a str {
+    tree.as_deref().unwrap_or(default_tree)
+}
+
 /// Validates a request and resolves the tree prefix of every op and check.
 pub fn prefixes_of(
     request: &CommitRequest,
     default_tree: &str,
 ) -> KernelResult<HashMap<String, Vec<u8>>> {
+    prefixes_for(
+        request
+            .ops
+            .iter()
+            .map(|op| tree_name(&op.tree, default_tree))
+            .chain(
+                request
+                    .checks
+                    .iter()
+                    .map(|check| tree_name(&check.tree, default_tree)),
+            ),
+    )
+}
+
+/// Validates tree names and resolves each one's key prefix (once per tree).
+pub fn prefixes_for<'a>(
+    trees: impl IntoIterator<Item = &'a str>,
+) -> KernelResult<HashMap<String, Vec<u8>>> {
     let mut prefixes: HashMap<String, Vec<u8>> = HashMap::new();
-    for tree in request
-        .ops
-        .iter()
-        .map(|op| op.tree.as_deref().unwrap_or(default_tree))
-        .chain(
-            request
-                .checks
-                .iter()
-                .map(|check| check.tree.as_deref().unwrap_or(default_tree)),
-        )
-    {
+    for tree in trees {
         if !prefixes.contains_key(tree) {
             prefixes.insert(tree.to_owned(), tree_prefix(tree)?);
         }
@@ -483,7 +496,6 @@ pub fn apply(
                 .with_detail("field", "ops"),
         );
     }
-    let tree_of = |tree: &Option<String>| tree.as_deref().unwrap_or(default_tree).to_owned();
     let prefixes = prefixes_of(request, default_tree)?;
     for (index, op) in request.ops.iter().enumerate() {
         match Kind::try_from(op.kind) {
@@ -499,18 +511,18 @@ pub fn apply(
     let op_keys: Vec<Vec<u8>> = request
         .ops
         .iter()
-        .map(|op| data_key(&prefixes[&tree_of(&op.tree)], &op.key))
+        .map(|op| data_key(&prefixes[tree_name(&op.tree, default_tree)], &op.key))
         .collect();
     let check_keys: Vec<Vec<u8>> = request
         .checks
         .iter()
-        .map(|check| data_key(&prefixes[&tree_of(&check.tree)], &check.key))
+        .map(|check| data_key(&prefixes[tree_name(&check.tree, default_tree)], &check.key))
         .collect();
     group.lock(&op_keys);
     group.lock(&check_keys);
 
     for (check, key) in request.checks.iter().zip(&check_keys) {
-        let tree = tree_of(&check.tree);
+        let tree = tree_name(&check.tree, default_tree);
         let current = group.get(key)?;
         let holds = match (&current, check.absent) {
             (None, true) => true,
@@ -554,7 +566,7 @@ pub fn apply(
         }
         seen.insert(key.as_slice(), changes.len());
         changes.push(Change {
-            tree: tree_of(&op.tree),
+            tree: tree_name(&op.tree, default_tree).to_owned(),
             key: op.key.clone(),
             previous: group.get(key)?,
             value,

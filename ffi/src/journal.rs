@@ -11,7 +11,7 @@ use crate::proto::{
     self, op::Kind, CommitRequest, ErrorCode, JournalBatch, JournalQuery, JournalRecord, Op,
     UndoRequest,
 };
-use crate::store::{data_key, tree_prefix, Store, JOURNAL};
+use crate::store::{data_key, Store, JOURNAL};
 use prost::Message;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -103,40 +103,25 @@ pub fn undo(group: &mut Group<'_>, tx_id: u64, ctx: Option<proto::Context>) -> K
             None => return Err(not_found(tx_id)),
         },
     };
-    let mut prefixes = std::collections::HashMap::new();
-    for change in &record.changes {
-        if !prefixes.contains_key(&change.tree) {
-            prefixes.insert(change.tree.clone(), tree_prefix(&change.tree)?);
-        }
-    }
+    let prefixes = commit::prefixes_for(record.changes.iter().map(|change| change.tree.as_str()))?;
     let keys: Vec<Vec<u8>> = record
         .changes
         .iter()
         .map(|change| data_key(&prefixes[&change.tree], &change.key))
         .collect();
     group.lock(&keys);
-    let touched: HashSet<(String, Vec<u8>)> = record
+    let touched: HashSet<(&str, &[u8])> = record
         .changes
         .iter()
-        .map(|change| (change.tree.clone(), change.key.clone()))
+        .map(|change| (change.tree.as_str(), change.key.as_slice()))
         .collect();
-    let mut later_records: Vec<JournalRecord> = Vec::new();
-    for entry in store.db.range(key(tx_id + 1)..key(u64::MAX)) {
-        let (_, bytes) = entry?;
-        later_records.push(decode(&bytes)?);
-    }
-    later_records.extend(
-        group
-            .records
-            .iter()
-            .filter(|record| record.tx_id > tx_id)
-            .cloned(),
-    );
-    for later in &later_records {
+    // Every later transaction, in order: those in sled, then those earlier
+    // in this group. The first that touched one of the keys is the conflict.
+    let conflict_with = |later: &JournalRecord| -> KernelResult<()> {
         if let Some(change) = later
             .changes
             .iter()
-            .find(|change| touched.contains(&(change.tree.clone(), change.key.clone())))
+            .find(|change| touched.contains(&(change.tree.as_str(), change.key.as_slice())))
         {
             return Err(KernelError::new(
                 ErrorCode::Conflict,
@@ -151,6 +136,14 @@ pub fn undo(group: &mut Group<'_>, tx_id: u64, ctx: Option<proto::Context>) -> K
             .with_detail("key", show_key(&change.key))
             .with_detail("tree", change.tree.clone()));
         }
+        Ok(())
+    };
+    for entry in store.db.range(key(tx_id + 1)..key(u64::MAX)) {
+        let (_, bytes) = entry?;
+        conflict_with(&decode(&bytes)?)?;
+    }
+    for later in group.records.iter().filter(|later| later.tx_id > tx_id) {
+        conflict_with(later)?;
     }
     for (change, composite) in record.changes.iter().zip(&keys) {
         if group.get(composite)?.as_deref() != change.value.as_deref() {

@@ -364,7 +364,12 @@ impl Store {
         &self,
         keys: impl IntoIterator<Item = &'a [u8]>,
     ) -> Vec<MutexGuard<'_, ()>> {
-        let mut stripes: Vec<usize> = keys.into_iter().map(stripe_of).collect();
+        self.lock_stripes(keys.into_iter().map(stripe_of).collect())
+    }
+
+    /// Locks `stripes` in ascending order (the order every locker uses, so
+    /// two lockers never wait on each other in a cycle).
+    pub(crate) fn lock_stripes(&self, mut stripes: Vec<usize>) -> Vec<MutexGuard<'_, ()>> {
         stripes.sort_unstable();
         stripes.dedup();
         stripes
