@@ -56,7 +56,7 @@ async function drainRun(
 
 /** Records/s through the ring, reading in place. */
 async function ringRun(capacity: number, count: number, length: number): Promise<number> {
-  using ring = openRing(owner, { capacity, direction: "toJs" }) as RingReader;
+  using ring = openRing(owner, { capacity, direction: "toJs" });
   let checksum = 0;
   const rate = await drainRun(ring, count, length, (data, offset) => {
     checksum += data[offset];
@@ -67,7 +67,7 @@ async function ringRun(capacity: number, count: number, length: number): Promise
 
 /** Anchor (b): the same ring, each record copied out with copyInto. */
 async function copyRun(capacity: number, count: number, length: number): Promise<number> {
-  using ring = openRing(owner, { capacity, direction: "toJs" }) as RingReader;
+  using ring = openRing(owner, { capacity, direction: "toJs" });
   const base = Deno.UnsafePointer.of(ring.data)!;
   const target = new Uint8Array(Math.max(length, 1));
   const into = target.subarray(0, length);

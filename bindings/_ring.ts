@@ -413,6 +413,15 @@ export class RingWriter extends RingEnd {
 }
 
 /** Creates a ring owned by the kernel and maps it (SDK-internal). */
+export function openRing(
+  owner: KernelOwner,
+  options: RingOptions & { direction: "toJs" },
+): RingReader;
+export function openRing(
+  owner: KernelOwner,
+  options: RingOptions & { direction: "toKernel" },
+): RingWriter;
+export function openRing(owner: KernelOwner, options: RingOptions): RingReader | RingWriter;
 export function openRing(owner: KernelOwner, options: RingOptions): RingReader | RingWriter {
   owner.assertOpen("openRing");
   const { capacity, direction } = options;

@@ -345,7 +345,7 @@ export class Guard {
       stderr.close();
       throw error;
     }
-    return new GuardedProcess(this.#owner, out[0], stdout as RingReader, stderr as RingReader);
+    return new GuardedProcess(this.#owner, out[0], stdout, stderr);
   }
 
   /**

@@ -807,7 +807,7 @@ export class Store {
     const ring = openRing(this.#shared.owner, {
       capacity: options.capacity ?? 1 << 20,
       direction: "toJs",
-    }) as RingReader;
+    });
     const { native } = this.#shared.owner;
     try {
       native.check(

@@ -15,11 +15,11 @@ const patternByte = (sequence: number, index: number) =>
   Math.imul(((sequence & 0xff) + index) & 0xff, 31) & 0xff;
 
 function reader(kernel: Kernel, capacity: number): RingReader {
-  return openRing(ownerOf(kernel), { capacity, direction: "toJs" }) as RingReader;
+  return openRing(ownerOf(kernel), { capacity, direction: "toJs" });
 }
 
 function writer(kernel: Kernel, capacity: number): RingWriter {
-  return openRing(ownerOf(kernel), { capacity, direction: "toKernel" }) as RingWriter;
+  return openRing(ownerOf(kernel), { capacity, direction: "toKernel" });
 }
 
 function produce(kernel: Kernel, ring: RingReader, count: number, length: number, flags: number) {
