@@ -64,6 +64,24 @@ export {
   type GuardViolation,
 } from "./bindings/guard.ts";
 export {
+  type ConnectOptions,
+  DEFAULT_MAX_PACKET_BYTES,
+  type DevCertificate,
+  type DevCertificateOptions,
+  Link,
+  type LinkCloseInfo,
+  type LinkCloseOptions,
+  type LinkStats,
+  Listener,
+  type ListenerStats,
+  type ListenOptions,
+  MAX_PACKET_BYTES,
+  type NetAddr,
+  Packet,
+  type SendOptions,
+  Transport,
+} from "./bindings/transport.ts";
+export {
   type Context,
   type ContextInit,
   createContext,
@@ -76,6 +94,7 @@ export {
   AbiMismatchError,
   ClosedError,
   ConflictError,
+  ConnectionError,
   CorruptError,
   IntegrityError,
   InternalError,
@@ -89,6 +108,7 @@ export {
   NativePanicError,
   NotFoundError,
   PermissionError,
+  ProtocolError,
   ResourceExhaustedError,
   UnsupportedError,
 } from "./bindings/errors.ts";

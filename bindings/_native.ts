@@ -11,6 +11,7 @@ import { Error as ErrorMessage, ErrorCode } from "./_gen/proto/krepis/v1/error.t
 import {
   ClosedError,
   ConflictError,
+  ConnectionError,
   CorruptError,
   InternalError,
   InvalidArgumentError,
@@ -20,6 +21,7 @@ import {
   NativePanicError,
   NotFoundError,
   PermissionError,
+  ProtocolError,
   ResourceExhaustedError,
   UnsupportedError,
 } from "./errors.ts";
@@ -58,6 +60,10 @@ export function errorFromNative(error: ErrorMessage): KrepisError {
       return new NotFoundError(message, options);
     case ErrorCode.ERROR_CODE_UNSUPPORTED:
       return new UnsupportedError(message, options);
+    case ErrorCode.ERROR_CODE_PROTOCOL:
+      return new ProtocolError(message, options);
+    case ErrorCode.ERROR_CODE_CONNECTION:
+      return new ConnectionError(message, options);
     default:
       return new InternalError(message, options);
   }

@@ -15,6 +15,7 @@ import {
   KREPIS_RING_CLOSED,
   KREPIS_RING_HEAD,
   KREPIS_RING_HEADER_BYTES,
+  KREPIS_RING_JS_ARMED,
   KREPIS_RING_MAX_CAPACITY,
   KREPIS_RING_MIN_CAPACITY,
   KREPIS_RING_NATIVE_WAITING,
@@ -31,6 +32,7 @@ const HEAD = KREPIS_RING_HEAD >> 2;
 const TAIL = KREPIS_RING_TAIL >> 2;
 const NATIVE_WAITING = KREPIS_RING_NATIVE_WAITING >> 2;
 const CLOSED = KREPIS_RING_CLOSED >> 2;
+const JS_ARMED = KREPIS_RING_JS_ARMED >> 2;
 const HEADER_WORDS = KREPIS_RING_HEADER_BYTES >> 2;
 const RECORD_HEADER = KREPIS_RING_RECORD_HEADER_BYTES;
 const PAD = KREPIS_RING_PAD;
@@ -45,6 +47,15 @@ export interface RingOptions {
   /** Data bytes: a power of two from 64 B to 1 GiB. */
   capacity: number;
   direction: RingDirection;
+}
+
+/**
+ * Where a ring waits instead of its own `nonblocking` call: a queue shared
+ * by many rings (a transport's links), so idle rings hold no Deno thread.
+ */
+export interface RingEventSource {
+  /** Resolves when the kernel posts an event for ring `handle` or the source closes. */
+  waitRing(handle: number): Promise<void>;
 }
 
 /** Bytes a record with `length` payload bytes occupies. */
@@ -83,6 +94,7 @@ abstract class RingEnd {
   protected readonly dataWords: Uint32Array<ArrayBuffer>;
   protected readonly mask: number;
   #closed = false;
+  #events: RingEventSource | null = null;
 
   constructor(owner: KernelOwner, handle: number, memory: ArrayBuffer, capacity: number) {
     this.owner = owner;
@@ -124,8 +136,34 @@ abstract class RingEnd {
     }
   }
 
+  /** Routes this ring's waits through `events` (the kernel posts to the same queue). */
+  attachEvents(events: RingEventSource): void {
+    this.#events = events;
+  }
+
+  /** True when the JS side can go on: a record to read, or `need` free bytes. */
+  protected abstract readyFor(need: number): boolean;
+
+  /**
+   * Waits through the event source: arm (the kernel then posts one event
+   * after it moves its cursor), re-check so no wake-up is lost, sleep.
+   */
+  async #waitEvents(events: RingEventSource, need: number): Promise<boolean> {
+    while (!this.detached) {
+      Atomics.store(this.words, JS_ARMED, 1);
+      if (this.readyFor(need)) {
+        Atomics.store(this.words, JS_ARMED, 0);
+        return true;
+      }
+      if (this.closed) return false;
+      await events.waitRing(this.handle);
+    }
+    return false;
+  }
+
   /** One native wait: true when ready, false on timeout or close. */
   protected async waitNative(need: number, timeoutMs: number): Promise<boolean> {
+    if (this.#events !== null) return await this.#waitEvents(this.#events, need);
     let remaining = timeoutMs;
     while (remaining > 0) {
       const slice = Math.min(remaining, WAIT_SLICE_MS);
@@ -168,7 +206,8 @@ abstract class RingEnd {
 export class RingRecord {
   readonly #reader: RingReader;
   readonly #generation: number;
-  readonly #offset: number;
+  /** Where the payload starts in the reader's `data`. */
+  readonly offset: number;
   /** Payload length in bytes. */
   readonly length: number;
   /** The record's tag (set by the producer). */
@@ -177,7 +216,7 @@ export class RingRecord {
   constructor(reader: RingReader, generation: number, offset: number, length: number, tag: number) {
     this.#reader = reader;
     this.#generation = generation;
-    this.#offset = offset;
+    this.offset = offset;
     this.length = length;
     this.tag = tag;
   }
@@ -192,7 +231,7 @@ export class RingRecord {
     if (!this.valid) {
       throw new ClosedError("RingRecord.data: the record was released (views last one iteration)");
     }
-    return this.#reader.data.subarray(this.#offset, this.#offset + this.length) as ReadonlyBytes;
+    return this.#reader.data.subarray(this.offset, this.offset + this.length) as ReadonlyBytes;
   }
 
   /** Gives the record's space back to the producer now. */
@@ -216,6 +255,10 @@ export class RingReader extends RingEnd implements AsyncIterable<RingRecord> {
   /** Increments whenever handed-out record views become invalid. */
   get generation(): number {
     return this.#generation;
+  }
+
+  protected readyFor(_need: number): boolean {
+    return Atomics.load(this.words, HEAD) !== this.#tail;
   }
 
   /** Bytes ready to read now (0 once closed). */
@@ -346,6 +389,10 @@ export class RingWriter extends RingEnd {
     this.#head = Atomics.load(this.words, HEAD);
   }
 
+  protected readyFor(need: number): boolean {
+    return this.free >= need;
+  }
+
   /** Free bytes now (as seen by the writer; 0 once closed). */
   get free(): number {
     if (this.detached) return 0;
@@ -398,6 +445,16 @@ export class RingWriter extends RingEnd {
     this.assertUsable("ring.flush");
     Atomics.store(this.words, HEAD, this.#head);
     this.notifyKernel();
+  }
+
+  /**
+   * Publishes what was reserved, then waits until `need` bytes are free:
+   * true when they are, false when the ring closed.
+   */
+  async waitForSpace(need: number): Promise<boolean> {
+    if (this.detached) return false;
+    this.flush();
+    return await this.waitNative(Math.min(need, this.capacity), Infinity);
   }
 
   /** Writes one record, waiting (without spinning) while the ring is full. */

@@ -22,7 +22,9 @@ export type KrepisErrorCode =
   | "CORRUPT"
   | "CONFLICT"
   | "NOT_FOUND"
-  | "UNSUPPORTED";
+  | "UNSUPPORTED"
+  | "PROTOCOL"
+  | "CONNECTION";
 
 /** Options shared by every error constructor. */
 export interface KrepisErrorOptions {
@@ -333,5 +335,43 @@ export class UnsupportedError extends KrepisError {
   /** Creates an unsupported error. */
   constructor(message: string, options?: KrepisErrorOptions) {
     super("UNSUPPORTED", message, options);
+  }
+}
+
+/**
+ * The peer broke the KNUL protocol (a malformed header, a wrong version, a
+ * packet over `maxPacketBytes`, a tenant the listener does not serve). The
+ * link was closed; `details.closeCode` names the close code sent to the peer
+ * and `details.field` the refused header field. Other links are unaffected.
+ *
+ * @example
+ * ```ts
+ * import { ProtocolError } from "@krepis/sdk";
+ * new ProtocolError("bad magic", { details: { closeCode: "2" } }).code; // "PROTOCOL"
+ * ```
+ */
+export class ProtocolError extends KrepisError {
+  /** Creates a protocol error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("PROTOCOL", message, options);
+  }
+}
+
+/**
+ * A connection failed or was lost: the address is unreachable, TLS refused
+ * the peer (certificate, server name, ALPN), the peer stopped answering, or
+ * it closed the link with an error code (`details.closeCode`,
+ * `details.reason`).
+ *
+ * @example
+ * ```ts
+ * import { ConnectionError } from "@krepis/sdk";
+ * new ConnectionError("the peer reset the connection").code; // "CONNECTION"
+ * ```
+ */
+export class ConnectionError extends KrepisError {
+  /** Creates a connection error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("CONNECTION", message, options);
   }
 }

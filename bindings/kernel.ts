@@ -12,6 +12,7 @@ import { KREPIS_BUFFER_ABANDONED } from "./_gen/symbols.ts";
 import { Buffers, type BufferStats } from "./buffers.ts";
 import { Journal, Store } from "./store.ts";
 import { Guard } from "./guard.ts";
+import { Transport } from "./transport.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
 
@@ -170,6 +171,7 @@ export class Kernel implements AsyncDisposable {
   readonly buffers: Buffers;
   #store: Store | undefined;
   #guard: Guard | undefined;
+  #transport: Transport | undefined;
   #journal: Journal | undefined;
   readonly #native: NativeLibrary;
   readonly #handle: number;
@@ -278,6 +280,12 @@ export class Kernel implements AsyncDisposable {
   get guard(): Guard {
     this.#assertOpen("Kernel.guard");
     return this.#guard ??= new Guard(this.#owner);
+  }
+
+  /** KNUL packet links between kernels (QUIC + TLS 1.3), delivered through rings. */
+  get transport(): Transport {
+    this.#assertOpen("Kernel.transport");
+    return this.#transport ??= new Transport(this.#owner);
   }
 
   /** True once {@linkcode Kernel.close} was called. */

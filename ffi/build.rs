@@ -14,6 +14,7 @@ fn main() {
         "buffers.proto",
         "store.proto",
         "guard.proto",
+        "transport.proto",
     ]
     .map(|file| manifest_dir.join("proto/krepis/v1").join(file));
     for proto in &protos {

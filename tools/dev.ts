@@ -80,7 +80,7 @@ async function watch(mode: "test" | "example"): Promise<never> {
       return;
     }
     const args = mode === "test"
-      ? ["test", "--allow-all", "--v8-flags=--expose-gc"]
+      ? ["test", "--allow-all", "--unstable-net", "--v8-flags=--expose-gc"]
       : ["run", ...DENO_RUN_FLAGS, "examples/main.ts"];
     child = new Deno.Command(Deno.execPath(), {
       args,
@@ -153,7 +153,13 @@ async function main(command: string, rest: string[]): Promise<void> {
     // falls through
     case "test-deno": {
       const library = await buildLibrary(false);
-      await run(Deno.execPath(), ["test", "--allow-all", "--v8-flags=--expose-gc", ...rest], {
+      await run(Deno.execPath(), [
+        "test",
+        "--allow-all",
+        "--unstable-net",
+        "--v8-flags=--expose-gc",
+        ...rest,
+      ], {
         KREPIS_LIBRARY_PATH: library,
       });
       break;
@@ -166,7 +172,13 @@ async function main(command: string, rest: string[]): Promise<void> {
         .sort();
       for (const name of names) {
         console.log(`# bench/${name}`);
-        await run(Deno.execPath(), ["run", "--allow-all", "--unstable-kv", `bench/${name}.ts`], {
+        await run(Deno.execPath(), [
+          "run",
+          "--allow-all",
+          "--unstable-kv",
+          "--unstable-net",
+          `bench/${name}.ts`,
+        ], {
           KREPIS_LIBRARY_PATH: library,
         });
       }

@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "3d82e91dfb97075f93e721f1523433138ea88ca6bacc47fca9a4dbc7821d6cb5";
+export const ABI_HASH = "37bef6641d7c52edbe223336681c945952aa1d6c97dc8da47770ea552ad9d77b";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -22,6 +22,12 @@ export const symbols = {
   krepis_kernel_open: { parameters: ["buffer", "u32", "buffer"], result: "i32" },
   krepis_kernel_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_last_error: { parameters: ["buffer", "u32"], result: "i32" },
+  krepis_link_close: { parameters: ["u32", "u32", "buffer", "u32"], result: "i32" },
+  krepis_link_free: { parameters: ["u32"], result: "i32" },
+  krepis_link_status: { parameters: ["u32", "buffer", "u32"], result: "i32" },
+  krepis_listener_accept: { parameters: ["u32", "u32", "u32", "buffer", "u32"], result: "i32" },
+  krepis_listener_close: { parameters: ["u32"], result: "i32" },
+  krepis_listener_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_ring_close: { parameters: ["u32"], result: "i32" },
   krepis_ring_create: { parameters: ["u32", "u32", "u32", "buffer"], result: "i32" },
   krepis_ring_debug_consume: { parameters: ["u32", "u32"], result: "i32" },
@@ -43,6 +49,13 @@ export const symbols = {
   krepis_store_tree: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_store_tree_close: { parameters: ["u32"], result: "i32" },
   krepis_store_watch: { parameters: ["u32", "buffer", "u32", "u32"], result: "i32" },
+  krepis_transport_connect: { parameters: ["u32", "buffer", "u32", "u32", "u32"], result: "i32" },
+  krepis_transport_connect_result: { parameters: ["u32", "u32", "buffer", "u32"], result: "i32" },
+  krepis_transport_dev_certificate: { parameters: ["buffer", "u32", "buffer", "u32"], result: "i32" },
+  krepis_transport_listen: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
+  krepis_transport_open: { parameters: ["u32", "buffer"], result: "i32" },
+  krepis_transport_wait: { parameters: ["u32", "buffer", "u32", "u32"], result: "i32", nonblocking: true },
+  krepis_transport_wake: { parameters: ["u32"], result: "i32" },
   krepis_version: { parameters: ["buffer", "u32"], result: "i32" },
 } as const;
 
@@ -52,8 +65,21 @@ export const KREPIS_BUFFER_RELEASED = 0;
 export const KREPIS_BUFFER_LEAKED = 1;
 export const KREPIS_BUFFER_ABANDONED = 2;
 export const KREPIS_COMPLETION_HEADER_BYTES = 16;
+export const KREPIS_EVENT_RING = 1;
+export const KREPIS_EVENT_LISTENER = 2;
+export const KREPIS_EVENT_CONNECT = 3;
+export const KREPIS_EVENT_LINK_CLOSED = 4;
+export const KREPIS_EVENT_RECORD_BYTES = 8;
 export const KREPIS_KNUL_HEADER_BYTES = 40;
 export const KREPIS_KNUL_VERSION = 1;
+export const KREPIS_LINK_RECORD_PACKET = 1;
+export const KREPIS_FLAG_RELIABLE = 1;
+export const KREPIS_CLOSE_NORMAL = 0;
+export const KREPIS_CLOSE_GOING_AWAY = 1;
+export const KREPIS_CLOSE_PROTOCOL = 2;
+export const KREPIS_CLOSE_VERSION = 3;
+export const KREPIS_CLOSE_TOO_LARGE = 4;
+export const KREPIS_CLOSE_POLICY = 5;
 export const KREPIS_MEMORY_ALIGNMENT = 64;
 export const KREPIS_RING_HEAD = 0;
 export const KREPIS_RING_TAIL = 64;
@@ -61,6 +87,7 @@ export const KREPIS_RING_NATIVE_WAITING = 128;
 export const KREPIS_RING_CLOSED = 132;
 export const KREPIS_RING_CAPACITY = 136;
 export const KREPIS_RING_DIRECTION = 140;
+export const KREPIS_RING_JS_ARMED = 144;
 export const KREPIS_RING_HEADER_BYTES = 192;
 export const KREPIS_RING_RECORD_HEADER_BYTES = 8;
 export const KREPIS_RING_PAD = 4294967295;
@@ -73,6 +100,8 @@ export const KREPIS_SCAN_ENTRY_HEADER_BYTES = 8;
 export const KREPIS_DATA = 100;
 export const KREPIS_JOURNAL = 106;
 export const KREPIS_MAX_TREE_NAME_BYTES = 255;
+export const KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES = 1048576;
+export const KREPIS_KNUL_MAX_PACKET_BYTES = 268435456;
 export const KREPIS_WATCH_PUT = 1;
 export const KREPIS_WATCH_DELETE = 2;
 export const KREPIS_WATCH_OVERFLOW = 3;

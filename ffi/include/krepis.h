@@ -23,11 +23,45 @@
 // Bytes of one completion's header in `krepis_store_completions` output.
 #define KREPIS_COMPLETION_HEADER_BYTES 16
 
+// A ring JS armed became ready (records to read / space to write) or closed.
+#define KREPIS_EVENT_RING 1
+
+// A listener has links to accept, or closed.
+#define KREPIS_EVENT_LISTENER 2
+
+// A connect operation finished (the handle is the operation id).
+#define KREPIS_EVENT_CONNECT 3
+
+// A link ended (closed by either side or failed); its status is final.
+#define KREPIS_EVENT_LINK_CLOSED 4
+
+// Bytes per event record.
+#define KREPIS_EVENT_RECORD_BYTES 8
+
 // Header size in bytes.
 #define KREPIS_KNUL_HEADER_BYTES 40
 
 // The protocol version this codec speaks.
 #define KREPIS_KNUL_VERSION 1
+
+// Tag of a packet record in the receive ring: `[header 40 B][payload]`.
+#define KREPIS_LINK_RECORD_PACKET 1
+
+// Header flag: sent on the reliable stream.
+#define KREPIS_FLAG_RELIABLE 1
+
+// Close codes (docs/knul.md).
+#define KREPIS_CLOSE_NORMAL 0
+
+#define KREPIS_CLOSE_GOING_AWAY 1
+
+#define KREPIS_CLOSE_PROTOCOL 2
+
+#define KREPIS_CLOSE_VERSION 3
+
+#define KREPIS_CLOSE_TOO_LARGE 4
+
+#define KREPIS_CLOSE_POLICY 5
 
 // Alignment of every allocation shared with JS.
 #define KREPIS_MEMORY_ALIGNMENT 64
@@ -43,6 +77,8 @@
 #define KREPIS_RING_CAPACITY 136
 
 #define KREPIS_RING_DIRECTION 140
+
+#define KREPIS_RING_JS_ARMED 144
 
 #define KREPIS_RING_HEADER_BYTES 192
 
@@ -72,6 +108,11 @@
 #define KREPIS_JOURNAL 106
 
 #define KREPIS_MAX_TREE_NAME_BYTES 255
+
+// Default and largest `maxPacketBytes`.
+#define KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES (1 << 20)
+
+#define KREPIS_KNUL_MAX_PACKET_BYTES (256 << 20)
 
 #define KREPIS_WATCH_PUT 1
 
@@ -208,6 +249,46 @@ int32_t krepis_kernel_stats(uint32_t kernel, uint8_t *out, uint32_t cap);
 // # Safety
 // `out` must be null or point to `cap` writable bytes.
 int32_t krepis_last_error(uint8_t *out, uint32_t cap);
+
+// Starts closing a link gracefully with a KNUL close code and UTF-8 reason:
+// everything already published to its send ring is delivered first. An
+// `EVENT_LINK_CLOSED` follows when it has closed.
+//
+// # Safety
+// `reason` must point to `len` readable bytes.
+int32_t krepis_link_close(uint32_t link, uint32_t code, const uint8_t *reason, uint32_t len);
+
+// Forgets a link JS is done with (closing it at once if still open).
+int32_t krepis_link_free(uint32_t link);
+
+// Writes the link's `krepis.v1.LinkStatus` (open/closed, close code and
+// reason, error, statistics) into `out`.
+//
+// # Safety
+// `out` must point to `cap` writable bytes.
+int32_t krepis_link_status(uint32_t link, uint8_t *out, uint32_t cap);
+
+// Takes the next established link of a listener and starts it with the
+// given rings; writes its `krepis.v1.LinkInfo`. Returns 0 when none is
+// waiting: the listener then posts an event when one arrives.
+//
+// # Safety
+// `out` must point to `cap` writable bytes.
+int32_t krepis_listener_accept(uint32_t listener,
+                               uint32_t recv_ring,
+                               uint32_t send_ring,
+                               uint8_t *out,
+                               uint32_t cap);
+
+// Stops listening: links not yet accepted are closed ("going away");
+// accepted links stay open.
+int32_t krepis_listener_close(uint32_t listener);
+
+// Writes the listener's `krepis.v1.ListenerStats` into `out`.
+//
+// # Safety
+// `out` must point to `cap` writable bytes.
+int32_t krepis_listener_stats(uint32_t listener, uint8_t *out, uint32_t cap);
 
 // Closes and frees a ring. The SDK has detached every JS view of it first;
 // a kernel task still using it keeps the memory alive until it stops.
@@ -371,6 +452,68 @@ int32_t krepis_store_watch(uint32_t tree_handle,
                            const uint8_t *prefix,
                            uint32_t prefix_len,
                            uint32_t ring_handle);
+
+// Starts connecting (`krepis.v1.ConnectRequest`) with the given rings.
+// Returns an operation id; an `EVENT_CONNECT` with that id is posted when
+// it finished, and `krepis_transport_connect_result` returns the outcome.
+//
+// # Safety
+// `request` must point to `len` readable bytes.
+int32_t krepis_transport_connect(uint32_t transport,
+                                 const uint8_t *request,
+                                 uint32_t len,
+                                 uint32_t recv_ring,
+                                 uint32_t send_ring);
+
+// The outcome of a finished connect: writes its `krepis.v1.LinkInfo`, or
+// fails with the connect's error. Each outcome is returned once.
+//
+// # Safety
+// `out` must point to `cap` writable bytes.
+int32_t krepis_transport_connect_result(uint32_t transport,
+                                        uint32_t operation,
+                                        uint8_t *out,
+                                        uint32_t cap);
+
+// Creates a self-signed development certificate
+// (`krepis.v1.DevCertificateRequest` → `krepis.v1.DevCertificate`).
+//
+// # Safety
+// `request` must point to `len` readable bytes; `out` to `cap` writable bytes.
+int32_t krepis_transport_dev_certificate(const uint8_t *request,
+                                         uint32_t len,
+                                         uint8_t *out,
+                                         uint32_t cap);
+
+// Binds a listener (`krepis.v1.ListenRequest`); writes its
+// `krepis.v1.ListenerInfo` (handle and bound address) into `out`.
+//
+// # Safety
+// `request` must point to `len` readable bytes; `out` to `cap` writable bytes.
+int32_t krepis_transport_listen(uint32_t transport,
+                                const uint8_t *request,
+                                uint32_t len,
+                                uint8_t *out,
+                                uint32_t cap);
+
+// Creates the kernel's transport (its event queue); writes the handle to `out`.
+//
+// # Safety
+// `out` must point to a writable, aligned `u32`.
+int32_t krepis_transport_open(uint32_t kernel_handle, uint32_t *out);
+
+// [nonblocking] Waits up to `timeout_ms` for transport events and writes up
+// to `cap / 8` of them (`[kind u32][handle u32]`) into `out`. Returns how
+// many (0 on timeout or wake). Runs on a Deno worker thread: errors are
+// reported by status only.
+//
+// # Safety
+// `out` must be null or point to `cap` writable bytes that JS leaves alone
+// until the call returns.
+int32_t krepis_transport_wait(uint32_t transport, uint8_t *out, uint32_t cap, uint32_t timeout_ms);
+
+// Makes a pending `krepis_transport_wait` return now.
+int32_t krepis_transport_wake(uint32_t transport);
 
 // Writes the library's version (UTF-8, no terminator) into `out`; returns its
 // length (nothing is written when that exceeds `cap`).

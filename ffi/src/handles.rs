@@ -29,6 +29,9 @@ pub enum HandleKind {
     Tree = 4,
     Scan = 5,
     Guard = 6,
+    Transport = 7,
+    Listener = 8,
+    Link = 9,
 }
 
 impl HandleKind {
@@ -40,6 +43,9 @@ impl HandleKind {
             HandleKind::Tree => "store tree",
             HandleKind::Scan => "store scan",
             HandleKind::Guard => "guarded process",
+            HandleKind::Transport => "transport",
+            HandleKind::Listener => "listener",
+            HandleKind::Link => "link",
         }
     }
 

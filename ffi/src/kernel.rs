@@ -72,6 +72,7 @@ impl Kernel {
             // Guarded processes each park a few blocking tasks (pipes, reaper).
             .max_blocking_threads(4096)
             .enable_time()
+            .enable_io()
             .build()
             .map_err(|error| KernelError::io("starting the kernel runtime", &error))?;
         Ok(Kernel {
@@ -151,6 +152,7 @@ impl Kernel {
             .take();
         if let Some(runtime) = runtime {
             // Rings first: closing them wakes tasks and JS waiters blocked on them.
+            crate::transport::release_owned(self.id);
             ring::release_owned(self.id);
             crate::guard::release_owned(self.id);
             crate::store::release_owned(self.id);

@@ -12,6 +12,7 @@
 //! | 132 | closed: 1 = no more records will be produced | either |
 //! | 136 | capacity (power of two) | kernel, at creation |
 //! | 140 | direction: 1 = kernel → JS, 2 = JS → kernel | kernel, at creation |
+//! | 144 | js_armed: 1 = JS waits through an event queue, post an event | JS sets, kernel clears |
 //! | 192 | data: `capacity` bytes | producer |
 //!
 //! A record is `[length u32][tag u32][payload]`, padded to 8 bytes, and is
@@ -25,18 +26,22 @@
 //! `krepis_ring_notify` only if it sees the flag (one fast call per batch at
 //! most). The JS side waits with one `nonblocking` `krepis_ring_wait` call
 //! that sleeps on a condition variable; the kernel signals it after moving
-//! its cursor only while a JS waiter is registered.
+//! its cursor only while a JS waiter is registered. A ring attached to an
+//! event queue (transport links) is waited on through that queue instead:
+//! JS sets `js_armed`, re-checks, and awaits the queue; the kernel, after
+//! moving its cursor, clears the flag and posts one event.
 
 use crate::boundary::{call, out_bytes, write_out};
 use crate::buffers::BufferAccounting;
 use crate::error::{KernelError, KernelResult};
+use crate::events::{EventQueue, EVENT_RING};
 use crate::handles::{HandleKind, HandleTable};
 use crate::kernel::kernel;
 use crate::memory::NativeMemory;
 use crate::proto::{ErrorCode, RingStats};
 use prost::Message;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -46,6 +51,7 @@ pub const RING_NATIVE_WAITING: usize = 128;
 pub const RING_CLOSED: usize = 132;
 pub const RING_CAPACITY: usize = 136;
 pub const RING_DIRECTION: usize = 140;
+pub const RING_JS_ARMED: usize = 144;
 pub const RING_HEADER_BYTES: usize = 192;
 pub const RING_RECORD_HEADER_BYTES: u32 = 8;
 pub const RING_PAD: u32 = u32::MAX;
@@ -87,6 +93,9 @@ pub struct Ring {
     js_wake: Condvar,
     native_wake: Notify,
     counters: NativeCounters,
+    /// Where JS waits for this ring when it is part of a transport link
+    /// (the queue and this ring's handle).
+    events: OnceLock<(Arc<EventQueue>, u32)>,
 }
 
 /// The total bytes a record with `len` payload bytes occupies.
@@ -124,6 +133,7 @@ impl Ring {
             js_wake: Condvar::new(),
             native_wake: Notify::new(),
             counters: NativeCounters::default(),
+            events: OnceLock::new(),
         };
         ring.word(RING_CAPACITY).store(capacity, Ordering::Relaxed);
         ring.word(RING_DIRECTION)
@@ -153,6 +163,10 @@ impl Ring {
         self.capacity
     }
 
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
     pub fn is_closed(&self) -> bool {
         self.word(RING_CLOSED).load(Ordering::SeqCst) != 0
     }
@@ -170,6 +184,14 @@ impl Ring {
         head.wrapping_sub(tail).min(self.capacity)
     }
 
+    /// The (head, tail) cursors: bytes ever produced and consumed.
+    pub fn cursors(&self) -> (u32, u32) {
+        (
+            self.word(RING_HEAD).load(Ordering::SeqCst),
+            self.word(RING_TAIL).load(Ordering::SeqCst),
+        )
+    }
+
     /// Marks the ring closed and wakes both sides.
     pub fn close(&self) {
         self.word(RING_CLOSED).store(1, Ordering::SeqCst);
@@ -183,6 +205,22 @@ impl Ring {
             let _guard = self.js_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.js_wake.notify_all();
         }
+        if let Some((events, handle)) = self.events.get() {
+            let armed = self.word(RING_JS_ARMED);
+            // SeqCst pairs with JS's Atomics.store(armed) + Atomics.load(cursor):
+            // either JS sees the new cursor or the kernel sees the flag.
+            if force || (armed.load(Ordering::SeqCst) != 0 && armed.swap(0, Ordering::SeqCst) != 0)
+            {
+                events.push(EVENT_RING, *handle);
+            }
+        }
+    }
+
+    /// Routes JS wake-ups of this ring (handle `handle`) through `events`.
+    pub fn attach_events(&self, events: Arc<EventQueue>, handle: u32) -> KernelResult<()> {
+        self.events
+            .set((events, handle))
+            .map_err(|_| KernelError::invalid_argument("the ring already belongs to another link"))
     }
 
     /// Sleeps the kernel side until `ready()` or the ring closes; false when closed.

@@ -8,7 +8,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // `cargo run` sets CARGO_MANIFEST_DIR at run time too. Prefer it to the
+    // compile-time value: a target dir shared by several checkouts (CI's
+    // warm cache) may hold a binary built from another checkout's path.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let workspace = manifest_dir.join("../..");
     let crate_dir = workspace.join("ffi");
     let output = std::env::args()
         .nth(1)

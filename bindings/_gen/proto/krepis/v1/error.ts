@@ -49,6 +49,17 @@ export enum ErrorCode {
    * isolation feature in policy.require).
    */
   ERROR_CODE_UNSUPPORTED = 13,
+  /**
+   * ERROR_CODE_PROTOCOL - The peer broke the KNUL protocol (bad header, wrong version, packet too
+   * large, unexpected packet kind). details.closeCode names the close code.
+   */
+  ERROR_CODE_PROTOCOL = 14,
+  /**
+   * ERROR_CODE_CONNECTION - A connection failed or was lost: unreachable address, TLS refusal
+   * (certificate, server name, ALPN), timeout, or the peer closed with an
+   * error. details.closeCode / details.reason carry the peer's close.
+   */
+  ERROR_CODE_CONNECTION = 15,
   UNRECOGNIZED = -1,
 }
 

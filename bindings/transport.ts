@@ -1,0 +1,1114 @@
+/**
+ * KNUL: encrypted packet links between kernels, over QUIC (TLS 1.3, ALPN
+ * `knul/1`), with packets delivered to JS through shared-memory rings
+ * (zero-copy, no callback per packet). The wire protocol is in
+ * `docs/knul.md`.
+ *
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({ dataDir: null });
+ * const { cert, key } = kernel.transport.createDevCertificate();
+ * await using listener = await kernel.transport.listen({ port: 0, cert, key });
+ * await using link = await kernel.transport.connect({
+ *   hostname: "127.0.0.1",
+ *   port: listener.addr.port,
+ *   serverName: "localhost",
+ *   caCerts: [cert],
+ * });
+ * await link.send(new TextEncoder().encode("hello"));
+ * await using peer = (await listener.accept())!;
+ * for await (const packet of peer) {
+ *   console.log(new TextDecoder().decode(packet.data)); // "hello"
+ *   break;
+ * }
+ * ```
+ *
+ * @module
+ */
+
+import {
+  KREPIS_CLOSE_NORMAL,
+  KREPIS_FLAG_RELIABLE,
+  KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES,
+  KREPIS_KNUL_HEADER_BYTES,
+  KREPIS_KNUL_MAX_PACKET_BYTES,
+  KREPIS_KNUL_VERSION,
+  KREPIS_RING_MAX_CAPACITY,
+} from "./_gen/symbols.ts";
+import {
+  ConnectRequest,
+  DevCertificate as DevCertificateMessage,
+  DevCertificateRequest,
+  LinkInfo,
+  LinkStatus,
+  ListenerInfo,
+  ListenerStats as ListenerStatsMessage,
+  ListenRequest,
+} from "./_gen/proto/krepis/v1/transport.ts";
+import { EventKind, TransportEvents } from "./_events.ts";
+import { errorFromNative } from "./_native.ts";
+import type { KernelOwner } from "./_owner.ts";
+import { requirePermission } from "./_permissions.ts";
+import { openRing, recordSize, type RingReader, type RingWriter } from "./_ring.ts";
+import type { ReadonlyBytes } from "./buffers.ts";
+import { type Context, Priority } from "./context.ts";
+import { ClosedError, InvalidArgumentError, type KrepisError } from "./errors.ts";
+
+/** Largest `maxPacketBytes` a listener or connect may set (256 MiB). */
+export const MAX_PACKET_BYTES: number = KREPIS_KNUL_MAX_PACKET_BYTES;
+/** Default `maxPacketBytes` (1 MiB). */
+export const DEFAULT_MAX_PACKET_BYTES: number = KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES;
+/** KNUL header bytes in front of every packet (on the wire and in the rings). */
+const HEADER = KREPIS_KNUL_HEADER_BYTES;
+/** "KNUL" as a little-endian u32. */
+const MAGIC_WORD = 0x4c554e4b;
+/** Smallest ring a link gets. */
+const MIN_RING_BYTES = 64 * 1024;
+
+/** A network address. */
+export interface NetAddr {
+  /** IP address (as the kernel bound or saw it). */
+  hostname: string;
+  /** UDP port. */
+  port: number;
+}
+
+/** A certificate and its private key, PEM-encoded. */
+export interface DevCertificate {
+  /** The certificate (`-----BEGIN CERTIFICATE-----`). */
+  cert: string;
+  /** The private key (PKCS#8 PEM). */
+  key: string;
+}
+
+/** Options of {@linkcode Transport.createDevCertificate}. */
+export interface DevCertificateOptions {
+  /**
+   * DNS names and IP addresses the certificate is valid for.
+   * Default: `localhost`, `127.0.0.1`, `::1`.
+   */
+  names?: string[];
+}
+
+/** Options of {@linkcode Transport.listen}. */
+export interface ListenOptions {
+  /** Address to bind. Default `"127.0.0.1"`; `"0.0.0.0"` / `"::"` for all. */
+  hostname?: string;
+  /** UDP port; 0 (default) picks a free one (see {@linkcode Listener.addr}). */
+  port?: number;
+  /** PEM certificate chain the listener presents. */
+  cert: string;
+  /** PEM private key of `cert`. */
+  key: string;
+  /**
+   * Largest payload a peer may send (and this side may send back), in bytes.
+   * A packet of exactly this size is accepted; a larger one closes the link
+   * with close code 4. Default 1 MiB, at most 256 MiB. Each link's two rings
+   * are sized from it (about 4× each).
+   */
+  maxPacketBytes?: number;
+  /**
+   * When given, packets whose context names another tenant (or none) are
+   * refused in the kernel, before JS sees them: the link closes with code 5.
+   */
+  tenants?: string[];
+  /** Established links waiting for `accept()` at most (more are refused). Default 1024. */
+  backlog?: number;
+}
+
+/** Options of {@linkcode Transport.connect}. */
+export interface ConnectOptions {
+  /** Host name or IP address of the listener. */
+  hostname: string;
+  /** Its UDP port. */
+  port: number;
+  /** The name the server's certificate must carry. Default: `hostname`. */
+  serverName?: string;
+  /**
+   * PEM certificates trusted to be or to sign the server's certificate.
+   * Required: KNUL does not use a system trust store.
+   */
+  caCerts: string[];
+  /** As {@linkcode ListenOptions.maxPacketBytes}. */
+  maxPacketBytes?: number;
+}
+
+/** Options of {@linkcode Link.send}. */
+export interface SendOptions {
+  /**
+   * The explicit request context: its tenant (hashed) and W3C trace id (32
+   * hex digits) travel in the packet header, and its priority unless
+   * `priority` is given.
+   */
+  ctx?: Context;
+  /** 0 (lowest) – 255 (highest). Default: `ctx.priority`, else 128. */
+  priority?: number;
+  /**
+   * `true` (default): delivered, in order, exactly once (the link's stream).
+   * `false`: one QUIC datagram; may be lost, must fit
+   * {@linkcode Link.maxDatagramBytes}.
+   */
+  reliable?: boolean;
+}
+
+/** Options of {@linkcode Link.close}. */
+export interface LinkCloseOptions {
+  /** KNUL close code (docs/knul.md): 0 normal (default), 1 going away, 2–5 errors. */
+  code?: number;
+  /** A short UTF-8 reason the peer sees (at most 1024 bytes are sent). */
+  reason?: string;
+}
+
+/** How a link ended. */
+export interface LinkCloseInfo {
+  /** KNUL close code: 0 normal, 1 going away, 2 protocol, 3 version, 4 too large, 5 policy. */
+  code: number;
+  /** The close reason (UTF-8). */
+  reason: string;
+  /** True when the peer closed the link (or failed), false when this side did. */
+  byPeer: boolean;
+  /** The error that ended the link, or `null` for a clean close. */
+  error: KrepisError | null;
+}
+
+/** Counters of a link. */
+export interface LinkStats {
+  /** Packets the kernel took from the send ring. */
+  packetsSent: number;
+  /** Payload bytes of those packets. */
+  bytesSent: number;
+  /** Packets delivered into the receive ring. */
+  packetsReceived: number;
+  /** Payload bytes of those packets. */
+  bytesReceived: number;
+  /** Unreliable packets dropped (on arrival while JS was behind, or too large for the path). */
+  datagramsDropped: number;
+  /** Smoothed round-trip time, in milliseconds. */
+  rttMs: number;
+  /** QUIC congestion window. */
+  congestionWindowBytes: number;
+  /** QUIC packets declared lost (and retransmitted when reliable). */
+  lostPackets: number;
+  /** UDP datagrams sent on the wire (QUIC packets, coalesced). */
+  udpDatagramsSent: number;
+  /** UDP datagrams received. */
+  udpDatagramsReceived: number;
+}
+
+/** Counters of a listener. */
+export interface ListenerStats {
+  /** Links handed to `accept()`. */
+  accepted: number;
+  /** Connections refused before they became links (TLS, hello, version, backlog). */
+  refused: number;
+  /** Why the last one was refused ("" when none was). */
+  lastRefusal: string;
+}
+
+function checkInteger(field: string, value: unknown, min: number, max: number): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
+    throw new InvalidArgumentError(
+      `${field} must be an integer from ${min} to ${max}, got ${String(value)}`,
+      { details: { field } },
+    );
+  }
+  return value;
+}
+
+function checkString(field: string, value: unknown): string {
+  if (typeof value !== "string" || value === "") {
+    throw new InvalidArgumentError(`${field} must be a non-empty string`, { details: { field } });
+  }
+  return value;
+}
+
+function checkOptions<T>(what: string, options: T): T {
+  if (typeof options !== "object" || options === null) {
+    throw new InvalidArgumentError(`${what} options must be an object`);
+  }
+  return options;
+}
+
+/** Ring bytes for packets up to `maxPacketBytes`: room for about four. */
+function ringBytes(maxPacketBytes: number): number {
+  const record = recordSize(HEADER + maxPacketBytes);
+  let capacity = MIN_RING_BYTES;
+  while (capacity < 4 * record && capacity < KREPIS_RING_MAX_CAPACITY) capacity *= 2;
+  return capacity;
+}
+
+function netPermission(hostname: string, port: number, action: string): void {
+  const host = port === 0 ? hostname : `${hostname}:${port}`;
+  requirePermission({ name: "net", host }, action, `--allow-net=${host}`);
+}
+
+/** The tenant hash as the header carries it (two u32 halves), memoized per context. */
+const contextWords = new WeakMap<Context, Uint32Array>();
+const encoder = new TextEncoder();
+
+/** Header words 4–9 of a context: tenant (FNV-1a 64) and trace id. */
+function wordsOf(ctx: Context): Uint32Array {
+  let words = contextWords.get(ctx);
+  if (words !== undefined) return words;
+  words = new Uint32Array(6);
+  if (ctx.tenantId !== null) {
+    let hash = 0xcbf29ce484222325n;
+    for (const byte of encoder.encode(ctx.tenantId)) {
+      hash = ((hash ^ BigInt(byte)) * 0x100000001b3n) & 0xffffffffffffffffn;
+    }
+    words[0] = Number(hash & 0xffffffffn);
+    words[1] = Number(hash >> 32n);
+  }
+  if (ctx.traceId !== null) {
+    if (!/^[0-9a-f]{32}$/i.test(ctx.traceId)) {
+      throw new InvalidArgumentError(
+        "ctx.traceId must be a W3C trace id (32 hex digits) to travel in a KNUL header",
+        { details: { field: "ctx.traceId" } },
+      );
+    }
+    const bytes = new Uint8Array(words.buffer, 8, 16);
+    for (let index = 0; index < 16; index++) {
+      bytes[index] = parseInt(ctx.traceId.slice(index * 2, index * 2 + 2), 16);
+    }
+  }
+  contextWords.set(ctx, words);
+  return words;
+}
+
+/**
+ * The kernel's KNUL transport: listen for and connect links. Get it from
+ * {@linkcode Kernel.transport}.
+ *
+ * @example
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({ dataDir: null });
+ * const { cert, key } = kernel.transport.createDevCertificate();
+ * await using listener = await kernel.transport.listen({ cert, key });
+ * console.log(listener.addr.port);
+ * ```
+ */
+export class Transport {
+  readonly #owner: KernelOwner;
+  #events: TransportEvents | undefined;
+
+  /** @internal Created by the kernel. */
+  constructor(owner: KernelOwner) {
+    this.#owner = owner;
+  }
+
+  #transport(): TransportEvents {
+    if (this.#events !== undefined) return this.#events;
+    const out = new Uint32Array(1);
+    this.#owner.native.check(
+      this.#owner.native.symbols.krepis_transport_open(this.#owner.handle, out),
+    );
+    return this.#events = new TransportEvents(this.#owner, out[0]);
+  }
+
+  /**
+   * Creates a self-signed certificate for development and tests: an
+   * end-entity certificate (`CA:FALSE`) for `names`, which a client trusts by
+   * passing the same `cert` in `caCerts`. Never use it in production.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({ dataDir: null });
+   * const { cert, key } = kernel.transport.createDevCertificate({ names: ["localhost"] });
+   * console.log(cert.startsWith("-----BEGIN CERTIFICATE-----"), key.length > 0);
+   * ```
+   */
+  createDevCertificate(options: DevCertificateOptions = {}): DevCertificate {
+    this.#owner.assertOpen("transport.createDevCertificate");
+    checkOptions("createDevCertificate", options);
+    const names = options.names ?? [];
+    if (!Array.isArray(names) || names.some((name) => typeof name !== "string" || name === "")) {
+      throw new InvalidArgumentError("names must be an array of non-empty strings", {
+        details: { field: "names" },
+      });
+    }
+    const request = DevCertificateRequest.encode({ names }).finish();
+    const native = this.#owner.native;
+    const message = DevCertificateMessage.decode(
+      native.readOutput((out, cap) =>
+        native.symbols.krepis_transport_dev_certificate(request, request.length, out, cap)
+      ),
+    );
+    return { cert: message.certPem, key: message.keyPem };
+  }
+
+  /**
+   * Listens for links on a UDP address. Needs `--allow-net` for it.
+   *
+   * @throws {PermissionError} without net permission for the address.
+   * @throws {InvalidArgumentError} a bad option, certificate or key (`details.field`).
+   * @throws {IoError} the address is in use or cannot be bound.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({ dataDir: null });
+   * const { cert, key } = kernel.transport.createDevCertificate();
+   * await using listener = await kernel.transport.listen({ hostname: "127.0.0.1", port: 0, cert, key });
+   * for await (const link of listener) {
+   *   await link.close();
+   *   break;
+   * }
+   * ```
+   */
+  listen(options: ListenOptions): Promise<Listener> {
+    try {
+      return Promise.resolve(this.#listen(options));
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  #listen(options: ListenOptions): Listener {
+    this.#owner.assertOpen("transport.listen");
+    checkOptions("listen", options);
+    const hostname = options.hostname === undefined
+      ? "127.0.0.1"
+      : checkString("hostname", options.hostname);
+    const port = checkInteger("port", options.port ?? 0, 0, 65535);
+    const maxPacketBytes = checkInteger(
+      "maxPacketBytes",
+      options.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES,
+      0,
+      MAX_PACKET_BYTES,
+    );
+    const backlog = checkInteger("backlog", options.backlog ?? 1024, 1, 1 << 20);
+    const tenants = options.tenants ?? [];
+    if (!Array.isArray(tenants) || tenants.some((tenant) => typeof tenant !== "string")) {
+      throw new InvalidArgumentError("tenants must be an array of strings", {
+        details: { field: "tenants" },
+      });
+    }
+    netPermission(hostname, port, `listening on ${hostname}:${port}`);
+    const request = ListenRequest.encode({
+      hostname,
+      port,
+      certPem: checkString("cert", options.cert),
+      keyPem: checkString("key", options.key),
+      maxPacketBytes,
+      tenants,
+      backlog,
+    }).finish();
+    const events = this.#transport();
+    const native = this.#owner.native;
+    const info = ListenerInfo.decode(
+      native.readOutput((out, cap) =>
+        native.symbols.krepis_transport_listen(events.handle, request, request.length, out, cap)
+      ),
+    );
+    return new Listener(this.#owner, events, info, maxPacketBytes);
+  }
+
+  /**
+   * Connects a link to a listener. Needs `--allow-net` for the address.
+   *
+   * @throws {PermissionError} without net permission for the address.
+   * @throws {InvalidArgumentError} a bad option or CA certificate.
+   * @throws {ConnectionError} unreachable, refused by TLS (certificate, server name), or timed out.
+   * @throws {ProtocolError} the server does not speak KNUL version 1.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({ dataDir: null });
+   * const { cert, key } = kernel.transport.createDevCertificate();
+   * await using listener = await kernel.transport.listen({ cert, key });
+   * await using link = await kernel.transport.connect({
+   *   hostname: "127.0.0.1",
+   *   port: listener.addr.port,
+   *   serverName: "localhost",
+   *   caCerts: [cert],
+   * });
+   * await link.send(new Uint8Array([1, 2, 3]));
+   * ```
+   */
+  async connect(options: ConnectOptions): Promise<Link> {
+    this.#owner.assertOpen("transport.connect");
+    checkOptions("connect", options);
+    const hostname = checkString("hostname", options.hostname);
+    const port = checkInteger("port", options.port, 1, 65535);
+    const serverName = options.serverName === undefined
+      ? ""
+      : checkString("serverName", options.serverName);
+    const caCerts = options.caCerts;
+    if (
+      !Array.isArray(caCerts) || caCerts.length === 0 ||
+      caCerts.some((cert) => typeof cert !== "string")
+    ) {
+      throw new InvalidArgumentError(
+        "caCerts must be a non-empty array of PEM strings (KNUL trusts only the certificates you name)",
+        { details: { field: "caCerts" } },
+      );
+    }
+    const maxPacketBytes = checkInteger(
+      "maxPacketBytes",
+      options.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES,
+      0,
+      MAX_PACKET_BYTES,
+    );
+    netPermission(hostname, port, `connecting to ${hostname}:${port}`);
+    const request = ConnectRequest.encode({
+      hostname,
+      port,
+      serverName,
+      caPems: caCerts,
+      maxPacketBytes,
+    }).finish();
+    const events = this.#transport();
+    const rings = openLinkRings(this.#owner, maxPacketBytes);
+    const native = this.#owner.native;
+    let operation: number;
+    try {
+      operation = native.check(
+        native.symbols.krepis_transport_connect(
+          events.handle,
+          request,
+          request.length,
+          rings.receive.nativeHandle,
+          rings.send.nativeHandle,
+        ),
+      );
+    } catch (error) {
+      rings.receive.close();
+      rings.send.close();
+      throw error;
+    }
+    await events.wait(EventKind.connect, operation);
+    this.#owner.assertOpen("transport.connect");
+    let info: LinkInfo;
+    try {
+      info = LinkInfo.decode(
+        native.readOutput((out, cap) =>
+          native.symbols.krepis_transport_connect_result(events.handle, operation, out, cap)
+        ),
+      );
+    } catch (error) {
+      rings.receive.close();
+      rings.send.close();
+      throw error;
+    }
+    return new Link(this.#owner, events, info, rings, maxPacketBytes);
+  }
+}
+
+interface LinkRings {
+  receive: RingReader;
+  send: RingWriter;
+}
+
+function openLinkRings(owner: KernelOwner, maxPacketBytes: number): LinkRings {
+  const capacity = ringBytes(maxPacketBytes);
+  const receive = openRing(owner, { capacity, direction: "toJs" });
+  try {
+    return { receive, send: openRing(owner, { capacity, direction: "toKernel" }) };
+  } catch (error) {
+    receive.close();
+    throw error;
+  }
+}
+
+/**
+ * A bound KNUL listener: accepts links (`accept()` or `for await`).
+ *
+ * @example
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({ dataDir: null });
+ * const { cert, key } = kernel.transport.createDevCertificate();
+ * await using listener = await kernel.transport.listen({ cert, key });
+ * console.log(listener.addr); // { hostname: "127.0.0.1", port: … }
+ * ```
+ */
+export class Listener implements AsyncIterable<Link>, AsyncDisposable {
+  /** The bound address (the real port when 0 was asked for). */
+  readonly addr: NetAddr;
+  readonly #owner: KernelOwner;
+  readonly #events: TransportEvents;
+  readonly #handle: number;
+  readonly #maxPacketBytes: number;
+  #spare: LinkRings | null = null;
+  #closed = false;
+
+  /** @internal Created by {@linkcode Transport.listen}. */
+  constructor(
+    owner: KernelOwner,
+    events: TransportEvents,
+    info: ListenerInfo,
+    maxPacketBytes: number,
+  ) {
+    this.#owner = owner;
+    this.#events = events;
+    this.#handle = info.handle;
+    this.#maxPacketBytes = maxPacketBytes;
+    this.addr = { hostname: info.hostname, port: info.port };
+  }
+
+  /** True once closed (by `close()` or the kernel). */
+  get closed(): boolean {
+    return this.#closed || this.#owner.closed;
+  }
+
+  /**
+   * The next link that completed its handshake, or `null` once the listener
+   * is closed.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({ dataDir: null });
+   * const { cert, key } = kernel.transport.createDevCertificate();
+   * const listener = await kernel.transport.listen({ cert, key });
+   * setTimeout(() => listener.close(), 10);
+   * console.log(await listener.accept()); // null
+   * ```
+   */
+  async accept(): Promise<Link | null> {
+    const native = this.#owner.native;
+    while (!this.closed) {
+      const rings = this.#spare ??= openLinkRings(this.#owner, this.#maxPacketBytes);
+      const length = native.check(
+        native.symbols.krepis_listener_accept(
+          this.#handle,
+          rings.receive.nativeHandle,
+          rings.send.nativeHandle,
+          scratch,
+          scratch.length,
+        ),
+      );
+      if (length > 0) {
+        this.#spare = null;
+        const info = LinkInfo.decode(scratch.subarray(0, length));
+        return new Link(this.#owner, this.#events, info, rings, this.#maxPacketBytes);
+      }
+      await this.#events.wait(EventKind.listener, this.#handle);
+    }
+    return null;
+  }
+
+  /** Links as they arrive, until the listener closes. */
+  async *[Symbol.asyncIterator](): AsyncGenerator<Link> {
+    while (true) {
+      const link = await this.accept();
+      if (link === null) return;
+      yield link;
+    }
+  }
+
+  /**
+   * Connection counters (accepted, refused and why).
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({ dataDir: null });
+   * const { cert, key } = kernel.transport.createDevCertificate();
+   * await using listener = await kernel.transport.listen({ cert, key });
+   * console.log(listener.stats().refused); // 0
+   * ```
+   */
+  stats(): ListenerStats {
+    if (this.closed) throw new ClosedError("listener.stats: the listener is closed");
+    const native = this.#owner.native;
+    const stats = ListenerStatsMessage.decode(
+      native.readOutput((out, cap) => native.symbols.krepis_listener_stats(this.#handle, out, cap)),
+    );
+    return {
+      accepted: Number(stats.accepted),
+      refused: Number(stats.refused),
+      lastRefusal: stats.lastRefusal,
+    };
+  }
+
+  /**
+   * Stops listening. Links already accepted stay open; links waiting for
+   * `accept()` are closed with "going away". Idempotent.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#owner.closed) return;
+    this.#spare?.receive.close();
+    this.#spare?.send.close();
+    this.#spare = null;
+    this.#owner.native.check(this.#owner.native.symbols.krepis_listener_close(this.#handle));
+  }
+
+  /** Closes the listener (for `await using`). */
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    return Promise.resolve();
+  }
+}
+
+/** Output buffer for LinkInfo (small, fixed). */
+const scratch = new Uint8Array(1024);
+
+/**
+ * A received packet: a zero-copy view into the link's receive ring, valid
+ * until the next packet is taken from the link (next iteration) or
+ * `release()`. Copy (`data.slice()`) what must outlive that.
+ */
+export class Packet {
+  readonly #link: Link;
+  readonly #reader: RingReader;
+  readonly #generation: number;
+  readonly #offset: number;
+  /** Payload bytes. */
+  readonly length: number;
+  /** Whether it came on the reliable stream (else as a datagram). */
+  readonly reliable: boolean;
+  /** The sender's priority, 0–255. */
+  readonly priority: number;
+
+  /** @internal Created by {@linkcode Link}. */
+  constructor(link: Link, reader: RingReader, offset: number, recordLength: number) {
+    this.#link = link;
+    this.#reader = reader;
+    this.#generation = reader.generation;
+    this.#offset = offset;
+    this.length = recordLength - HEADER;
+    const data = reader.data;
+    this.reliable = ((data[offset + 6] | (data[offset + 7] << 8)) & KREPIS_FLAG_RELIABLE) !== 0;
+    this.priority = data[offset + 8];
+  }
+
+  /** True until the next packet is taken or `release()`. */
+  get valid(): boolean {
+    return this.#reader.generation === this.#generation && !this.#reader.detached;
+  }
+
+  #check(what: string): Uint8Array {
+    if (!this.valid) {
+      throw new ClosedError(
+        `packet.${what}: the packet was released (a packet's view lasts until the next one)`,
+      );
+    }
+    return this.#reader.data;
+  }
+
+  /** The payload (zero-copy, read-only). @throws {ClosedError} once released. */
+  get data(): ReadonlyBytes {
+    const data = this.#check("data");
+    return data.subarray(
+      this.#offset + HEADER,
+      this.#offset + HEADER + this.length,
+    ) as ReadonlyBytes;
+  }
+
+  /** FNV-1a 64 of the sender's `ctx.tenantId` (0n = none). @throws {ClosedError} once released. */
+  get tenantHash(): bigint {
+    const data = this.#check("tenantHash");
+    return new DataView(data.buffer, data.byteOffset + this.#offset + 16, 8).getBigUint64(0, true);
+  }
+
+  /** The sender's W3C trace id (hex), or `null`. @throws {ClosedError} once released. */
+  get traceId(): string | null {
+    const data = this.#check("traceId");
+    const bytes = data.subarray(this.#offset + 24, this.#offset + 40);
+    if (bytes.every((byte) => byte === 0)) return null;
+    return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+  }
+
+  /** Gives the packet's ring space back now (it is given back at the next packet anyway). */
+  release(): void {
+    if (this.valid) this.#link._releaseCurrent();
+  }
+}
+
+interface QueuedSend {
+  bytes: Uint8Array | ReadonlyBytes;
+  options: SendOptions | undefined;
+  resolve: () => void;
+  reject: (error: unknown) => void;
+}
+
+/**
+ * A KNUL link to a peer kernel: `send()` packets, `for await` the packets
+ * that arrive, `close()` when done.
+ *
+ * @example
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({ dataDir: null });
+ * const { cert, key } = kernel.transport.createDevCertificate();
+ * await using listener = await kernel.transport.listen({ cert, key });
+ * await using link = await kernel.transport.connect({
+ *   hostname: "127.0.0.1",
+ *   port: listener.addr.port,
+ *   serverName: "localhost",
+ *   caCerts: [cert],
+ * });
+ * await using peer = (await listener.accept())!;
+ * await link.send(new TextEncoder().encode("ping"));
+ * for await (const packet of peer) {
+ *   await peer.send(packet.data); // echo (copied into the send ring)
+ *   break;
+ * }
+ * ```
+ */
+export class Link implements AsyncIterable<Packet>, AsyncDisposable {
+  /** The peer's address. */
+  readonly remoteAddr: NetAddr;
+  /** Largest payload this side accepts. */
+  readonly maxPacketBytes: number;
+  /** Largest reliable payload this side may send (the peer's limit and this side's ring). */
+  readonly maxSendBytes: number;
+  /** Largest unreliable payload the path carries (datagram minus the 40-byte header). */
+  readonly maxDatagramBytes: number;
+  readonly #owner: KernelOwner;
+  readonly #events: TransportEvents;
+  readonly #handle: number;
+  readonly #receive: RingReader;
+  readonly #send: RingWriter;
+  readonly #sendWords: Uint32Array;
+  readonly #queue: QueuedSend[] = [];
+  #draining = false;
+  #closing: Promise<void> | undefined;
+  #freed = false;
+  #closeInfo: LinkCloseInfo | undefined;
+
+  /** @internal Created by {@linkcode Transport.connect} and {@linkcode Listener.accept}. */
+  constructor(
+    owner: KernelOwner,
+    events: TransportEvents,
+    info: LinkInfo,
+    rings: LinkRings,
+    maxPacketBytes: number,
+  ) {
+    this.#owner = owner;
+    this.#events = events;
+    this.#handle = info.handle;
+    this.#receive = rings.receive;
+    this.#send = rings.send;
+    this.#receive.attachEvents(events);
+    this.#send.attachEvents(events);
+    const data = this.#send.data;
+    this.#sendWords = new Uint32Array(data.buffer, data.byteOffset, data.length >> 2);
+    this.remoteAddr = { hostname: info.remoteHostname, port: info.remotePort };
+    this.maxPacketBytes = maxPacketBytes;
+    this.maxSendBytes = Math.min(info.peerMaxPacketBytes, this.#send.maxRecordBytes - HEADER);
+    this.maxDatagramBytes = Math.max(0, info.maxDatagramBytes - HEADER);
+    if (info.version !== KREPIS_KNUL_VERSION) {
+      throw new InvalidArgumentError(`unexpected KNUL version ${info.version}`);
+    }
+  }
+
+  /** True once the link closed (either side) or is closing. */
+  get closed(): boolean {
+    return this.#closing !== undefined || this.#owner.closed || this.#receive.closed;
+  }
+
+  #checkSend(bytes: Uint8Array | ReadonlyBytes, options: SendOptions | undefined): void {
+    if (!(bytes instanceof Uint8Array)) {
+      throw new InvalidArgumentError("link.send: bytes must be a Uint8Array", {
+        details: { field: "bytes" },
+      });
+    }
+    if (options !== undefined && (typeof options !== "object" || options === null)) {
+      throw new InvalidArgumentError("link.send: options must be an object");
+    }
+    const reliable = options?.reliable ?? true;
+    const limit = reliable ? this.maxSendBytes : this.maxDatagramBytes;
+    if (bytes.length > limit) {
+      throw new InvalidArgumentError(
+        reliable
+          ? `link.send: a packet of ${bytes.length} bytes exceeds the link's limit of ${limit} bytes (maxPacketBytes)`
+          : `link.send: an unreliable packet of ${bytes.length} bytes exceeds the path's datagram limit of ${limit} bytes`,
+        { details: { field: "bytes", limit: String(limit) } },
+      );
+    }
+  }
+
+  /**
+   * Sends one packet if the send ring has room now: true when queued for
+   * the kernel, false when the ring is full (back-pressure: retry after
+   * `await link.send(...)` or later). Never waits.
+   *
+   * @throws {InvalidArgumentError} wrong types, or a packet over the link's limit.
+   * @throws {ClosedError} the link is closed.
+   */
+  trySend(bytes: Uint8Array | ReadonlyBytes, options?: SendOptions): boolean {
+    if (this.#queue.length > 0) return false; // keep order behind waiting sends
+    this.#checkSend(bytes, options);
+    return this.#write(bytes, options);
+  }
+
+  #write(bytes: Uint8Array | ReadonlyBytes, options: SendOptions | undefined): boolean {
+    if (this.closed) {
+      throw new ClosedError(`link.send: the link is closed${this.#describeClose()}`);
+    }
+    const ctx = options?.ctx;
+    let priority = options?.priority ?? ctx?.priority ?? Priority.NORMAL;
+    if (!Number.isInteger(priority) || priority < 0 || priority > 255) {
+      throw new InvalidArgumentError(`link.send: priority must be 0–255, got ${priority}`, {
+        details: { field: "priority" },
+      });
+    }
+    priority |= 0;
+    const reliable = options?.reliable ?? true;
+    const context = ctx === undefined ? null : wordsOf(ctx);
+    const send = this.#send;
+    const offset = send.reserve(HEADER + bytes.length, 0);
+    if (offset < 0) return false;
+    const words = this.#sendWords;
+    const word = offset >> 2;
+    words[word] = MAGIC_WORD;
+    // version | kind (data = 1) << 8 | flags << 16
+    words[word + 1] = KREPIS_KNUL_VERSION | (1 << 8) |
+      ((reliable ? KREPIS_FLAG_RELIABLE : 0) << 16);
+    words[word + 2] = priority;
+    words[word + 3] = bytes.length;
+    if (context === null) {
+      words.fill(0, word + 4, word + 10);
+    } else {
+      words.set(context, word + 4);
+    }
+    send.data.set(bytes, offset + HEADER);
+    send.flush();
+    return true;
+  }
+
+  /**
+   * Sends one packet: reliable packets arrive in order, exactly once;
+   * unreliable ones may be lost. Resolves once the packet is in the send
+   * ring (the bytes were copied: `bytes` may be reused). While the ring is
+   * full (the peer or the network is slower) it waits: back-pressure.
+   *
+   * @throws {InvalidArgumentError} wrong types, or a packet over the link's limit (`details.limit`).
+   * @throws {ClosedError} the link is closed (before the packet was queued).
+   *
+   * @example
+   * ```ts ignore
+   * await link.send(new TextEncoder().encode("hello"), { reliable: true, priority: 200 });
+   * ```
+   */
+  send(bytes: Uint8Array | ReadonlyBytes, options?: SendOptions): Promise<void> {
+    try {
+      this.#checkSend(bytes, options);
+      if (this.#queue.length === 0 && this.#write(bytes, options)) return RESOLVED;
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const { promise, resolve, reject } = Promise.withResolvers<void>();
+    this.#queue.push({ bytes, options, resolve, reject });
+    if (!this.#draining) void this.#drainQueue();
+    return promise;
+  }
+
+  /** Writes queued sends in order as the ring frees space. */
+  async #drainQueue(): Promise<void> {
+    this.#draining = true;
+    try {
+      while (this.#queue.length > 0) {
+        const next = this.#queue[0];
+        let written: boolean;
+        try {
+          written = this.#write(next.bytes, next.options);
+        } catch (error) {
+          this.#queue.shift();
+          next.reject(error);
+          continue;
+        }
+        if (written) {
+          this.#queue.shift();
+          next.resolve();
+          continue;
+        }
+        const ready = await this.#send.waitForSpace(recordSizeOf(next.bytes.length));
+        if (!ready) {
+          const error = new ClosedError(`link.send: the link closed${this.#describeClose()}`);
+          for (const queued of this.#queue.splice(0)) queued.reject(error);
+        }
+      }
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  #describeClose(): string {
+    const info = this.#closeInfo;
+    if (info === undefined) return "";
+    return ` (${info.byPeer ? "by the peer" : "by this side"}, code ${info.code}${
+      info.reason ? `: ${info.reason}` : ""
+    })`;
+  }
+
+  /**
+   * The next packet, or `null` once the link closed cleanly and every packet
+   * was read. Takes the place of the previous packet (its view ends).
+   *
+   * @throws {ProtocolError} the peer broke the protocol (the link is closed).
+   * @throws {ConnectionError} the connection was lost or the peer closed with an error code.
+   */
+  async receive(): Promise<Packet | null> {
+    const reader = this.#receive;
+    while (true) {
+      if (this.#freed || reader.detached) return null;
+      const record = reader.read();
+      if (record !== null) return new Packet(this, reader, record.offset, record.length);
+      if (reader.closed) {
+        if (reader.available !== 0) continue;
+        const info = this.#finalStatus();
+        if (info.error !== null) throw info.error;
+        return null;
+      }
+      await reader.wait();
+    }
+  }
+
+  /** @internal Gives back the current packet's ring space. */
+  _releaseCurrent(): void {
+    this.#receive.releaseCurrent();
+  }
+
+  /**
+   * Packets until the link closes. Each packet's view lasts until the next
+   * iteration. Ends normally on a clean close (code 0/1); throws the typed
+   * error when the link failed.
+   */
+  [Symbol.asyncIterator](): AsyncIterator<Packet> {
+    return {
+      next: async (): Promise<IteratorResult<Packet>> => {
+        const packet = await this.receive();
+        return packet === null ? { done: true, value: undefined } : { done: false, value: packet };
+      },
+      return: (): Promise<IteratorResult<Packet>> => {
+        return Promise.resolve({ done: true, value: undefined });
+      },
+    };
+  }
+
+  #status(): LinkStatus {
+    const native = this.#owner.native;
+    return LinkStatus.decode(
+      native.readOutput((out, cap) => native.symbols.krepis_link_status(this.#handle, out, cap)),
+    );
+  }
+
+  /** The close information once the link ended (kept after it is freed). */
+  #finalStatus(): LinkCloseInfo {
+    if (this.#closeInfo !== undefined) return this.#closeInfo;
+    if (this.#freed || this.#owner.closed) {
+      return { code: 1, reason: "the kernel closed", byPeer: false, error: null };
+    }
+    const status = this.#status();
+    const info: LinkCloseInfo = {
+      code: status.closeCode,
+      reason: status.closeReason,
+      byPeer: status.closedByPeer,
+      error: status.error === undefined ? null : errorFromNative(status.error),
+    };
+    if (!status.open) this.#closeInfo = info;
+    return info;
+  }
+
+  /**
+   * Resolves when the link has ended (either side, or a failure), with how.
+   *
+   * @example
+   * ```ts ignore
+   * const { code, reason, byPeer } = await link.ended;
+   * ```
+   */
+  get ended(): Promise<LinkCloseInfo> {
+    return this.#waitEnded();
+  }
+
+  async #waitEnded(): Promise<LinkCloseInfo> {
+    while (!this.#freed && !this.#owner.closed) {
+      const status = this.#status();
+      if (!status.open) return this.#finalStatus();
+      await this.#events.wait(EventKind.linkClosed, this.#handle);
+    }
+    return this.#finalStatus();
+  }
+
+  /**
+   * Counters and path figures of the link.
+   *
+   * @throws {ClosedError} after the link was closed and freed.
+   */
+  stats(): LinkStats {
+    if (this.#freed || this.#owner.closed) {
+      throw new ClosedError("link.stats: the link is closed");
+    }
+    const stats = this.#status().stats;
+    return {
+      packetsSent: Number(stats?.packetsSent ?? 0),
+      bytesSent: Number(stats?.bytesSent ?? 0),
+      packetsReceived: Number(stats?.packetsReceived ?? 0),
+      bytesReceived: Number(stats?.bytesReceived ?? 0),
+      datagramsDropped: Number(stats?.datagramsDropped ?? 0),
+      rttMs: Number(stats?.rttMicros ?? 0) / 1000,
+      congestionWindowBytes: Number(stats?.congestionWindowBytes ?? 0),
+      lostPackets: Number(stats?.lostPackets ?? 0),
+      udpDatagramsSent: Number(stats?.udpDatagramsSent ?? 0),
+      udpDatagramsReceived: Number(stats?.udpDatagramsReceived ?? 0),
+    };
+  }
+
+  /**
+   * Closes the link gracefully: packets already sent (including sends still
+   * waiting for ring space) are delivered first, then the peer is told the
+   * code and reason, and the link's memory is freed. Resolves with how the
+   * link ended. Idempotent.
+   *
+   * @example
+   * ```ts ignore
+   * await link.close({ code: 0, reason: "done" });
+   * ```
+   */
+  close(options: LinkCloseOptions = {}): Promise<LinkCloseInfo> {
+    this.#closing ??= this.#close(options);
+    return this.#closing.then(() => this.#finalStatus());
+  }
+
+  async #close(options: LinkCloseOptions): Promise<void> {
+    checkOptions("link.close", options);
+    const code = checkInteger("code", options.code ?? KREPIS_CLOSE_NORMAL, 0, 0xffff);
+    const reason = encoder.encode(options.reason ?? "");
+    // Sends waiting for space go first: a graceful close loses nothing.
+    while (this.#draining && !this.#owner.closed && !this.#receive.closed) {
+      await this.#send.waitForSpace(1);
+    }
+    if (this.#owner.closed) return this.#free();
+    const native = this.#owner.native;
+    native.check(native.symbols.krepis_link_close(this.#handle, code, reason, reason.length));
+    await this.#waitEnded();
+    this.#finalStatus();
+    this.#free();
+  }
+
+  #free(): void {
+    if (this.#freed) return;
+    if (!this.#owner.closed) {
+      try {
+        this.#closeInfo ??= this.#finalStatus();
+      } catch { /* the kernel already forgot the link */ }
+    }
+    this.#freed = true;
+    for (const queued of this.#queue.splice(0)) {
+      queued.reject(new ClosedError("link.send: the link was closed"));
+    }
+    this.#receive.close();
+    this.#send.close();
+    if (!this.#owner.closed) this.#owner.native.symbols.krepis_link_free(this.#handle);
+  }
+
+  /** Closes the link gracefully (for `await using`). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+const RESOLVED = Promise.resolve();
+
+function recordSizeOf(length: number): number {
+  return recordSize(HEADER + length);
+}

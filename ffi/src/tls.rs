@@ -1,0 +1,168 @@
+//! TLS for KNUL links: rustls (TLS 1.3 only, ring crypto) configured for
+//! quinn with ALPN `knul/1`, and the development certificate helper.
+
+use crate::error::{KernelError, KernelResult};
+use crate::proto::{DevCertificate, ErrorCode};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The ALPN protocol id of KNUL version 1.
+pub const ALPN: &[u8] = b"knul/1";
+/// QUIC closes a link that was silent this long (keep-alives prevent it).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keep-alive period: QUIC PING frames while a link is otherwise idle.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certificates(pem: &str, field: &str) -> KernelResult<Vec<CertificateDer<'static>>> {
+    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| {
+            KernelError::invalid_argument(format!("{field} is not valid PEM: {error}"))
+                .with_detail("field", field)
+        })?;
+    if certificates.is_empty() {
+        return Err(KernelError::invalid_argument(format!(
+            "{field} contains no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ))
+        .with_detail("field", field));
+    }
+    Ok(certificates)
+}
+
+/// The transport parameters both sides use. `server` allows the one
+/// bidirectional control stream the client opens; each side may open one
+/// unidirectional stream (its reliable packets).
+fn transport_config(server: bool) -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    config
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("30 s is a valid idle timeout"),
+        ))
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(u32::from(server)))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(1))
+        // Windows large enough for loopback/LAN bulk transfer; QUIC flow
+        // control on them is the link's back-pressure.
+        .stream_receive_window(quinn::VarInt::from_u32(8 << 20))
+        .receive_window(quinn::VarInt::from_u32(16 << 20))
+        .send_window(16 << 20)
+        .datagram_receive_buffer_size(Some(1 << 20))
+        .datagram_send_buffer_size(1 << 20);
+    config
+}
+
+/// Server configuration from a PEM certificate chain and private key.
+pub fn server_config(cert_pem: &str, key_pem: &str) -> KernelResult<quinn::ServerConfig> {
+    let chain = certificates(cert_pem, "cert")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|error| {
+        KernelError::invalid_argument(format!("key is not a PEM private key: {error}"))
+            .with_detail("field", "key")
+    })?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|error| KernelError::new(ErrorCode::Internal, format!("TLS setup: {error}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|error| {
+            KernelError::invalid_argument(format!("cert and key are not usable together: {error}"))
+                .with_detail("field", "cert")
+        })?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = QuicServerConfig::try_from(tls)
+        .map_err(|error| KernelError::new(ErrorCode::Internal, format!("QUIC TLS: {error}")))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(true)));
+    Ok(config)
+}
+
+/// Client configuration trusting exactly `ca_pems`.
+pub fn client_config(ca_pems: &[String]) -> KernelResult<quinn::ClientConfig> {
+    if ca_pems.is_empty() {
+        return Err(KernelError::invalid_argument(
+            "caCerts is empty: KNUL trusts only the certificates you name (for a dev certificate, pass its own cert)",
+        )
+        .with_detail("field", "caCerts"));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in ca_pems {
+        for certificate in certificates(pem, "caCerts")? {
+            roots.add(certificate).map_err(|error| {
+                KernelError::invalid_argument(format!("caCerts: unusable certificate: {error}"))
+                    .with_detail("field", "caCerts")
+            })?;
+        }
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|error| KernelError::new(ErrorCode::Internal, format!("TLS setup: {error}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls)
+        .map_err(|error| KernelError::new(ErrorCode::Internal, format!("QUIC TLS: {error}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(false)));
+    Ok(config)
+}
+
+/// A self-signed certificate for development: an end-entity certificate
+/// (`CA:FALSE`) carrying `names` as subject alternative names, which rustls
+/// accepts when the same certificate is the client's trust anchor.
+pub fn dev_certificate(names: &[String]) -> KernelResult<DevCertificate> {
+    let names = if names.is_empty() {
+        vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ]
+    } else {
+        names.to_vec()
+    };
+    let mut params = rcgen::CertificateParams::new(names).map_err(|error| {
+        KernelError::invalid_argument(format!("names: {error}")).with_detail("field", "names")
+    })?;
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "krepis development certificate");
+    let key = rcgen::KeyPair::generate().map_err(|error| {
+        KernelError::new(ErrorCode::Internal, format!("key generation: {error}"))
+    })?;
+    let certificate = params
+        .self_signed(&key)
+        .map_err(|error| KernelError::new(ErrorCode::Internal, format!("signing: {error}")))?;
+    Ok(DevCertificate {
+        cert_pem: certificate.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_certificate_is_accepted_by_both_configs() {
+        let certificate = dev_certificate(&[]).unwrap();
+        server_config(&certificate.cert_pem, &certificate.key_pem).unwrap();
+        client_config(&[certificate.cert_pem]).unwrap();
+    }
+
+    #[test]
+    fn bad_pem_names_the_field() {
+        let error = server_config("nope", "nope").unwrap_err();
+        assert_eq!(error.details["field"], "cert");
+        let certificate = dev_certificate(&["example.test".to_owned()]).unwrap();
+        let error = server_config(&certificate.cert_pem, "garbage").unwrap_err();
+        assert_eq!(error.details["field"], "key");
+        assert_eq!(client_config(&[]).unwrap_err().details["field"], "caCerts");
+    }
+}
