@@ -547,6 +547,7 @@ export class Listener implements AsyncIterable<Link>, AsyncDisposable {
     this.#handle = info.handle;
     this.#maxPacketBytes = maxPacketBytes;
     this.addr = { hostname: info.hostname, port: info.port };
+    listenerLeaks.register(this, { owner, handle: info.handle }, this);
   }
 
   /** True once closed (by `close()` or the kernel). */
@@ -636,6 +637,7 @@ export class Listener implements AsyncIterable<Link>, AsyncDisposable {
     this.#spare?.receive.close();
     this.#spare?.send.close();
     this.#spare = null;
+    listenerLeaks.unregister(this);
     this.#owner.native.check(this.#owner.native.symbols.krepis_listener_close(this.#handle));
   }
 
@@ -646,7 +648,22 @@ export class Listener implements AsyncIterable<Link>, AsyncDisposable {
   }
 }
 
-/** Output buffer for LinkInfo (small, fixed). */
+/**
+ * Safety nets: a link or listener the application dropped without closing
+ * is closed when it is garbage-collected (its rings have their own nets).
+ */
+const linkLeaks = new FinalizationRegistry<{ owner: KernelOwner; handle: number }>(
+  ({ owner, handle }) => {
+    if (!owner.closed) owner.native.symbols.krepis_link_free(handle);
+  },
+);
+const listenerLeaks = new FinalizationRegistry<{ owner: KernelOwner; handle: number }>(
+  ({ owner, handle }) => {
+    if (!owner.closed) owner.native.symbols.krepis_listener_close(handle);
+  },
+);
+
+/** Output buffer for LinkInfo (the kernel asks for at least 256 bytes). */
 const scratch = new Uint8Array(1024);
 
 /**
@@ -794,9 +811,7 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
     this.maxPacketBytes = maxPacketBytes;
     this.maxSendBytes = Math.min(info.peerMaxPacketBytes, this.#send.maxRecordBytes - HEADER);
     this.maxDatagramBytes = Math.max(0, info.maxDatagramBytes - HEADER);
-    if (info.version !== KREPIS_KNUL_VERSION) {
-      throw new InvalidArgumentError(`unexpected KNUL version ${info.version}`);
-    }
+    linkLeaks.register(this, { owner, handle: info.handle }, this);
   }
 
   /** True once the link closed (either side) or is closing. */
@@ -973,10 +988,22 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
    * error when the link failed.
    */
   [Symbol.asyncIterator](): AsyncIterator<Packet> {
+    const reader = this.#receive;
     return {
-      next: async (): Promise<IteratorResult<Packet>> => {
-        const packet = await this.receive();
-        return packet === null ? { done: true, value: undefined } : { done: false, value: packet };
+      next: (): Promise<IteratorResult<Packet>> => {
+        // Fast path: a packet is ready, no async frame per packet.
+        if (!this.#freed && !reader.detached) {
+          const record = reader.read();
+          if (record !== null) {
+            return Promise.resolve({
+              done: false,
+              value: new Packet(this, reader, record.offset, record.length),
+            });
+          }
+        }
+        return this.receive().then((packet) =>
+          packet === null ? { done: true, value: undefined } : { done: false, value: packet }
+        );
       },
       return: (): Promise<IteratorResult<Packet>> => {
         return Promise.resolve({ done: true, value: undefined });
@@ -1093,6 +1120,7 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
       } catch { /* the kernel already forgot the link */ }
     }
     this.#freed = true;
+    linkLeaks.unregister(this);
     for (const queued of this.#queue.splice(0)) {
       queued.reject(new ClosedError("link.send: the link was closed"));
     }

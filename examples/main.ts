@@ -56,6 +56,27 @@ try {
       `isolation ${guarded.isolation.applied.join(", ")}`,
   );
 
+  // KNUL: an encrypted packet link (QUIC + TLS 1.3) between two kernels.
+  {
+    await using peer = await Kernel.open({ dataDir: null });
+    const { cert, key } = peer.transport.createDevCertificate();
+    await using listener = await peer.transport.listen({ cert, key });
+    const connecting = kernel.transport.connect({
+      hostname: "127.0.0.1",
+      port: listener.addr.port,
+      serverName: "localhost",
+      caCerts: [cert],
+    });
+    await using server = (await listener.accept())!;
+    await using link = await connecting;
+    await link.send(new TextEncoder().encode("ping"), { ctx });
+    const packet = (await server.receive())!;
+    console.log(
+      `transport: "${new TextDecoder().decode(packet.data)}" from ${server.remoteAddr.hostname}, ` +
+        `priority ${packet.priority}, rtt ${link.stats().rttMs.toFixed(2)} ms`,
+    );
+  }
+
   // Errors are typed and say what was wrong.
   try {
     await Kernel.open({ workerThreads: 100_000, dataDir: null });

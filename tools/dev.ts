@@ -129,6 +129,7 @@ const DENO_RUN_FLAGS = [
   "--allow-write",
   "--allow-env",
   `--allow-run=${Deno.execPath()}`,
+  "--allow-net=127.0.0.1",
 ];
 
 async function main(command: string, rest: string[]): Promise<void> {

@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "37bef6641d7c52edbe223336681c945952aa1d6c97dc8da47770ea552ad9d77b";
+export const ABI_HASH = "5dccf831459b2245bbe1f2fafba63b215b2a15d50438d0bad78309a89c7c7d4f";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -102,6 +102,7 @@ export const KREPIS_JOURNAL = 106;
 export const KREPIS_MAX_TREE_NAME_BYTES = 255;
 export const KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES = 1048576;
 export const KREPIS_KNUL_MAX_PACKET_BYTES = 268435456;
+export const KREPIS_LINK_INFO_MAX_BYTES = 256;
 export const KREPIS_WATCH_PUT = 1;
 export const KREPIS_WATCH_DELETE = 2;
 export const KREPIS_WATCH_OVERFLOW = 3;

@@ -114,6 +114,10 @@
 
 #define KREPIS_KNUL_MAX_PACKET_BYTES (256 << 20)
 
+// Room `krepis_listener_accept` needs for a `LinkInfo` (an IPv6 address
+// and a few varints fit with plenty to spare).
+#define KREPIS_LINK_INFO_MAX_BYTES 256
+
 #define KREPIS_WATCH_PUT 1
 
 #define KREPIS_WATCH_DELETE 2

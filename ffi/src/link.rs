@@ -37,6 +37,8 @@ pub const CLOSE_VERSION: u32 = 3;
 pub const CLOSE_TOO_LARGE: u32 = 4;
 pub const CLOSE_POLICY: u32 = 5;
 
+/// Stream chunks taken from quinn per read.
+const CHUNKS_PER_READ: usize = 32;
 /// Largest control packet payload (hello, close reason).
 const CONTROL_MAX_PAYLOAD: u32 = 4096;
 /// How long the hello exchange may take after TLS.
@@ -669,15 +671,22 @@ async fn receive(link: &Link) -> KernelResult<()> {
     };
     let mut stream: Option<quinn::RecvStream> = None;
     let mut stream_done = false;
+    let mut chunks: [Bytes; CHUNKS_PER_READ] = Default::default();
     loop {
         tokio::select! {
             accepted = link.conn.accept_uni(), if stream.is_none() && !stream_done => {
                 stream = Some(accepted.map_err(|error| connection_error(&error))?);
             }
-            chunk = async { stream.as_mut().expect("guarded").read_chunk(usize::MAX, true).await },
+            read = async { stream.as_mut().expect("guarded").read_chunks(&mut chunks).await },
                 if stream.is_some() => {
-                match chunk {
-                    Ok(Some(chunk)) => framer.feed(&chunk.bytes, link, &mut producer).await?,
+                match read {
+                    // Several chunks per call: one lock of the connection
+                    // state for up to CHUNKS_PER_READ QUIC frames.
+                    Ok(Some(count)) => {
+                        for chunk in &chunks[..count] {
+                            framer.feed(chunk, link, &mut producer).await?;
+                        }
+                    }
                     Ok(None) => {
                         if !framer.idle() {
                             return Err(protocol_error(
@@ -737,6 +746,8 @@ async fn send(link: &Link) -> KernelResult<()> {
     let mut datagrams: Vec<Bytes> = Vec::new();
     loop {
         let more = consumer.readable().await;
+        // One allocation per batch: the queued bytes bound what is copied.
+        batch.reserve(link.send_ring.used() as usize);
         let mut refused: Option<KernelError> = None;
         let (mut packets, mut bytes) = (0u64, 0u64);
         consumer.drain(|_tag, record| {

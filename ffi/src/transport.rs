@@ -32,6 +32,9 @@ use std::time::Duration;
 /// Default and largest `maxPacketBytes`.
 pub const KNUL_DEFAULT_MAX_PACKET_BYTES: u32 = 1 << 20;
 pub const KNUL_MAX_PACKET_BYTES: u32 = 256 << 20;
+/// Room `krepis_listener_accept` needs for a `LinkInfo` (an IPv6 address
+/// and a few varints fit with plenty to spare).
+pub const LINK_INFO_MAX_BYTES: usize = 256;
 /// Default number of established links waiting for `accept`.
 const DEFAULT_BACKLOG: usize = 1024;
 /// UDP socket buffers asked for (the OS may cap them, e.g. Linux at
@@ -474,6 +477,13 @@ pub unsafe extern "C" fn krepis_listener_accept(
         let listener = LISTENERS.get(listener)?;
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { out_bytes(out, cap, "out")? };
+        if out.len() < LINK_INFO_MAX_BYTES {
+            // Checked first: a started link must reach JS, never be dropped
+            // because its description did not fit.
+            return Err(KernelError::invalid_argument(format!(
+                "out must hold at least {LINK_INFO_MAX_BYTES} bytes"
+            )));
+        }
         if listener.closed.load(Ordering::SeqCst) {
             return Err(KernelError::new(
                 ErrorCode::Closed,
@@ -517,13 +527,7 @@ pub unsafe extern "C" fn krepis_listener_accept(
             listener.tenants.clone(),
         )?;
         listener.accepted.fetch_add(1, Ordering::Relaxed);
-        let encoded = info.encode_to_vec();
-        if encoded.len() > out.len() {
-            return Err(KernelError::invalid_argument(
-                "out is too small for LinkInfo",
-            ));
-        }
-        write_out(&encoded, out)
+        write_out(&info.encode_to_vec(), out)
     })
 }
 
@@ -654,20 +658,24 @@ pub unsafe extern "C" fn krepis_transport_connect_result(
         let transport = TRANSPORTS.get(transport)?;
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { out_bytes(out, cap, "out")? };
-        let outcome = transport
-            .connects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&operation)
-            .ok_or_else(|| {
-                KernelError::invalid_argument(format!("no finished connect with id {operation}"))
-            })?;
-        let info = outcome?;
-        let encoded = info.encode_to_vec();
-        if encoded.len() > out.len() {
-            return Err(KernelError::invalid_argument(
-                "out is too small for LinkInfo",
-            ));
+        let mut connects = transport.connects.lock().unwrap_or_else(|p| p.into_inner());
+        let encoded = match connects.get(&operation) {
+            None => {
+                return Err(KernelError::invalid_argument(format!(
+                    "no finished connect with id {operation}"
+                )))
+            }
+            Some(Ok(info)) => info.encode_to_vec(),
+            Some(Err(error)) => {
+                let error = error.clone();
+                connects.remove(&operation);
+                return Err(error);
+            }
+        };
+        // A caller with a short buffer learns the length and asks again: the
+        // outcome is removed only once it was delivered.
+        if encoded.len() <= out.len() {
+            connects.remove(&operation);
         }
         write_out(&encoded, out)
     })
