@@ -573,15 +573,24 @@ export class Listener implements AsyncIterable<Link>, AsyncDisposable {
     const native = this.#owner.native;
     while (!this.closed) {
       const rings = this.#spare ??= openLinkRings(this.#owner, this.#maxPacketBytes);
-      const length = native.check(
-        native.symbols.krepis_listener_accept(
-          this.#handle,
-          rings.receive.nativeHandle,
-          rings.send.nativeHandle,
-          scratch,
-          scratch.length,
-        ),
-      );
+      let length: number;
+      try {
+        length = native.check(
+          native.symbols.krepis_listener_accept(
+            this.#handle,
+            rings.receive.nativeHandle,
+            rings.send.nativeHandle,
+            scratch,
+            scratch.length,
+          ),
+        );
+      } catch (error) {
+        // The kernel may have claimed the rings before failing: never reuse them.
+        this.#spare = null;
+        rings.receive.close();
+        rings.send.close();
+        throw error;
+      }
       if (length > 0) {
         this.#spare = null;
         const info = LinkInfo.decode(scratch.subarray(0, length));
@@ -786,6 +795,8 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
   readonly #sendWords: Uint32Array;
   readonly #queue: QueuedSend[] = [];
   #draining = false;
+  /** Settles when the send queue has been written out (or failed). */
+  #drained: Promise<void> = RESOLVED;
   #closing: Promise<void> | undefined;
   #freed = false;
   #closeInfo: LinkCloseInfo | undefined;
@@ -820,6 +831,9 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
   }
 
   #checkSend(bytes: Uint8Array | ReadonlyBytes, options: SendOptions | undefined): void {
+    if (this.#closing !== undefined) {
+      throw new ClosedError(`link.send: the link is closing${this.#describeClose()}`);
+    }
     if (!(bytes instanceof Uint8Array)) {
       throw new InvalidArgumentError("link.send: bytes must be a Uint8Array", {
         details: { field: "bytes" },
@@ -849,13 +863,16 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
    * @throws {ClosedError} the link is closed.
    */
   trySend(bytes: Uint8Array | ReadonlyBytes, options?: SendOptions): boolean {
-    if (this.#queue.length > 0) return false; // keep order behind waiting sends
     this.#checkSend(bytes, options);
+    if (this.#queue.length > 0) return false; // keep order behind waiting sends
     return this.#write(bytes, options);
   }
 
+  /** Copies one packet into the send ring; false when it is full now. */
   #write(bytes: Uint8Array | ReadonlyBytes, options: SendOptions | undefined): boolean {
-    if (this.closed) {
+    // Sends queued before close() still go out while the link closes; the
+    // kernel closes the send ring once the link ended (or the peer closed).
+    if (this.#freed || this.#owner.closed || this.#send.closed) {
       throw new ClosedError(`link.send: the link is closed${this.#describeClose()}`);
     }
     const ctx = options?.ctx;
@@ -919,6 +936,8 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
   /** Writes queued sends in order as the ring frees space. */
   async #drainQueue(): Promise<void> {
     this.#draining = true;
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.#drained = promise;
     try {
       while (this.#queue.length > 0) {
         const next = this.#queue[0];
@@ -943,6 +962,7 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
       }
     } finally {
       this.#draining = false;
+      resolve();
     }
   }
 
@@ -1081,10 +1101,13 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
   }
 
   /**
-   * Closes the link gracefully: packets already sent (including sends still
-   * waiting for ring space) are delivered first, then the peer is told the
-   * code and reason, and the link's memory is freed. Resolves with how the
-   * link ended. Idempotent.
+   * Closes the link gracefully and frees it. Every packet this side sent
+   * (including sends still waiting for ring space) is delivered to the peer,
+   * which confirms it has read them all; without that confirmation (within
+   * 30 s, or the peer failed) the result carries a `ConnectionError`. Packets
+   * this side has not read yet are dropped: to receive everything, iterate
+   * until the peer closes, then close. New sends are refused from now on.
+   * Resolves with how the link ended. Idempotent.
    *
    * @example
    * ```ts ignore
@@ -1092,21 +1115,36 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
    * ```
    */
   close(options: LinkCloseOptions = {}): Promise<LinkCloseInfo> {
-    this.#closing ??= this.#close(options);
+    if (this.#closing === undefined) {
+      let code: number;
+      let reason: Uint8Array<ArrayBuffer>;
+      try {
+        checkOptions("link.close", options);
+        code = checkInteger("code", options.code ?? KREPIS_CLOSE_NORMAL, 0, 0xffff);
+        if (options.reason !== undefined && typeof options.reason !== "string") {
+          throw new InvalidArgumentError("reason must be a string", {
+            details: { field: "reason" },
+          });
+        }
+        reason = encoder.encode(options.reason ?? "");
+      } catch (error) {
+        return Promise.reject(error);
+      }
+      this.#closing = this.#close(code, reason);
+    }
     return this.#closing.then(() => this.#finalStatus());
   }
 
-  async #close(options: LinkCloseOptions): Promise<void> {
-    checkOptions("link.close", options);
-    const code = checkInteger("code", options.code ?? KREPIS_CLOSE_NORMAL, 0, 0xffff);
-    const reason = encoder.encode(options.reason ?? "");
+  async #close(code: number, reason: Uint8Array<ArrayBuffer>): Promise<void> {
     // Sends waiting for space go first: a graceful close loses nothing.
-    while (this.#draining && !this.#owner.closed && !this.#receive.closed) {
-      await this.#send.waitForSpace(1);
-    }
+    while (this.#draining) await this.#drained;
     if (this.#owner.closed) return this.#free();
+    // Hand back what was read, so the kernel counts only unread packets as dropped.
+    if (!this.#receive.detached) this.#receive.releaseCurrent();
     const native = this.#owner.native;
     native.check(native.symbols.krepis_link_close(this.#handle, code, reason, reason.length));
+    // This side reads no more: the iterator ends, unread packets are dropped.
+    this.#receive.close();
     await this.#waitEnded();
     this.#finalStatus();
     this.#free();

@@ -14,7 +14,7 @@ import {
   type ReadonlyBytes,
 } from "../mod.ts";
 import { encodeKnulHeader, KnulKind, tenantHash } from "../bindings/_knul.ts";
-import { connectRawPeer, type RawPeer } from "./_quic_peer.ts";
+import { connectRawPeer, listenRawPeer, type RawPeer } from "./_quic_peer.ts";
 import { fixture, libraryPath } from "./_helpers.ts";
 
 const libraryOptions = { dataDir: null, libraryPath: libraryPath() };
@@ -152,11 +152,12 @@ Deno.test("transport: unreliable packets travel as datagrams; too large for the 
     link.send(new Uint8Array(link.maxDatagramBytes + 1), { reliable: false }),
     InvalidArgumentError,
   );
-  // Datagrams may be lost; loopback rarely loses one of a few. Follow with a
-  // reliable marker so the receiver knows when to stop.
+  // Datagrams may be lost (loopback rarely loses one of a few) and are not
+  // ordered with the stream: the reliable end marker follows a pause.
   for (let index = 0; index < 10; index++) {
     await link.send(numbered(index), { reliable: false });
   }
+  await new Promise((resolve) => setTimeout(resolve, 100));
   await link.send(encoder.encode("end"));
   let datagrams = 0;
   for await (const packet of peer) {
@@ -213,6 +214,154 @@ Deno.test("transport: a graceful close delivers every packet sent before it, the
   await assert.rejects(peer.send(encoder.encode("late")), ClosedError);
   await assert.rejects(link.send(encoder.encode("late")), ClosedError);
   assert.throws(() => link.stats(), ClosedError);
+  await peer.close();
+});
+
+Deno.test("transport: close() with sends still waiting for ring space delivers them all", async () => {
+  await using kernels = await pair({ maxPacketBytes: 16 * 1024 });
+  const [link, peer] = await kernels.connect({ maxPacketBytes: 16 * 1024 });
+  const count = 100; // more than the send ring holds: most sends wait in JS
+  const sends = Array.from(
+    { length: count },
+    (_, sequence) => link.send(numbered(sequence, 16 * 1024)),
+  );
+  const closing = link.close();
+  await assert.rejects(
+    link.send(new Uint8Array(1)),
+    ClosedError,
+    "new sends are refused once closing",
+  );
+  let received = 0;
+  for await (const packet of peer) assert.equal(sequenceOf(packet.data), received++);
+  await Promise.all(sends);
+  assert.equal(received, count);
+  assert.equal((await closing).error, null);
+  await peer.close();
+});
+
+Deno.test("transport: a reader that pauses still gets every packet of a peer's graceful close", async () => {
+  await using kernels = await pair({ maxPacketBytes: 16 * 1024 });
+  const [link, peer] = await kernels.connect({ maxPacketBytes: 16 * 1024 });
+  const count = 200; // 3.2 MB: more than the receive ring holds
+  for (let sequence = 0; sequence < count; sequence++) {
+    await link.send(numbered(sequence, 16 * 1024));
+  }
+  const closing = link.close({ reason: "bye" });
+  await new Promise((resolve) => setTimeout(resolve, 1500)); // the application is busy
+  let received = 0;
+  for await (const packet of peer) assert.equal(sequenceOf(packet.data), received++);
+  assert.equal(received, count);
+  assert.deepEqual({ ...(await closing) }, { code: 0, reason: "bye", byPeer: false, error: null });
+  assert.equal((await peer.ended).error, null);
+  await peer.close();
+});
+
+Deno.test("transport: when both sides close at once, a clean close means the peer read everything", async () => {
+  await using kernels = await pair({ maxPacketBytes: 16 * 1024 });
+  for (let round = 0; round < 4; round++) {
+    const [a, b] = await kernels.connect({ maxPacketBytes: 16 * 1024 });
+    const count = 200;
+    const read = async (link: Link) => {
+      let received = 0;
+      try {
+        for await (const packet of link) {
+          received++; // delivered, even if close() ends its view below
+          assert.equal(sequenceOf(packet.data), received - 1);
+        }
+      } catch (error) {
+        // close() on this side ends the view of a packet not yet looked at.
+        if (!(error instanceof ClosedError)) throw error;
+      }
+      return received;
+    };
+    const send = async (link: Link) => {
+      for (let sequence = 0; sequence < count; sequence++) {
+        await link.send(numbered(sequence, 16 * 1024));
+      }
+    };
+    const [readA, readB] = [read(a), read(b)];
+    await Promise.all([send(a), send(b)]);
+    const [closedA, closedB] = await Promise.all([a.close(), b.close()]);
+    const [gotA, gotB] = await Promise.all([readA, readB]);
+    // Each side's close is clean only if the other side read all it sent;
+    // otherwise it says how many packets the peer dropped.
+    for (const [closed, peerGot] of [[closedA, gotB], [closedB, gotA]] as const) {
+      if (closed.error === null) {
+        assert.equal(peerGot, count, `round ${round}: clean close but the peer read ${peerGot}`);
+      } else {
+        assert.ok(closed.error instanceof ConnectionError, String(closed.error));
+        assert.equal(
+          peerGot + Number(closed.error.details.discarded),
+          count,
+          `round ${round}: ${closed.error.message}; the peer read ${peerGot}`,
+        );
+      }
+    }
+  }
+});
+
+Deno.test("transport: close() reports the peer aborting in the middle of it", async () => {
+  await using kernel = await Kernel.open(libraryOptions);
+  const { cert, key } = kernel.transport.createDevCertificate();
+  await using raw = await listenRawPeer({ cert, key });
+  const serverSide = (async () => {
+    const conn = await raw.accept();
+    const control = await conn.acceptBi();
+    await control.read(); // the hello
+    await control.write(packet(KnulKind.hello, new Uint8Array([0, 0, 16, 0, 1])));
+    return conn;
+  })();
+  const link = await kernel.transport.connect({
+    hostname: "127.0.0.1",
+    port: raw.port,
+    serverName: "localhost",
+    caCerts: [cert],
+    maxPacketBytes: 16 * 1024,
+  });
+  const conn = await serverSide;
+  // Fill what QUIC and the ring take: the raw peer never reads.
+  let sent = 0;
+  for (let round = 0; round < 20; round++) {
+    while (link.trySend(numbered(sent, 16 * 1024))) sent++;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  const closing = link.close({ reason: "bye" });
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  conn.close(2, "peer crashed");
+  const info = await closing;
+  assert.ok(info.error instanceof ConnectionError, `close reported ${JSON.stringify(info)}`);
+  assert.equal(info.error.details.closeCode, "2");
+});
+
+Deno.test("transport: a bad close code is refused at once and the link can still be closed", async () => {
+  await using kernels = await pair();
+  const [link, peer] = await kernels.connect();
+  await assert.rejects(link.close({ code: 70000 }), InvalidArgumentError);
+  await link.send(encoder.encode("still open"));
+  assert.equal(new TextDecoder().decode((await peer.receive())!.data), "still open");
+  assert.equal((await link.close()).error, null);
+  await peer.close();
+});
+
+Deno.test("transport: closing a listener refuses new links and leaves accepted links open", async () => {
+  await using kernels = await pair();
+  const [link, peer] = await kernels.connect();
+  kernels.listener.close();
+  assert.equal(await kernels.listener.accept(), null);
+  await assert.rejects(
+    kernels.client.transport.connect({
+      hostname: "127.0.0.1",
+      port: kernels.listener.addr.port,
+      serverName: "localhost",
+      caCerts: [kernels.cert],
+    }),
+    ConnectionError,
+  );
+  await link.send(encoder.encode("after"));
+  assert.equal(new TextDecoder().decode((await peer.receive())!.data), "after");
+  await peer.send(encoder.encode("back"));
+  assert.equal(new TextDecoder().decode((await link.receive())!.data), "back");
+  assert.equal((await link.close()).error, null);
   await peer.close();
 });
 

@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "5dccf831459b2245bbe1f2fafba63b215b2a15d50438d0bad78309a89c7c7d4f";
+export const ABI_HASH = "1b661e1f88ed472a1f9be330384e3239813c9ad12571fe9843572f72c582b221";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -80,6 +80,7 @@ export const KREPIS_CLOSE_PROTOCOL = 2;
 export const KREPIS_CLOSE_VERSION = 3;
 export const KREPIS_CLOSE_TOO_LARGE = 4;
 export const KREPIS_CLOSE_POLICY = 5;
+export const KREPIS_FLAG_FINAL = 2;
 export const KREPIS_MEMORY_ALIGNMENT = 64;
 export const KREPIS_RING_HEAD = 0;
 export const KREPIS_RING_TAIL = 64;

@@ -63,6 +63,10 @@
 
 #define KREPIS_CLOSE_POLICY 5
 
+// Header flag of a `close` that confirms the peer's close: "I have read
+// everything you sent, up to the end of your stream".
+#define KREPIS_FLAG_FINAL 2
+
 // Alignment of every allocation shared with JS.
 #define KREPIS_MEMORY_ALIGNMENT 64
 

@@ -43,8 +43,25 @@ const CHUNKS_PER_READ: usize = 32;
 const CONTROL_MAX_PAYLOAD: u32 = 4096;
 /// How long the hello exchange may take after TLS.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a close waits for the other side without progress.
-const CLOSE_PATIENCE: Duration = Duration::from_secs(5);
+/// How long a close may take before it gives up and reports that delivery
+/// was not confirmed.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one control packet write may take.
+const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Header flag of a `close` that confirms the peer's close: "I have read
+/// everything you sent, up to the end of your stream".
+pub const FLAG_FINAL: u16 = 2;
+
+/// A `close` the peer sent.
+#[derive(Debug, Clone)]
+struct PeerClose {
+    code: u32,
+    reason: String,
+    /// A confirmation: the peer read everything this side sent...
+    last: bool,
+    /// ...except these packets, which it dropped because it had closed too.
+    discarded: u32,
+}
 
 /// How a link ended.
 #[derive(Debug, Clone)]
@@ -62,6 +79,8 @@ struct Counters {
     packets_received: AtomicU64,
     bytes_received: AtomicU64,
     datagrams_dropped: AtomicU64,
+    /// Packets dropped unread because this side had closed.
+    discarded: AtomicU64,
 }
 
 /// A connection that finished TLS and the hello exchange.
@@ -100,6 +119,26 @@ pub struct Link {
     ended: Mutex<Option<Ended>>,
     /// This side asked to close (the close path ends the link).
     closing: AtomicBool,
+    /// After this side's close, packets that arrive are read and dropped
+    /// (this side declared it reads no more), so the peer is never blocked.
+    discarding: AtomicBool,
+    /// The peer's `close`, once it arrived.
+    peer_close: Mutex<Option<PeerClose>>,
+    /// Wakes the close paths when the handshake moves (a `close` arrived,
+    /// ours was sent, our confirmation was acknowledged).
+    close_progress: Notify,
+    /// This side sent its own (non-final) `close`.
+    close_sent: AtomicBool,
+    /// This side answers a peer's `close` with a confirmation...
+    responding: AtomicBool,
+    /// ...which the peer's QUIC stack acknowledged.
+    final_acked: AtomicBool,
+    /// The control reader stopped (it has read every control packet).
+    control_exited: Exited,
+    /// How the send pump ended: `Ok` once the peer acknowledged every byte.
+    send_outcome: Mutex<Option<KernelResult<()>>>,
+    /// How the receive pump ended: `Ok` at the end of the peer's stream.
+    receive_outcome: Mutex<Option<KernelResult<()>>>,
     receive_exited: Exited,
     send_exited: Exited,
     counters: Counters,
@@ -196,11 +235,11 @@ fn write_error(error: quinn::WriteError) -> KernelError {
     }
 }
 
-fn control_packet(kind: Kind, payload: &[u8]) -> Vec<u8> {
+fn control_packet(kind: Kind, flags: u16, payload: &[u8]) -> Vec<u8> {
     let header = Header {
         version: KNUL_VERSION,
         kind,
-        flags: FLAG_RELIABLE,
+        flags,
         priority: 255,
         payload_length: payload.len() as u32,
         tenant: 0,
@@ -216,7 +255,14 @@ async fn read_control(recv: &mut quinn::RecvStream) -> KernelResult<(Header, Vec
     let mut header = [0u8; KNUL_HEADER_BYTES];
     recv.read_exact(&mut header)
         .await
-        .map_err(|error| read_exact_error(error, "control packet"))?;
+        .map_err(|error| match error {
+            // Finished between packets: the peer sends no more control packets.
+            quinn::ReadExactError::FinishedEarly(0) => {
+                protocol_error(CLOSE_PROTOCOL, "the peer's control stream ended".into())
+                    .with_detail("endOfStream", "true")
+            }
+            error => read_exact_error(error, "control packet"),
+        })?;
     let header = Header::decode(&header, CONTROL_MAX_PAYLOAD)
         .map_err(|e| header_refused(&e, "control packet"))?;
     let mut payload = vec![0u8; header.payload_length as usize];
@@ -249,6 +295,7 @@ pub async fn client_hello(conn: quinn::Connection, max_packet: u32) -> KernelRes
     control_send
         .write_all(&control_packet(
             Kind::Hello,
+            FLAG_RELIABLE,
             &hello_payload(max_packet, &[KNUL_VERSION]),
         ))
         .await
@@ -303,6 +350,7 @@ pub async fn server_hello(conn: quinn::Connection, max_packet: u32) -> KernelRes
         control_send
             .write_all(&control_packet(
                 Kind::Hello,
+                FLAG_RELIABLE,
                 &hello_payload(max_packet, &[KNUL_VERSION]),
             ))
             .await
@@ -353,6 +401,15 @@ impl Link {
             control_recv: Mutex::new(Some(established.control_recv)),
             ended: Mutex::new(None),
             closing: AtomicBool::new(false),
+            discarding: AtomicBool::new(false),
+            peer_close: Mutex::new(None),
+            close_progress: Notify::new(),
+            close_sent: AtomicBool::new(false),
+            responding: AtomicBool::new(false),
+            final_acked: AtomicBool::new(false),
+            control_exited: Exited::default(),
+            send_outcome: Mutex::new(None),
+            receive_outcome: Mutex::new(None),
             receive_exited: Exited::default(),
             send_exited: Exited::default(),
             counters: Counters::default(),
@@ -376,6 +433,7 @@ impl Link {
     /// Starts the pumps and the control reader (after the handle is known).
     pub fn start(self: &Arc<Self>, handle: u32, runtime: &tokio::runtime::Handle) {
         let _ = self.handle.set(handle);
+        crate::tls::open_windows(&self.conn);
         runtime.spawn(receive_pump(Arc::clone(self)));
         runtime.spawn(send_pump(Arc::clone(self)));
         let control = self
@@ -402,22 +460,39 @@ impl Link {
         }
         self.recv_ring.close();
         self.send_ring.close();
+        self.close_progress.notify_waiters();
         if let Some(handle) = self.handle.get() {
             self.events.push(EVENT_LINK_CLOSED, *handle);
         }
     }
 
-    /// Ends the link because of `error` (this side detected it), unless a
-    /// graceful close is already under way and the error is its echo.
+    /// True while a close handshake runs (either side started it).
+    fn close_handshake(&self) -> bool {
+        self.closing.load(Ordering::SeqCst) || self.lock_peer_close().is_some()
+    }
+
+    fn lock_peer_close(&self) -> std::sync::MutexGuard<'_, Option<PeerClose>> {
+        self.peer_close.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends the link because of `error`, except for connection errors while
+    /// a close handshake runs: the close paths watch the connection and
+    /// report what that loss means for delivery.
     fn fail(&self, error: KernelError) {
-        if self.closing.load(Ordering::SeqCst) && error.code != ErrorCode::Protocol {
+        if error.code == ErrorCode::Closed
+            || (error.code == ErrorCode::Connection && self.close_handshake())
+        {
             return;
         }
         let code = error
             .details
             .get("closeCode")
             .and_then(|code| code.parse().ok())
-            .unwrap_or(CLOSE_PROTOCOL);
+            .unwrap_or(if error.code == ErrorCode::Protocol {
+                CLOSE_PROTOCOL
+            } else {
+                CLOSE_GOING_AWAY
+            });
         let by_peer = error.code != ErrorCode::Protocol;
         self.end(Ended {
             code,
@@ -434,12 +509,17 @@ impl Link {
             .is_some()
     }
 
-    /// Starts a graceful close: everything JS published is sent, then the
-    /// peer is told, then the connection closes. Idempotent.
+    /// Starts a graceful close (docs/knul.md, "Close"): everything JS
+    /// published is delivered and confirmed, packets JS has not read are
+    /// dropped, then the connection closes. Idempotent.
     pub fn close(self: &Arc<Self>, code: u32, reason: String, runtime: &tokio::runtime::Handle) {
         if self.closing.swap(true, Ordering::SeqCst) || self.is_ended() {
             return;
         }
+        // JS reads no more: what it has not read yet is dropped, and the
+        // receive pump drops what still arrives instead of blocking.
+        self.discarding.store(true, Ordering::SeqCst);
+        self.recv_ring.close();
         runtime.spawn(close_gracefully(Arc::clone(self), code, reason));
     }
 
@@ -494,11 +574,26 @@ struct Framer {
     header_bytes: usize,
     /// The record being filled: payload address, bytes written, total.
     record: Option<(usize, usize, usize)>,
+    /// Payload bytes still to drop (a packet read after this side closed).
+    skip: usize,
 }
 
 impl Framer {
     fn idle(&self) -> bool {
-        self.header_bytes == 0 && self.record.is_none()
+        self.header_bytes == 0 && self.record.is_none() && self.skip == 0
+    }
+
+    /// Adds to a lost connection's error how much of a packet had arrived.
+    fn cut_short(&self, error: KernelError) -> KernelError {
+        if self.idle() {
+            return error;
+        }
+        let message = format!(
+            "{} (the link dropped after {})",
+            error.message,
+            self.describe_partial()
+        );
+        KernelError { message, ..error }.with_detail("midPacket", "true")
     }
 
     /// What is missing of a packet cut off by the end of the stream.
@@ -507,6 +602,7 @@ impl Framer {
             Some((_, written, total)) => {
                 format!("{written} of {total} bytes of a packet's payload")
             }
+            None if self.skip > 0 => format!("a packet ({} payload bytes missing)", self.skip),
             None => format!("{} of {KNUL_HEADER_BYTES} header bytes", self.header_bytes),
         }
     }
@@ -518,6 +614,12 @@ impl Framer {
         producer: &mut Producer,
     ) -> KernelResult<()> {
         while !data.is_empty() {
+            if self.skip > 0 {
+                let take = self.skip.min(data.len());
+                self.skip -= take;
+                data = &data[take..];
+                continue;
+            }
             if let Some((address, written, total)) = self.record.as_mut() {
                 let take = (*total - *written).min(data.len());
                 // SAFETY: the record was reserved with `total` payload bytes at
@@ -548,7 +650,24 @@ impl Framer {
                 .map_err(|error| header_refused(&error, "packet"))?;
             link.check_data(&header, true)?;
             let length = header.payload_length as usize;
-            let payload = write_record(producer, &self.header, length).await?;
+            if link.discarding.load(Ordering::SeqCst) {
+                link.counters.discarded.fetch_add(1, Ordering::Relaxed);
+                self.skip = length;
+                continue;
+            }
+            let payload = match write_record(producer, &self.header, length).await {
+                Ok(payload) => payload,
+                // This side closed while the ring was full: drop the rest.
+                Err(error)
+                    if error.code == ErrorCode::Closed
+                        && link.discarding.load(Ordering::SeqCst) =>
+                {
+                    link.counters.discarded.fetch_add(1, Ordering::Relaxed);
+                    self.skip = length;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             link.counters
                 .packets_received
                 .fetch_add(1, Ordering::Relaxed);
@@ -633,6 +752,9 @@ impl Link {
             ));
         }
         self.check_data(&header, false)?;
+        if self.discarding.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         match producer.try_reserve(datagram.len() as u32, LINK_RECORD_PACKET)? {
             Some(record) => {
                 // SAFETY: the reservation holds `datagram.len()` bytes.
@@ -655,10 +777,14 @@ impl Link {
 }
 
 async fn receive_pump(link: Arc<Link>) {
-    let result = receive(&link).await;
-    if let Err(error) = result {
-        link.fail(error);
+    let outcome = receive(&link).await;
+    if let Err(error) = &outcome {
+        link.fail(error.clone());
     }
+    *link
+        .receive_outcome
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(outcome);
     link.receive_exited.set();
 }
 
@@ -668,14 +794,19 @@ async fn receive(link: &Link) -> KernelResult<()> {
         header: [0; KNUL_HEADER_BYTES],
         header_bytes: 0,
         record: None,
+        skip: 0,
     };
     let mut stream: Option<quinn::RecvStream> = None;
     let mut stream_done = false;
     let mut chunks: [Bytes; CHUNKS_PER_READ] = Default::default();
     loop {
         tokio::select! {
+            // Stream first: when the connection drops, its error says how
+            // much of a packet had arrived.
+            biased;
             accepted = link.conn.accept_uni(), if stream.is_none() && !stream_done => {
-                stream = Some(accepted.map_err(|error| connection_error(&error))?);
+                let accepted = accepted.map_err(|error| connection_error(&error));
+                stream = Some(accepted.map_err(|error| framer.cut_short(error))?);
             }
             read = async { stream.as_mut().expect("guarded").read_chunks(&mut chunks).await },
                 if stream.is_some() => {
@@ -697,22 +828,11 @@ async fn receive(link: &Link) -> KernelResult<()> {
                         stream = None;
                         stream_done = true;
                     }
-                    Err(error) => {
-                        let error = read_error(error);
-                        if !framer.idle() {
-                            let message = format!(
-                                "{} (the link dropped after {})",
-                                error.message,
-                                framer.describe_partial()
-                            );
-                            return Err(KernelError { message, ..error }.with_detail("midPacket", "true"));
-                        }
-                        return Err(error);
-                    }
+                    Err(error) => return Err(framer.cut_short(read_error(error))),
                 }
             }
             datagram = link.conn.read_datagram() => {
-                let datagram = datagram.map_err(|error| connection_error(&error))?;
+                let datagram = datagram.map_err(|error| framer.cut_short(connection_error(&error)))?;
                 link.receive_datagram(&datagram, &mut producer)?;
             }
         }
@@ -729,9 +849,11 @@ async fn receive(link: &Link) -> KernelResult<()> {
 }
 
 async fn send_pump(link: Arc<Link>) {
-    if let Err(error) = send(&link).await {
-        link.fail(error);
+    let outcome = send(&link).await;
+    if let Err(error) = &outcome {
+        link.fail(error.clone());
     }
+    *link.send_outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
     link.send_exited.set();
 }
 
@@ -806,31 +928,102 @@ async fn send(link: &Link) -> KernelResult<()> {
             break;
         }
     }
-    // The ring closed (graceful close): the peer learns that every reliable
-    // packet has been sent.
+    // The ring closed (graceful close): finish the stream and wait until
+    // the peer's QUIC stack acknowledged every byte of it.
     let _ = stream.finish();
-    Ok(())
+    match stream.stopped().await {
+        Ok(None) => Ok(()),
+        Ok(Some(code)) => Err(KernelError::new(
+            ErrorCode::Connection,
+            format!("the peer stopped reading this link's packets (code {code})"),
+        )),
+        Err(quinn::StoppedError::ConnectionLost(error)) => Err(connection_error(&error)),
+        Err(error) => Err(KernelError::new(
+            ErrorCode::Connection,
+            format!("sending: {error}"),
+        )),
+    }
 }
 
-/// Reads the control stream: answers pings, handles the peer's close, and
+/// Writes one control packet, bounded in time (a peer that does not read
+/// its control stream cannot hold a close forever).
+async fn write_control(link: &Link, kind: Kind, flags: u16, payload: &[u8]) -> KernelResult<()> {
+    let packet = control_packet(kind, flags, payload);
+    let write = async {
+        let mut send = link.control_send.lock().await;
+        send.write_all(&packet).await.map_err(write_error)
+    };
+    tokio::time::timeout(CONTROL_WRITE_TIMEOUT, write)
+        .await
+        .map_err(|_| {
+            KernelError::new(
+                ErrorCode::Connection,
+                "the peer does not read its control stream (a control packet waited 5 s)",
+            )
+        })?
+}
+
+/// A `close` payload: `[code u32]`, for a confirmation `[discarded u32]`,
+/// then the UTF-8 reason (at most 1024 bytes).
+fn close_payload(code: u32, discarded: Option<u32>, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(1024);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = code.to_le_bytes().to_vec();
+    if let Some(discarded) = discarded {
+        payload.extend_from_slice(&discarded.to_le_bytes());
+    }
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    payload
+}
+
+fn parse_close(payload: &[u8], last: bool) -> PeerClose {
+    let word = |at: usize| {
+        payload
+            .get(at..at + 4)
+            .map(|word| u32::from_le_bytes(word.try_into().expect("4 bytes")))
+    };
+    let reason_at = if last { 8 } else { 4 };
+    PeerClose {
+        code: word(0).unwrap_or(CLOSE_PROTOCOL),
+        reason: String::from_utf8_lossy(payload.get(reason_at..).unwrap_or(&[])).into_owned(),
+        last,
+        discarded: if last { word(4).unwrap_or(0) } else { 0 },
+    }
+}
+
+/// Reads the control stream: answers pings, takes the peer's `close`, and
 /// ends the link when the connection is lost.
-async fn supervise(link: Arc<Link>, mut control: quinn::RecvStream) {
+async fn supervise(link: Arc<Link>, control: quinn::RecvStream) {
+    read_control_stream(&link, control).await;
+    link.control_exited.set();
+    link.close_progress.notify_waiters();
+}
+
+async fn read_control_stream(link: &Arc<Link>, mut control: quinn::RecvStream) {
     loop {
         match read_control(&mut control).await {
             Ok((header, payload)) => match header.kind {
                 Kind::Ping => {
-                    let mut send = link.control_send.lock().await;
-                    let _ = send.write_all(&control_packet(Kind::Pong, &payload)).await;
+                    // Answered only when the control stream is free: a peer
+                    // that floods pings without reading pongs gets fewer.
+                    if let Ok(mut send) = link.control_send.try_lock() {
+                        let pong = control_packet(Kind::Pong, FLAG_RELIABLE, &payload);
+                        let _ = tokio::time::timeout(CONTROL_WRITE_TIMEOUT, send.write_all(&pong))
+                            .await;
+                    }
                 }
                 Kind::Pong => {}
                 Kind::Close => {
-                    let code = payload
-                        .get(..4)
-                        .map(|code| u32::from_le_bytes(code.try_into().expect("4 bytes")))
-                        .unwrap_or(CLOSE_PROTOCOL);
-                    let reason =
-                        String::from_utf8_lossy(payload.get(4..).unwrap_or(&[])).into_owned();
-                    return link.peer_closed(code, reason).await;
+                    let close = parse_close(&payload, header.flags & FLAG_FINAL != 0);
+                    let respond = (!close.last).then(|| (close.code, close.reason.clone()));
+                    *link.lock_peer_close() = Some(close);
+                    link.close_progress.notify_waiters();
+                    if let Some((code, reason)) = respond {
+                        link.responding.store(true, Ordering::SeqCst);
+                        tokio::spawn(respond_to_close(Arc::clone(link), code, reason));
+                    }
                 }
                 other => {
                     return link.fail(protocol_error(
@@ -839,6 +1032,7 @@ async fn supervise(link: Arc<Link>, mut control: quinn::RecvStream) {
                     ))
                 }
             },
+            Err(error) if error.details.contains_key("endOfStream") => return,
             Err(error) if error.code == ErrorCode::Protocol => return link.fail(error),
             Err(error) => {
                 // The connection is gone. The receive pump sees the same loss
@@ -852,81 +1046,181 @@ async fn supervise(link: Arc<Link>, mut control: quinn::RecvStream) {
     }
 }
 
-/// Waits for `done` as long as `progress()` keeps moving: a slow but live
-/// peer or JS consumer is waited for, a stuck one only for `CLOSE_PATIENCE`.
-async fn patiently<F: std::future::Future>(done: F, progress: impl Fn() -> u64) -> bool {
-    tokio::pin!(done);
-    loop {
-        let before = progress();
-        if tokio::time::timeout(CLOSE_PATIENCE, &mut done)
-            .await
-            .is_ok()
-        {
-            return true;
-        }
-        if progress() == before {
-            return false;
-        }
+/// The peer started closing (or both sides did): read everything it sent,
+/// up to the end of its stream, then confirm with a final `close`. A peer
+/// that started alone closes the connection once it has the confirmation.
+async fn respond_to_close(link: Arc<Link>, code: u32, reason: String) {
+    // As long as it takes: this side's JS decides how fast it reads (the
+    // peer gives up after its own close timeout).
+    link.receive_exited.wait().await;
+    if link.is_ended() {
+        return;
     }
-}
-
-impl Link {
-    /// The peer sent `close`: deliver every reliable packet it sent before
-    /// (its stream ends after them), then end the link.
-    async fn peer_closed(&self, code: u32, reason: String) {
-        let ring = Arc::clone(&self.recv_ring);
-        patiently(self.receive_exited.wait(), move || {
-            u64::from(ring.cursors().1)
-        })
-        .await;
-        let error = (code >= CLOSE_PROTOCOL).then(|| {
-            KernelError::new(
-                ErrorCode::Connection,
-                format!("the peer closed the link with code {code}: {reason}"),
-            )
-            .with_detail("closeCode", code.to_string())
-            .with_detail("reason", reason.clone())
-        });
-        self.end(Ended {
-            code,
-            reason,
+    let received = link
+        .receive_outcome
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or(Ok(()));
+    if let Err(error) = received {
+        // The peer's stream did not end cleanly (e.g. it gave up waiting and
+        // closed the connection): packets were lost, whatever the code says.
+        return link.end(Ended {
+            code: CLOSE_GOING_AWAY,
+            reason: error.message.clone(),
             by_peer: true,
-            error,
+            error: Some(error),
         });
     }
-}
-
-/// This side's graceful close: send what JS published, tell the peer, and
-/// wait for the peer to close the connection once it has read everything.
-async fn close_gracefully(link: Arc<Link>, code: u32, mut reason: String) {
-    // JS published every packet before asking to close: the send pump
-    // drains the ring, then finishes the stream.
+    // The peer drops what this side still sends; stop sending.
     link.send_ring.close();
-    let conn = link.conn.clone();
-    let traffic = move || {
-        let stats = conn.stats();
-        stats.udp_tx.bytes + stats.udp_rx.bytes
-    };
-    patiently(link.send_exited.wait(), &traffic).await;
-    if reason.len() > 1024 {
-        let mut end = 1024;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
+    // Packets this side dropped unread: skipped after its own close, plus
+    // those still in the ring (JS stopped reading when it closed; the ring
+    // no longer moves on either side here).
+    let mut discarded = link.counters.discarded.load(Ordering::SeqCst);
+    if link.discarding.load(Ordering::SeqCst) {
+        discarded += link.recv_ring.queued_records();
+    }
+    let confirm = close_payload(
+        code,
+        Some(discarded.min(u64::from(u32::MAX)) as u32),
+        &reason,
+    );
+    // When this side closes too, its own `close` goes first.
+    loop {
+        let notified = link.close_progress.notified();
+        if !link.closing.load(Ordering::SeqCst)
+            || link.close_sent.load(Ordering::SeqCst)
+            || link.is_ended()
+        {
+            break;
         }
-        reason.truncate(end);
+        notified.await;
     }
-    let mut payload = code.to_le_bytes().to_vec();
-    payload.extend_from_slice(reason.as_bytes());
+    if let Err(error) =
+        write_control(&link, Kind::Close, FLAG_RELIABLE | FLAG_FINAL, &confirm).await
     {
-        let mut send = link.control_send.lock().await;
-        let _ = send.write_all(&control_packet(Kind::Close, &payload)).await;
-        let _ = send.finish();
+        return link.fail(error);
     }
-    patiently(link.conn.closed(), &traffic).await;
+    // Nothing follows the confirmation on the control stream.
+    let acked = {
+        let mut send = link.control_send.lock().await;
+        let _ = send.finish();
+        matches!(send.stopped().await, Ok(None))
+    };
+    if acked {
+        link.final_acked.store(true, Ordering::SeqCst);
+        link.close_progress.notify_waiters();
+    }
+    if link.closing.load(Ordering::SeqCst) {
+        // Both sides closed at once: this side's close path ends the link.
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.conn.closed()).await;
+    let error = (code >= CLOSE_PROTOCOL).then(|| {
+        KernelError::new(
+            ErrorCode::Connection,
+            format!("the peer closed the link with code {code}: {reason}"),
+        )
+        .with_detail("closeCode", code.to_string())
+        .with_detail("reason", reason.clone())
+    });
     link.end(Ended {
         code,
         reason,
-        by_peer: false,
-        error: None,
+        by_peer: true,
+        error,
     });
+}
+
+/// The result the peer's confirmation carries, once it arrived.
+fn confirmation(link: &Link) -> Option<KernelResult<()>> {
+    let discarded = link
+        .lock_peer_close()
+        .as_ref()
+        .filter(|close| close.last)
+        .map(|close| close.discarded)?;
+    Some(match discarded {
+        0 => Ok(()),
+        discarded => Err(KernelError::new(
+            ErrorCode::Connection,
+            format!(
+                "the peer closed at the same time and dropped {discarded} packets it had not read"
+            ),
+        )
+        .with_detail("discarded", discarded.to_string())),
+    })
+}
+
+/// This side's graceful close: deliver what JS published, tell the peer,
+/// wait for its confirmation that it read everything, close the connection.
+async fn close_gracefully(link: Arc<Link>, code: u32, reason: String) {
+    let handshake = async {
+        // JS published every packet before asking to close: the send pump
+        // drains the ring, finishes the stream, and waits for the acks.
+        link.send_ring.close();
+        link.send_exited.wait().await;
+        let sent = link
+            .send_outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or(Ok(()));
+        sent?;
+        write_control(
+            &link,
+            Kind::Close,
+            FLAG_RELIABLE,
+            &close_payload(code, None, &reason),
+        )
+        .await?;
+        link.close_sent.store(true, Ordering::SeqCst);
+        link.close_progress.notify_waiters();
+        // The peer confirms once its JS has read up to the end of our stream.
+        // When it closed too, it waits for our confirmation as well: this
+        // side closes the connection only once that one was acknowledged.
+        loop {
+            let notified = link.close_progress.notified();
+            let answered =
+                !link.responding.load(Ordering::SeqCst) || link.final_acked.load(Ordering::SeqCst);
+            if let Some(outcome) = confirmation(&link) {
+                if answered {
+                    return outcome;
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                lost = link.conn.closed() => {
+                    // The peer closes once it has everything: its confirmation
+                    // may still sit unread in the control stream.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), link.control_exited.wait()).await;
+                    return confirmation(&link).unwrap_or_else(|| Err(connection_error(&lost)));
+                }
+            }
+        }
+    };
+    let outcome = match tokio::time::timeout(CLOSE_TIMEOUT, handshake).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(KernelError::new(
+            ErrorCode::Connection,
+            format!(
+                "the peer did not confirm within {} s that it read every packet: some may not have been delivered",
+                CLOSE_TIMEOUT.as_secs()
+            ),
+        )),
+    };
+    match outcome {
+        Ok(()) => link.end(Ended {
+            code,
+            reason,
+            by_peer: false,
+            error: None,
+        }),
+        Err(error) => link.end(Ended {
+            code: CLOSE_GOING_AWAY,
+            reason: error.message.clone(),
+            by_peer: false,
+            error: Some(error),
+        }),
+    }
 }

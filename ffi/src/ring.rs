@@ -184,6 +184,29 @@ impl Ring {
         head.wrapping_sub(tail).min(self.capacity)
     }
 
+    /// Records published and not yet consumed (a walk over their headers;
+    /// call it only while the consumer is not moving, e.g. from the JS
+    /// thread's own call for a kernel → JS ring).
+    pub fn queued_records(&self) -> u64 {
+        let (head, mut tail) = self.cursors();
+        let mask = self.capacity - 1;
+        let mut count = 0;
+        while tail != head && head.wrapping_sub(tail) <= self.capacity {
+            let offset = tail & mask;
+            // SAFETY: offset is 8-aligned and inside the data area; the
+            // producer published this header before `head`.
+            let len =
+                unsafe { u32::from_le((self.data().add(offset as usize) as *const u32).read()) };
+            if len == RING_PAD {
+                tail = tail.wrapping_add(self.capacity - offset);
+                continue;
+            }
+            tail = tail.wrapping_add(record_size(len).min(u64::from(self.capacity)) as u32);
+            count += 1;
+        }
+        count
+    }
+
     /// The (head, tail) cursors: bytes ever produced and consumed.
     pub fn cursors(&self) -> (u32, u32) {
         (

@@ -16,6 +16,15 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keep-alive period: QUIC PING frames while a link is otherwise idle.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
+/// Connection receive window before a link reaches JS, and after.
+const INITIAL_RECEIVE_WINDOW: u32 = 256 << 10;
+const LINK_RECEIVE_WINDOW: u32 = 16 << 20;
+
+/// Opens a started link's receive window to its full size.
+pub fn open_windows(conn: &quinn::Connection) {
+    conn.set_receive_window(quinn::VarInt::from_u32(LINK_RECEIVE_WINDOW));
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -50,10 +59,12 @@ fn transport_config(server: bool) -> quinn::TransportConfig {
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(1))
         // Windows large enough for loopback/LAN bulk transfer; QUIC flow
         // control on them is the link's back-pressure.
+        // Small until the link reaches JS (`open_windows`): a connection
+        // that is never accepted holds little memory.
         .stream_receive_window(quinn::VarInt::from_u32(8 << 20))
-        .receive_window(quinn::VarInt::from_u32(16 << 20))
+        .receive_window(quinn::VarInt::from_u32(INITIAL_RECEIVE_WINDOW))
         .send_window(16 << 20)
-        .datagram_receive_buffer_size(Some(1 << 20))
+        .datagram_receive_buffer_size(Some(256 << 10))
         .datagram_send_buffer_size(1 << 20);
     config
 }
@@ -80,6 +91,8 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> KernelResult<quinn::Serve
         .map_err(|error| KernelError::new(ErrorCode::Internal, format!("QUIC TLS: {error}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(true)));
+    // Connection attempts quinn buffers while handshakes wait their turn.
+    config.max_incoming(4096);
     Ok(config)
 }
 

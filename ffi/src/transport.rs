@@ -35,6 +35,8 @@ pub const KNUL_MAX_PACKET_BYTES: u32 = 256 << 20;
 /// Room `krepis_listener_accept` needs for a `LinkInfo` (an IPv6 address
 /// and a few varints fit with plenty to spare).
 pub const LINK_INFO_MAX_BYTES: usize = 256;
+/// Concurrent handshakes per listener.
+const MAX_HANDSHAKES: usize = 64;
 /// Default number of established links waiting for `accept`.
 const DEFAULT_BACKLOG: usize = 1024;
 /// UDP socket buffers asked for (the OS may cap them, e.g. Linux at
@@ -96,6 +98,11 @@ struct Listener {
     backlog: usize,
     queue: Mutex<ListenerQueue>,
     closed: AtomicBool,
+    /// Stops the accept loop (links already accepted are not affected).
+    stop: tokio::sync::Notify,
+    /// Handshakes in progress at most; more wait (quinn buffers them, up to
+    /// `max_incoming`).
+    handshakes: Arc<tokio::sync::Semaphore>,
     accepted: AtomicU64,
     refused: AtomicU64,
     last_refusal: Mutex<String>,
@@ -119,11 +126,15 @@ fn check_max_packet(value: u32) -> KernelResult<u32> {
     }
 }
 
-fn resolve(hostname: &str, port: u32) -> KernelResult<SocketAddr> {
-    let port = u16::try_from(port).map_err(|_| {
+fn check_port(port: u32) -> KernelResult<u16> {
+    u16::try_from(port).map_err(|_| {
         KernelError::invalid_argument(format!("port must be 0–65535, got {port}"))
             .with_detail("field", "port")
-    })?;
+    })
+}
+
+fn resolve(hostname: &str, port: u32) -> KernelResult<SocketAddr> {
+    let port = check_port(port)?;
     (hostname, port)
         .to_socket_addrs()
         .map_err(|error| {
@@ -255,19 +266,32 @@ impl Listener {
                 b"the listener closed",
             );
         }
-        self.endpoint.close(
-            quinn::VarInt::from_u32(CLOSE_GOING_AWAY),
-            b"the listener closed",
-        );
+        // The accept loop now refuses newcomers; the endpoint (its UDP
+        // socket) lives on while accepted links use it.
+        self.stop.notify_one();
         self.wake_js();
     }
 }
 
 /// Accepts connections: TLS, then the hello exchange, then the backlog.
 async fn accept_loop(listener: Arc<Listener>) {
-    while let Some(incoming) = listener.endpoint.accept().await {
+    loop {
+        let incoming = tokio::select! {
+            incoming = listener.endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => return,
+            },
+            _ = listener.stop.notified() => break,
+        };
         let listener = Arc::clone(&listener);
         tokio::spawn(async move {
+            let Ok(_permit) = Arc::clone(&listener.handshakes).acquire_owned().await else {
+                return;
+            };
+            if listener.closed.load(Ordering::SeqCst) {
+                incoming.refuse();
+                return;
+            }
             let handshake = async {
                 let conn = incoming.await.map_err(|error| connection_error(&error))?;
                 server_hello(conn, listener.max_packet).await
@@ -293,6 +317,24 @@ async fn accept_loop(listener: Arc<Listener>) {
                 listener.wake_js();
             }
         });
+    }
+    // Closed: refuse new connections (the peer learns at once) while
+    // accepted links still use the endpoint, then close it.
+    loop {
+        if listener.endpoint.open_connections() == 0 {
+            listener.endpoint.close(
+                quinn::VarInt::from_u32(CLOSE_GOING_AWAY),
+                b"the listener closed",
+            );
+            return;
+        }
+        tokio::select! {
+            incoming = listener.endpoint.accept() => match incoming {
+                Some(incoming) => incoming.refuse(),
+                None => return,
+            },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 
@@ -443,6 +485,8 @@ pub unsafe extern "C" fn krepis_transport_listen(
             },
             queue: Mutex::new(ListenerQueue::default()),
             closed: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             last_refusal: Mutex::new(String::new()),
@@ -586,27 +630,40 @@ pub unsafe extern "C" fn krepis_transport_connect(
             KernelError::invalid_argument(format!("bad ConnectRequest: {error}"))
         })?;
         let max_packet = check_max_packet(request.max_packet_bytes)?;
-        let address = resolve(&request.hostname, request.port)?;
+        let port = check_port(request.port)?;
         let config = tls::client_config(&request.ca_pems)?;
+        let hostname = request.hostname;
         let server_name = if request.server_name.is_empty() {
-            request.hostname.clone()
+            hostname.clone()
         } else {
-            request.server_name.clone()
+            request.server_name
         };
-        let endpoint = transport.client_endpoint(address.is_ipv6())?;
         let (recv, send) = link_rings(&transport, recv_ring, send_ring, max_packet)?;
-        // quinn spawns the connection's driver task: inside the kernel's runtime.
-        let _runtime = transport.runtime.enter();
-        let connecting = endpoint
-            .connect_with(config, address, &server_name)
-            .map_err(|error| {
-                KernelError::invalid_argument(format!("cannot connect to {address}: {error}"))
-            })?;
         let operation = transport.next_connect.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
         let operation = operation.max(1);
         let task_transport = Arc::clone(&transport);
         transport.runtime.spawn(async move {
             let outcome = async {
+                // Name resolution may block on DNS: here, not on the JS thread.
+                let address = tokio::net::lookup_host((hostname.as_str(), port))
+                    .await
+                    .ok()
+                    .and_then(|mut addresses| addresses.next())
+                    .ok_or_else(|| {
+                        KernelError::new(
+                            ErrorCode::Connection,
+                            format!("cannot resolve {hostname:?}"),
+                        )
+                        .with_detail("field", "hostname")
+                    })?;
+                let endpoint = task_transport.client_endpoint(address.is_ipv6())?;
+                let connecting = endpoint
+                    .connect_with(config, address, &server_name)
+                    .map_err(|error| {
+                        KernelError::invalid_argument(format!(
+                            "cannot connect to {address}: {error}"
+                        ))
+                    })?;
                 let conn = connecting.await.map_err(|error| {
                     let mut error = connection_error(&error);
                     error.message =
