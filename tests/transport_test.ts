@@ -702,7 +702,14 @@ Deno.test("transport: closing the kernel ends open links, listeners and waiting 
   assert.equal(await iterating, 0);
   assert.equal(await accepting, null);
   await assert.rejects(peer.send(new Uint8Array(1)), ClosedError);
-  const ended = await link.ended;
+  // The peer is told ("going away"), not left to notice at its idle timeout.
+  const ended = await Promise.race([
+    link.ended,
+    new Promise<never>((_, reject) => {
+      const timer = setTimeout(() => reject(new Error("the peer was not told")), 5_000);
+      link.ended.finally(() => clearTimeout(timer));
+    }),
+  ]);
   assert.equal(ended.byPeer, true);
   assert.equal(ended.code, 1, "going away");
   await link.close();

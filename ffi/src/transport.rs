@@ -344,22 +344,49 @@ pub fn release_owned(kernel_id: u64) {
     for link in LINKS.drain_where(|link| link.kernel_id == kernel_id) {
         link.abort(CLOSE_GOING_AWAY, "the kernel is closing");
     }
+    let mut endpoints = Vec::new();
     for listener in LISTENERS.drain_where(|listener| listener.kernel_id == kernel_id) {
         listener.close();
+        endpoints.push(listener.endpoint.clone());
     }
+    let mut runtime = None;
     for transport in TRANSPORTS.drain_where(|transport| transport.kernel_id == kernel_id) {
-        for endpoint in transport
-            .clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            endpoint.close(
-                quinn::VarInt::from_u32(CLOSE_GOING_AWAY),
-                b"the kernel is closing",
-            );
-        }
+        endpoints.extend(
+            transport
+                .clients
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned(),
+        );
         transport.events.close();
+        runtime = Some(transport.runtime.clone());
+    }
+    for endpoint in &endpoints {
+        endpoint.close(
+            quinn::VarInt::from_u32(CLOSE_GOING_AWAY),
+            b"the kernel is closing",
+        );
+    }
+    // Let the endpoints send their close frames before the runtime stops:
+    // otherwise peers only notice at their idle timeout (30 s).
+    // (Never from inside a runtime, where blocking is not allowed.)
+    let outside_runtime = tokio::runtime::Handle::try_current().is_err();
+    if let Some(runtime) = runtime.filter(|_| !endpoints.is_empty() && outside_runtime) {
+        runtime.block_on(async {
+            let idle = wait_all(endpoints.iter().map(|endpoint| endpoint.wait_idle()));
+            let _ = tokio::time::timeout(SHUTDOWN_FLUSH, idle).await;
+        });
+    }
+}
+
+/// How long kernel close waits for links' close frames to go out.
+const SHUTDOWN_FLUSH: Duration = Duration::from_millis(250);
+
+/// Awaits each future in turn (they all progress on the runtime meanwhile).
+async fn wait_all<F: std::future::Future>(futures: impl Iterator<Item = F>) {
+    for future in futures {
+        future.await;
     }
 }
 
