@@ -54,9 +54,25 @@ import type { ReadonlyBytes } from "./buffers.ts";
 import { type Context, Priority } from "./context.ts";
 import { ClosedError, InvalidArgumentError, type KrepisError } from "./errors.ts";
 
-/** Largest `maxPacketBytes` a listener or connect may set (256 MiB). */
+/**
+ * Largest `maxPacketBytes` a listener or connect may set (256 MiB).
+ *
+ * @example
+ * ```ts
+ * import { MAX_PACKET_BYTES } from "@krepis/sdk";
+ * console.log(MAX_PACKET_BYTES); // 268435456
+ * ```
+ */
 export const MAX_PACKET_BYTES: number = KREPIS_KNUL_MAX_PACKET_BYTES;
-/** Default `maxPacketBytes` (1 MiB). */
+/**
+ * Default `maxPacketBytes` (1 MiB).
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_MAX_PACKET_BYTES } from "@krepis/sdk";
+ * console.log(DEFAULT_MAX_PACKET_BYTES); // 1048576
+ * ```
+ */
 export const DEFAULT_MAX_PACKET_BYTES: number = KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES;
 /** KNUL header bytes in front of every packet (on the wire and in the rings). */
 const HEADER = KREPIS_KNUL_HEADER_BYTES;
@@ -677,8 +693,17 @@ const scratch = new Uint8Array(1024);
 
 /**
  * A received packet: a zero-copy view into the link's receive ring, valid
- * until the next packet is taken from the link (next iteration) or
- * `release()`. Copy (`data.slice()`) what must outlive that.
+ * until the next packet is taken from the link (next iteration), the link
+ * closes, or `release()`. Copy (`data.slice()`) what must outlive that.
+ *
+ * @example
+ * ```ts ignore
+ * for await (const packet of link) {
+ *   if (packet.tenantHash !== expectedTenant) continue;
+ *   const kept = packet.data.slice(); // a copy outlives the packet
+ *   console.log(packet.priority, packet.traceId, kept.length);
+ * }
+ * ```
  */
 export class Packet {
   readonly #link: Link;
