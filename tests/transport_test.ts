@@ -197,6 +197,27 @@ Deno.test("transport: back-pressure: a reader that stops slows the sender, memor
   await peer.close();
 });
 
+Deno.test("transport: large packets (sent from the ring without a copy) arrive intact and in order among small ones", async () => {
+  await using kernels = await pair();
+  const [link, peer] = await kernels.connect();
+  const count = 300;
+  const sizeOf = (sequence: number) => sequence % 3 === 0 ? 200 * 1024 + sequence : 100;
+  const sending = (async () => {
+    for (let sequence = 0; sequence < count; sequence++) {
+      await link.send(numbered(sequence, sizeOf(sequence)));
+    }
+  })();
+  let expected = 0;
+  for await (const packet of peer) {
+    assert.equal(packet.length, sizeOf(expected));
+    assert.deepEqual(packet.data, numbered(expected, sizeOf(expected)));
+    if (++expected === count) break;
+  }
+  await sending;
+  assert.equal((await link.close()).error, null);
+  await peer.close();
+});
+
 Deno.test("transport: a graceful close delivers every packet sent before it, then ends the peer's iteration", async () => {
   await using kernels = await pair();
   const [link, peer] = await kernels.connect();

@@ -31,6 +31,7 @@ pub mod identity;
 pub mod journal;
 pub mod kernel;
 pub mod knul;
+pub mod lease;
 pub mod link;
 pub mod memory;
 pub mod proto;

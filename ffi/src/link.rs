@@ -15,8 +15,9 @@
 use crate::error::{KernelError, KernelResult};
 use crate::events::{EventQueue, EVENT_LINK_CLOSED};
 use crate::knul::{Header, HeaderError, Kind, KNUL_HEADER_BYTES, KNUL_VERSION};
+use crate::lease::LeasingConsumer;
 use crate::proto::{ErrorCode, LinkStats, LinkStatus};
-use crate::ring::{Consumer, Producer, Ring};
+use crate::ring::{Producer, Ring};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +38,9 @@ pub const CLOSE_VERSION: u32 = 3;
 pub const CLOSE_TOO_LARGE: u32 = 4;
 pub const CLOSE_POLICY: u32 = 5;
 
+/// Reliable packets at least this large go from the send ring to quinn
+/// without a copy (smaller ones are cheaper to copy into one batch).
+const ZERO_COPY_BYTES: usize = 64 << 10;
 /// Stream chunks taken from quinn per read.
 const CHUNKS_PER_READ: usize = 32;
 /// Largest control packet payload (hello, close reason).
@@ -863,18 +867,19 @@ async fn send(link: &Link) -> KernelResult<()> {
         .open_uni()
         .await
         .map_err(|error| connection_error(&error))?;
-    let mut consumer = Consumer::new(Arc::clone(&link.send_ring));
+    let mut consumer = LeasingConsumer::new(Arc::clone(&link.send_ring));
     let mut batch = BytesMut::new();
     let mut datagrams: Vec<Bytes> = Vec::new();
     loop {
         let more = consumer.readable().await;
-        // One allocation per batch: the queued bytes bound what is copied.
-        batch.reserve(link.send_ring.used() as usize);
         let mut refused: Option<KernelError> = None;
         let (mut packets, mut bytes) = (0u64, 0u64);
-        consumer.drain(|_tag, record| {
+        // The stream's next bytes, in order: copied runs of small packets,
+        // and `None` where a large packet goes out of the ring as is.
+        let mut chunks: Vec<Option<Bytes>> = Vec::new();
+        let leases = consumer.drain(|_tag, record| {
             if refused.is_some() {
-                return;
+                return false;
             }
             match Header::decode(record, link.peer_max) {
                 Ok(header)
@@ -883,21 +888,33 @@ async fn send(link: &Link) -> KernelResult<()> {
                 {
                     packets += 1;
                     bytes += u64::from(header.payload_length);
-                    if header.flags & FLAG_RELIABLE != 0 {
-                        batch.extend_from_slice(record);
-                    } else {
+                    if header.flags & FLAG_RELIABLE == 0 {
                         datagrams.push(Bytes::copy_from_slice(record));
+                        false
+                    } else if record.len() >= ZERO_COPY_BYTES {
+                        if !batch.is_empty() {
+                            chunks.push(Some(batch.split().freeze()));
+                        }
+                        chunks.push(None);
+                        true
+                    } else {
+                        batch.extend_from_slice(record);
+                        false
                     }
                 }
                 _ => {
                     refused = Some(KernelError::invalid_argument(
                         "the link's send ring holds a record that is not a valid KNUL data packet",
-                    ))
+                    ));
+                    false
                 }
             }
         })?;
         if let Some(error) = refused {
             return Err(error);
+        }
+        if !batch.is_empty() {
+            chunks.push(Some(batch.split().freeze()));
         }
         for datagram in datagrams.drain(..) {
             match link.conn.send_datagram(datagram) {
@@ -914,9 +931,20 @@ async fn send(link: &Link) -> KernelResult<()> {
                 }
             }
         }
-        if !batch.is_empty() {
+        if !chunks.is_empty() {
+            // A leased packet's ring space comes back when quinn drops its
+            // bytes (acknowledged): the ring bounds what is in flight.
+            let mut leases = leases.into_iter();
+            let mut chunks: Vec<Bytes> = chunks
+                .into_iter()
+                .map(|chunk| {
+                    chunk.unwrap_or_else(|| {
+                        Bytes::from_owner(leases.next().expect("one lease per large packet"))
+                    })
+                })
+                .collect();
             stream
-                .write_chunk(batch.split().freeze())
+                .write_all_chunks(&mut chunks)
                 .await
                 .map_err(write_error)?;
         }

@@ -146,7 +146,7 @@ impl Ring {
     }
 
     /// A shared u32 of the header.
-    fn word(&self, offset: usize) -> &AtomicU32 {
+    pub(crate) fn word(&self, offset: usize) -> &AtomicU32 {
         debug_assert!(offset + 4 <= RING_HEADER_BYTES && offset % 4 == 0);
         // SAFETY: the header lies inside the allocation, the offset is 4-byte
         // aligned (the allocation is 64-aligned), and every access to these
@@ -154,7 +154,7 @@ impl Ring {
         unsafe { &*(self.memory.as_ptr().add(offset) as *const AtomicU32) }
     }
 
-    fn data(&self) -> *mut u8 {
+    pub(crate) fn data(&self) -> *mut u8 {
         // SAFETY: RING_HEADER_BYTES is within the allocation.
         unsafe { self.memory.as_ptr().add(RING_HEADER_BYTES) }
     }
@@ -223,7 +223,7 @@ impl Ring {
     }
 
     /// Wakes a JS waiter, if one is registered (or always with `force`).
-    fn wake_js(&self, force: bool) {
+    pub(crate) fn wake_js(&self, force: bool) {
         if force || self.js_waiters.load(Ordering::SeqCst) > 0 {
             let _guard = self.js_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.js_wake.notify_all();
@@ -247,7 +247,7 @@ impl Ring {
     }
 
     /// Sleeps the kernel side until `ready()` or the ring closes; false when closed.
-    async fn wait_native(&self, ready: impl Fn() -> bool) -> bool {
+    pub(crate) async fn wait_native(&self, ready: impl Fn() -> bool) -> bool {
         loop {
             if ready() {
                 return true;
@@ -649,6 +649,21 @@ pub unsafe extern "C" fn krepis_ring_stats(ring: u32, out: *mut u8, cap: u32) ->
     })
 }
 
+/// A ring outside any handle table, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_ring(capacity: u32) -> Arc<Ring> {
+    Arc::new(
+        Ring::new(
+            0,
+            0,
+            capacity,
+            Direction::ToJs,
+            Arc::new(BufferAccounting::default()),
+        )
+        .expect("a valid test ring"),
+    )
+}
+
 /// Diagnostics flag: fill every payload byte with the test pattern.
 pub const RING_DIAG_FILL: u32 = 1;
 /// Diagnostics flag: close the ring after the last record.
@@ -778,16 +793,7 @@ mod tests {
     use super::*;
 
     fn ring(capacity: u32) -> Arc<Ring> {
-        Arc::new(
-            Ring::new(
-                0,
-                0,
-                capacity,
-                Direction::ToJs,
-                Arc::new(BufferAccounting::default()),
-            )
-            .unwrap(),
-        )
+        test_ring(capacity)
     }
 
     #[test]
