@@ -27,6 +27,7 @@ export {
   MAX_WORKER_THREADS,
   type StoreOptions,
   type StoreStats,
+  type TransportStats,
 } from "./bindings/kernel.ts";
 export {
   type CommitCheck,

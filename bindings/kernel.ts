@@ -81,6 +81,16 @@ export interface KernelStats {
   readonly buffers: BufferStats;
   /** The store, or `null` without a data dir. */
   readonly store: StoreStats | null;
+  /** KNUL links and listeners. */
+  readonly transport: TransportStats;
+}
+
+/** Counters of the transport, in {@linkcode KernelStats.transport}. */
+export interface TransportStats {
+  /** Links not yet freed (`link.close()` frees one; so does its GC safety net). */
+  readonly links: number;
+  /** Listeners not yet closed. */
+  readonly listeners: number;
 }
 
 function checkInteger(field: string, value: unknown, min: number, max: number): number {
@@ -342,6 +352,10 @@ export class Kernel implements AsyncDisposable {
         commits: Number(store.commits),
         flushes: Number(store.flushes),
         sizeOnDiskBytes: Number(store.sizeOnDiskBytes),
+      },
+      transport: {
+        links: stats.transport?.links ?? 0,
+        listeners: stats.transport?.listeners ?? 0,
       },
     };
   }

@@ -218,6 +218,53 @@ Deno.test("transport: large packets (sent from the ring without a copy) arrive i
   await peer.close();
 });
 
+Deno.test("transport: unreliable packets to a reader that does not read are dropped and counted, never queued without bound", async () => {
+  await using kernels = await pair({ maxPacketBytes: 1024 });
+  const [link, peer] = await kernels.connect({ maxPacketBytes: 1024 });
+  const payload = new Uint8Array(Math.min(1000, link.maxDatagramBytes));
+  for (let index = 0; index < 20_000; index++) {
+    await link.send(payload, { reliable: false });
+  }
+  await link.send(encoder.encode("end")); // reliable: arrives once the ring has room
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const stats = kernels.server.stats().buffers;
+  assert.ok(stats.ringUsedBytes <= stats.ringCapacityBytes);
+  let datagrams = 0;
+  for await (const packet of peer) {
+    if (packet.reliable) break;
+    datagrams++;
+  }
+  const dropped = peer.stats().datagramsDropped;
+  assert.ok(dropped > 0, "a full receive ring drops datagrams");
+  assert.ok(datagrams + dropped <= 20_000);
+  await link.close();
+  await peer.close();
+});
+
+Deno.test("transport: closed links and listeners are freed; dropped ones are freed by the garbage collector", async () => {
+  await using kernels = await pair();
+  const [link, peer] = await kernels.connect();
+  assert.deepEqual(kernels.server.stats().transport, { links: 1, listeners: 1 });
+  assert.deepEqual(kernels.client.stats().transport, { links: 1, listeners: 0 });
+  await link.close();
+  await peer.close();
+  assert.deepEqual(kernels.client.stats().transport, { links: 0, listeners: 0 });
+  assert.equal(kernels.server.stats().transport.links, 0);
+  // Links the application forgets are closed by the GC safety net.
+  let forgotten: unknown[] | null = [];
+  for (let index = 0; index < 3; index++) forgotten.push(await kernels.connect());
+  assert.equal(kernels.client.stats().transport.links, 3);
+  assert.equal(forgotten.length, 3);
+  forgotten = null;
+  for (let round = 0; round < 20 && kernels.client.stats().transport.links > 0; round++) {
+    (globalThis as { gc?: () => void }).gc?.();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  assert.equal(kernels.client.stats().transport.links, 0, "forgotten links were freed");
+  kernels.listener.close();
+  assert.equal(kernels.server.stats().transport.listeners, 0);
+});
+
 Deno.test("transport: a graceful close delivers every packet sent before it, then ends the peer's iteration", async () => {
   await using kernels = await pair();
   const [link, peer] = await kernels.connect();

@@ -205,6 +205,7 @@ impl Kernel {
                 ring_used_bytes: ring::used_bytes_of(self.id),
                 ..self.accounting.stats()
             }),
+            transport: Some(crate::transport::stats_of(self.id)),
         }
     }
 }

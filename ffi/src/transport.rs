@@ -338,6 +338,15 @@ async fn accept_loop(listener: Arc<Listener>) {
     }
 }
 
+/// Links and listeners of a kernel, for its stats.
+pub fn stats_of(kernel_id: u64) -> crate::proto::TransportStats {
+    let count = |owned: bool| u64::from(owned);
+    crate::proto::TransportStats {
+        links: LINKS.sum(|link| count(link.kernel_id == kernel_id)) as u32,
+        listeners: LISTENERS.sum(|listener| count(listener.kernel_id == kernel_id)) as u32,
+    }
+}
+
 /// Closes every transport object of a kernel (on kernel close): links end
 /// with "going away", listeners and endpoints close, JS waiters wake.
 pub fn release_owned(kernel_id: u64) {

@@ -52,7 +52,18 @@ export interface Stats {
     | BufferStats
     | undefined;
   /** The store (absent without a data dir). */
-  store: StoreStats | undefined;
+  store:
+    | StoreStats
+    | undefined;
+  /** KNUL links and listeners of this kernel not yet freed. */
+  transport: TransportStats | undefined;
+}
+
+export interface TransportStats {
+  /** Links open or closed but not yet freed (close() frees them). */
+  links: number;
+  /** Listeners not yet closed. */
+  listeners: number;
 }
 
 function createBaseKernelConfig(): KernelConfig {
@@ -156,6 +167,7 @@ function createBaseStats(): Stats {
     dataDir: "",
     buffers: undefined,
     store: undefined,
+    transport: undefined,
   };
 }
 
@@ -196,6 +208,9 @@ export const Stats: MessageFns<Stats> = {
     }
     if (message.store !== undefined) {
       StoreStats.encode(message.store, writer.uint32(74).fork()).join();
+    }
+    if (message.transport !== undefined) {
+      TransportStats.encode(message.transport, writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -283,6 +298,71 @@ export const Stats: MessageFns<Stats> = {
             }
 
             message.store = StoreStats.decode(reader, reader.uint32());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.transport = TransportStats.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+};
+
+function createBaseTransportStats(): TransportStats {
+  return { links: 0, listeners: 0 };
+}
+
+export const TransportStats: MessageFns<TransportStats> = {
+  encode(message: TransportStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.links !== 0) {
+      writer.uint32(8).uint32(message.links);
+    }
+    if (message.listeners !== 0) {
+      writer.uint32(16).uint32(message.listeners);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TransportStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTransportStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.links = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.listeners = reader.uint32();
             continue;
           }
         }
