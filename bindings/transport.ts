@@ -1127,9 +1127,10 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
 
   /**
    * Closes the link gracefully and frees it. Every packet this side sent
-   * (including sends still waiting for ring space) is delivered to the peer,
-   * which confirms it has read them all; without that confirmation (within
-   * 30 s, or the peer failed) the result carries a `ConnectionError`. Packets
+   * (including sends still waiting for ring space) is delivered to the peer's
+   * application (its receive ring), and the peer confirms it; without that
+   * confirmation (within 30 s, or the peer failed or dropped packets because
+   * it closed too) the result carries a `ConnectionError`. Packets
    * this side has not read yet are dropped: to receive everything, iterate
    * until the peer closes, then close. New sends are refused from now on.
    * Resolves with how the link ended. Idempotent.
@@ -1161,8 +1162,20 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
   }
 
   async #close(code: number, reason: Uint8Array<ArrayBuffer>): Promise<void> {
-    // Sends waiting for space go first: a graceful close loses nothing.
-    while (this.#draining) await this.#drained;
+    // Sends waiting for space go first: a graceful close loses nothing. A
+    // peer that takes nothing for CLOSE_DRAIN_MS does not hold close forever.
+    if (this.#draining) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const expired = new Promise<void>((resolve) => timer = setTimeout(resolve, CLOSE_DRAIN_MS));
+      await Promise.race([this.#drained, expired]);
+      clearTimeout(timer);
+      const error = new ClosedError(
+        `link.close: the peer took no data for ${
+          CLOSE_DRAIN_MS / 1000
+        } s; queued sends were not sent`,
+      );
+      for (const queued of this.#queue.splice(0)) queued.reject(error);
+    }
     if (this.#owner.closed) return this.#free();
     // Hand back what was read, so the kernel counts only unread packets as dropped.
     if (!this.#receive.detached) this.#receive.releaseCurrent();
@@ -1199,6 +1212,8 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
 }
 
 const RESOLVED = Promise.resolve();
+/** How long `close()` waits for queued sends (the kernel's close has the same bound). */
+const CLOSE_DRAIN_MS = 30_000;
 
 function recordSizeOf(length: number): number {
   return recordSize(HEADER + length);

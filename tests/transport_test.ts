@@ -14,7 +14,7 @@ import {
   type ReadonlyBytes,
 } from "../mod.ts";
 import { encodeKnulHeader, KnulKind, tenantHash } from "../bindings/_knul.ts";
-import { connectRawPeer, listenRawPeer, type RawPeer } from "./_quic_peer.ts";
+import { connectRawPeer, listenRawPeer, type RawBiStream, type RawPeer } from "./_quic_peer.ts";
 import { fixture, libraryPath } from "./_helpers.ts";
 
 const libraryOptions = { dataDir: null, libraryPath: libraryPath() };
@@ -401,6 +401,63 @@ Deno.test("transport: close() reports the peer aborting in the middle of it", as
   assert.equal(info.error.details.closeCode, "2");
 });
 
+/** Resolves with `promise`'s value, or rejects after `ms` (a hang is a failure). */
+function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, expired]).finally(() => clearTimeout(timer));
+}
+
+Deno.test("transport: a link whose peer started closing ends with an error when the connection then drops", async () => {
+  await using kernels = await pair();
+  const [link, peer] = await kernels.connect();
+  const big = new Uint8Array(1 << 19);
+  for (let index = 0; index < 24; index++) await link.send(big); // 12 MiB: more than the peer's ring
+  const closing = link.close();
+  closing.catch(() => {});
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  await kernels.client.close(); // the closing side's kernel goes away mid-handshake
+  const ended = await within(peer.ended, 5_000, "peer.ended");
+  assert.ok(ended.error instanceof ConnectionError, String(ended.error));
+  let received = 0;
+  await assert.rejects(
+    within(
+      (async () => {
+        for await (const _ of peer) received++;
+      })(),
+      5_000,
+      "the iteration",
+    ),
+    ConnectionError,
+  );
+  assert.ok(received < 24, "packets were lost, and the iteration says so");
+});
+
+Deno.test("transport: a peer confirming a close that was never sent is a protocol error", async () => {
+  await using kernels = await pair();
+  const raw = await rawLinked(kernels.listener.addr.port, kernels.cert);
+  const accepted = (await kernels.listener.accept())!;
+  const control = controlStreams.get(raw)!;
+  const confirm = new Uint8Array(8); // code 0, discarded 0
+  const header = encodeKnulHeader({
+    version: 1,
+    kind: KnulKind.close,
+    flags: 0b11,
+    priority: 128,
+    payloadLength: confirm.length,
+    tenant: 0n,
+    traceId: new Uint8Array(16),
+  });
+  await control.write(new Uint8Array([...header, ...confirm]));
+  const ended = await within(accepted.ended, 5_000, "ended");
+  assert.ok(ended.error instanceof ProtocolError, String(ended.error));
+  assert.match(ended.error.message, /never sent/);
+  await accepted.close();
+  await raw[Symbol.asyncDispose]();
+});
+
 Deno.test("transport: a bad close code is refused at once and the link can still be closed", async () => {
   await using kernels = await pair();
   const [link, peer] = await kernels.connect();
@@ -508,6 +565,9 @@ Deno.test("transport: bad options are typed errors naming the field", async () =
   await peer!.close();
 });
 
+/** The control stream of each raw peer `rawLinked` made. */
+const controlStreams = new WeakMap<RawPeer, RawBiStream>();
+
 /** Completes TLS and the KNUL hello as a raw peer; returns it ready to misbehave. */
 async function rawLinked(port: number, cert: string, version = 1): Promise<RawPeer> {
   const raw = await connectRawPeer({
@@ -521,6 +581,7 @@ async function rawLinked(port: number, cert: string, version = 1): Promise<RawPe
   new DataView(hello.buffer).setUint32(0, 1 << 20, true);
   hello[4] = version;
   await control.write(packet(KnulKind.hello, hello, { version }));
+  controlStreams.set(raw, control);
   return raw;
 }
 

@@ -470,11 +470,6 @@ impl Link {
         }
     }
 
-    /// True while a close handshake runs (either side started it).
-    fn close_handshake(&self) -> bool {
-        self.closing.load(Ordering::SeqCst) || self.lock_peer_close().is_some()
-    }
-
     fn lock_peer_close(&self) -> std::sync::MutexGuard<'_, Option<PeerClose>> {
         self.peer_close.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -483,8 +478,10 @@ impl Link {
     /// a close handshake runs: the close paths watch the connection and
     /// report what that loss means for delivery.
     fn fail(&self, error: KernelError) {
+        let close_task_runs =
+            self.closing.load(Ordering::SeqCst) || self.responding.load(Ordering::SeqCst);
         if error.code == ErrorCode::Closed
-            || (error.code == ErrorCode::Connection && self.close_handshake())
+            || (error.code == ErrorCode::Connection && close_task_runs)
         {
             return;
         }
@@ -1045,6 +1042,19 @@ async fn read_control_stream(link: &Arc<Link>, mut control: quinn::RecvStream) {
                 Kind::Pong => {}
                 Kind::Close => {
                     let close = parse_close(&payload, header.flags & FLAG_FINAL != 0);
+                    if close.last && !link.close_sent.load(Ordering::SeqCst) {
+                        return link.fail(protocol_error(
+                            CLOSE_PROTOCOL,
+                            "the peer confirmed a close this side never sent".into(),
+                        ));
+                    }
+                    let repeated = link
+                        .lock_peer_close()
+                        .as_ref()
+                        .is_some_and(|earlier| !earlier.last && !close.last);
+                    if repeated {
+                        continue; // only the first close counts
+                    }
                     let respond = (!close.last).then(|| (close.code, close.reason.clone()));
                     *link.lock_peer_close() = Some(close);
                     link.close_progress.notify_waiters();
@@ -1079,8 +1089,19 @@ async fn read_control_stream(link: &Arc<Link>, mut control: quinn::RecvStream) {
 /// that started alone closes the connection once it has the confirmation.
 async fn respond_to_close(link: Arc<Link>, code: u32, reason: String) {
     // As long as it takes: this side's JS decides how fast it reads (the
-    // peer gives up after its own close timeout).
-    link.receive_exited.wait().await;
+    // peer gives up after its own close timeout and closes the connection).
+    tokio::select! {
+        _ = link.receive_exited.wait() => {}
+        lost = link.conn.closed() => {
+            let error = connection_error(&lost);
+            return link.end(Ended {
+                code: CLOSE_GOING_AWAY,
+                reason: error.message.clone(),
+                by_peer: true,
+                error: Some(error),
+            });
+        }
+    }
     if link.is_ended() {
         return;
     }
@@ -1102,18 +1123,6 @@ async fn respond_to_close(link: Arc<Link>, code: u32, reason: String) {
     }
     // The peer drops what this side still sends; stop sending.
     link.send_ring.close();
-    // Packets this side dropped unread: skipped after its own close, plus
-    // those still in the ring (JS stopped reading when it closed; the ring
-    // no longer moves on either side here).
-    let mut discarded = link.counters.discarded.load(Ordering::SeqCst);
-    if link.discarding.load(Ordering::SeqCst) {
-        discarded += link.recv_ring.queued_records();
-    }
-    let confirm = close_payload(
-        code,
-        Some(discarded.min(u64::from(u32::MAX)) as u32),
-        &reason,
-    );
     // When this side closes too, its own `close` goes first.
     loop {
         let notified = link.close_progress.notified();
@@ -1125,10 +1134,28 @@ async fn respond_to_close(link: Arc<Link>, code: u32, reason: String) {
         }
         notified.await;
     }
+    // Packets this side dropped unread: skipped after its own close, plus
+    // reliable ones still in the ring (JS stopped reading when it closed;
+    // the ring no longer moves on either side here).
+    let mut discarded = link.counters.discarded.load(Ordering::SeqCst);
+    if link.discarding.load(Ordering::SeqCst) {
+        discarded += link.recv_ring.queued_records_where(is_reliable_record);
+    }
+    let confirm = close_payload(
+        code,
+        Some(discarded.min(u64::from(u32::MAX)) as u32),
+        &reason,
+    );
     if let Err(error) =
         write_control(&link, Kind::Close, FLAG_RELIABLE | FLAG_FINAL, &confirm).await
     {
-        return link.fail(error);
+        // No close task of this side would end the link otherwise.
+        return link.end(Ended {
+            code: CLOSE_GOING_AWAY,
+            reason: error.message.clone(),
+            by_peer: true,
+            error: Some(error),
+        });
     }
     // Nothing follows the confirmation on the control stream.
     let acked = {
@@ -1159,6 +1186,13 @@ async fn respond_to_close(link: Arc<Link>, code: u32, reason: String) {
         by_peer: true,
         error,
     });
+}
+
+/// Whether a receive-ring record (a KNUL packet) came on the reliable stream.
+fn is_reliable_record(record: &[u8]) -> bool {
+    record
+        .get(6)
+        .is_some_and(|flags| u16::from(*flags) & FLAG_RELIABLE != 0)
 }
 
 /// The result the peer's confirmation carries, once it arrived.

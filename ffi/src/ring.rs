@@ -184,10 +184,11 @@ impl Ring {
         head.wrapping_sub(tail).min(self.capacity)
     }
 
-    /// Records published and not yet consumed (a walk over their headers;
+    /// Records published and not yet consumed for which `counts` holds (a
+    /// walk over them;
     /// call it only while the consumer is not moving, e.g. from the JS
     /// thread's own call for a kernel → JS ring).
-    pub fn queued_records(&self) -> u64 {
+    pub fn queued_records_where(&self, counts: impl Fn(&[u8]) -> bool) -> u64 {
         let (head, mut tail) = self.cursors();
         let mask = self.capacity - 1;
         let mut count = 0;
@@ -201,8 +202,19 @@ impl Ring {
                 tail = tail.wrapping_add(self.capacity - offset);
                 continue;
             }
-            tail = tail.wrapping_add(record_size(len).min(u64::from(self.capacity)) as u32);
-            count += 1;
+            let size = record_size(len).min(u64::from(self.capacity));
+            let payload_len = (len as usize).min(self.capacity as usize - offset as usize - 8);
+            // SAFETY: the payload follows its header inside the data area
+            // (clamped to it); the producer published it before `head`.
+            let payload = unsafe {
+                std::slice::from_raw_parts(
+                    self.data()
+                        .add(offset as usize + RING_RECORD_HEADER_BYTES as usize),
+                    payload_len,
+                )
+            };
+            tail = tail.wrapping_add(size as u32);
+            count += u64::from(counts(payload));
         }
         count
     }
