@@ -192,6 +192,32 @@ fn unregister_dir(key: &Path) {
     if let Some(set) = open.as_mut() {
         set.remove(key);
     }
+    drop(open);
+    let mut closed = RECENTLY_CLOSED.lock().unwrap_or_else(|p| p.into_inner());
+    closed
+        .get_or_insert_with(std::collections::HashMap::new)
+        .insert(key.to_path_buf(), std::time::Instant::now());
+}
+
+/// Data dirs a kernel of this process closed, and when: sled releases its
+/// file lock when its last internal handle goes, which can trail the close
+/// by a moment. Reopening such a dir waits for that instead of reporting a
+/// lock held by "another process".
+static RECENTLY_CLOSED: Mutex<Option<std::collections::HashMap<PathBuf, std::time::Instant>>> =
+    Mutex::new(None);
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn closed_here_recently(key: &Path) -> bool {
+    RECENTLY_CLOSED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|closed| closed.get(key))
+        .is_some_and(|at| at.elapsed() < LOCK_RELEASE_WAIT * 5)
+}
+
+fn lock_contended(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 impl Store {
@@ -225,21 +251,35 @@ impl Store {
             bytes => bytes,
         };
         // sled may panic on some corrupt files; that is a corrupt store, not a crash.
-        let db = std::panic::catch_unwind(|| {
-            sled::Config::new()
-                .path(&path)
-                .cache_capacity(cache)
-                .flush_every_ms(Some(500))
-                .mode(sled::Mode::HighThroughput)
-                .open()
-        })
-        .map_err(|_| {
-            corrupt(
-                data_dir,
-                "has a store sled cannot read (it panicked while opening)",
-            )
-        })?
-        .map_err(|error| sled_error(data_dir, error))?;
+        let open = || {
+            std::panic::catch_unwind(|| {
+                sled::Config::new()
+                    .path(&path)
+                    .cache_capacity(cache)
+                    .flush_every_ms(Some(500))
+                    .mode(sled::Mode::HighThroughput)
+                    .open()
+            })
+            .map_err(|_| {
+                corrupt(
+                    data_dir,
+                    "has a store sled cannot read (it panicked while opening)",
+                )
+            })
+        };
+        let started = std::time::Instant::now();
+        let db = loop {
+            match open()? {
+                Err(error)
+                    if lock_contended(&error)
+                        && closed_here_recently(&registered)
+                        && started.elapsed() < LOCK_RELEASE_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => break opened.map_err(|error| sled_error(data_dir, error))?,
+            }
+        };
         let next_tx = match db.get(META_FORMAT).map_err(|e| sled_error(data_dir, e))? {
             Some(format) if format.as_ref() == FORMAT => {
                 let next = db
