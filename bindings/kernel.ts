@@ -15,6 +15,7 @@ import { Guard } from "./guard.ts";
 import { Transport } from "./transport.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
+import { checkInteger } from "./_check.ts";
 
 /** Most worker threads a kernel accepts. */
 export const MAX_WORKER_THREADS = 256;
@@ -91,18 +92,6 @@ export interface TransportStats {
   readonly links: number;
   /** Listeners not yet closed. */
   readonly listeners: number;
-}
-
-function checkInteger(field: string, value: unknown, min: number, max: number): number {
-  if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
-    throw new InvalidArgumentError(
-      `${field} must be an integer from ${min} to ${max}, got ${
-        typeof value === "number" ? value : typeof value
-      }`,
-      { details: { field } },
-    );
-  }
-  return value;
 }
 
 function resolveDataDir(dataDir: string | URL | null | undefined): string {

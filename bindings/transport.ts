@@ -53,6 +53,7 @@ import { openRing, recordSize, type RingReader, type RingWriter } from "./_ring.
 import type { ReadonlyBytes } from "./buffers.ts";
 import { type Context, Priority } from "./context.ts";
 import { ClosedError, InvalidArgumentError, type KrepisError } from "./errors.ts";
+import { checkInteger } from "./_check.ts";
 
 /**
  * Largest `maxPacketBytes` a listener or connect may set (256 MiB).
@@ -219,16 +220,6 @@ export interface ListenerStats {
   refused: number;
   /** Why the last one was refused ("" when none was). */
   lastRefusal: string;
-}
-
-function checkInteger(field: string, value: unknown, min: number, max: number): number {
-  if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
-    throw new InvalidArgumentError(
-      `${field} must be an integer from ${min} to ${max}, got ${String(value)}`,
-      { details: { field } },
-    );
-  }
-  return value;
 }
 
 function checkString(field: string, value: unknown): string {

@@ -4,8 +4,8 @@
 //! back to JS only when its lease is dropped, and always in ring order: the
 //! tail never passes a record that is still leased.
 
-use crate::error::{KernelError, KernelResult};
-use crate::ring::{record_size, Ring, RING_HEAD, RING_PAD, RING_RECORD_HEADER_BYTES, RING_TAIL};
+use crate::error::KernelResult;
+use crate::ring::{Ring, Step, RING_HEAD, RING_TAIL};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -121,59 +121,25 @@ impl LeasingConsumer {
         &mut self,
         mut on_record: impl FnMut(u32, &[u8]) -> bool,
     ) -> KernelResult<Vec<RecordLease>> {
-        let ring = &self.ring;
-        let capacity = ring.capacity();
-        let head = ring.word(RING_HEAD).load(Ordering::Acquire);
-        let mask = capacity - 1;
+        let head = self.ring.word(RING_HEAD).load(Ordering::Acquire);
         let mut leased = Vec::new();
         let mut state = self.leases.state.lock().unwrap_or_else(|p| p.into_inner());
         while self.scan != head {
-            let queued = head.wrapping_sub(self.scan);
-            if queued > capacity {
-                ring.close();
-                return Err(KernelError::invalid_argument(format!(
-                    "corrupt ring: head is {queued} bytes ahead of the consumer (capacity {capacity})"
-                )));
+            match self.ring.record_at(self.scan, head)? {
+                Step::Pad { skip } => self.scan = self.scan.wrapping_add(skip),
+                Step::Record { tag, payload, size } => {
+                    if on_record(tag, payload) {
+                        state.outstanding.push_back((self.scan, false));
+                        leased.push(RecordLease {
+                            leases: Arc::clone(&self.leases),
+                            start: self.scan,
+                            payload: payload.as_ptr(),
+                            len: payload.len(),
+                        });
+                    }
+                    self.scan = self.scan.wrapping_add(size);
+                }
             }
-            let offset = self.scan & mask;
-            // SAFETY: offset is 8-aligned and inside the data area; the
-            // producer published this header before `head`.
-            let (len, tag) = unsafe {
-                let record = ring.data().add(offset as usize);
-                (
-                    u32::from_le((record as *const u32).read()),
-                    u32::from_le((record.add(4) as *const u32).read()),
-                )
-            };
-            if len == RING_PAD && capacity - offset <= queued {
-                self.scan = self.scan.wrapping_add(capacity - offset);
-                continue;
-            }
-            let size = record_size(len);
-            if size > u64::from(capacity - offset) || size > u64::from(queued) {
-                ring.close();
-                return Err(KernelError::invalid_argument(format!(
-                    "corrupt record in ring at offset {offset}: length {len} does not fit"
-                )));
-            }
-            // SAFETY: the payload lies inside the data area (checked above);
-            // JS does not touch it until the tail passes it.
-            let payload = unsafe {
-                ring.data()
-                    .add(offset as usize + RING_RECORD_HEADER_BYTES as usize)
-            };
-            // SAFETY: as above, `len` bytes at `payload`.
-            let slice = unsafe { std::slice::from_raw_parts(payload, len as usize) };
-            if on_record(tag, slice) {
-                state.outstanding.push_back((self.scan, false));
-                leased.push(RecordLease {
-                    leases: Arc::clone(&self.leases),
-                    start: self.scan,
-                    payload,
-                    len: len as usize,
-                });
-            }
-            self.scan = self.scan.wrapping_add(size as u32);
         }
         state.scanned = self.scan;
         self.leases.advance(&mut state);
@@ -184,7 +150,7 @@ impl LeasingConsumer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::test_ring;
+    use crate::ring::{record_size, test_ring};
 
     /// JS-side writer for tests: one record at the head, published.
     fn write(ring: &Ring, head: &mut u32, payload: &[u8]) {

@@ -286,24 +286,22 @@ fn read_exact_error(error: quinn::ReadExactError, what: &str) -> KernelError {
     }
 }
 
-fn hello_payload(max_packet: u32, versions: &[u8]) -> Vec<u8> {
+/// Sends this side's `hello`: `[max_packet_bytes u32][versions]` (the
+/// client offers the versions it speaks, the server names the one it picked;
+/// both are version 1 here).
+async fn write_hello(send: &mut quinn::SendStream, max_packet: u32) -> KernelResult<()> {
     let mut payload = max_packet.to_le_bytes().to_vec();
-    payload.extend_from_slice(versions);
-    payload
+    payload.push(KNUL_VERSION);
+    send.write_all(&control_packet(Kind::Hello, FLAG_RELIABLE, &payload))
+        .await
+        .map_err(write_error)
 }
 
 /// Client side of the hello exchange: offers our version and limit, learns the peer's.
 pub async fn client_hello(conn: quinn::Connection, max_packet: u32) -> KernelResult<Established> {
     let (mut control_send, mut control_recv) =
         conn.open_bi().await.map_err(|e| connection_error(&e))?;
-    control_send
-        .write_all(&control_packet(
-            Kind::Hello,
-            FLAG_RELIABLE,
-            &hello_payload(max_packet, &[KNUL_VERSION]),
-        ))
-        .await
-        .map_err(write_error)?;
+    write_hello(&mut control_send, max_packet).await?;
     let (header, payload) = read_control(&mut control_recv).await?;
     if header.kind != Kind::Hello || payload.len() != 5 || payload[4] != KNUL_VERSION {
         let error = protocol_error(
@@ -351,14 +349,7 @@ pub async fn server_hello(conn: quinn::Connection, max_packet: u32) -> KernelRes
             ));
         }
         let peer_max = u32::from_le_bytes(payload[..4].try_into().expect("4 bytes"));
-        control_send
-            .write_all(&control_packet(
-                Kind::Hello,
-                FLAG_RELIABLE,
-                &hello_payload(max_packet, &[KNUL_VERSION]),
-            ))
-            .await
-            .map_err(write_error)?;
+        write_hello(&mut control_send, max_packet).await?;
         Ok(Established {
             conn: conn.clone(),
             control_send,
@@ -472,6 +463,17 @@ impl Link {
 
     fn lock_peer_close(&self) -> std::sync::MutexGuard<'_, Option<PeerClose>> {
         self.peer_close.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends the link with `error` ("going away": delivery was not confirmed),
+    /// whatever else is under way.
+    fn end_with_error(&self, error: KernelError, by_peer: bool) {
+        self.end(Ended {
+            code: CLOSE_GOING_AWAY,
+            reason: error.message.clone(),
+            by_peer,
+            error: Some(error),
+        });
     }
 
     /// Ends the link because of `error`, except for connection errors while
@@ -1094,12 +1096,7 @@ async fn respond_to_close(link: Arc<Link>, code: u32, reason: String) {
         _ = link.receive_exited.wait() => {}
         lost = link.conn.closed() => {
             let error = connection_error(&lost);
-            return link.end(Ended {
-                code: CLOSE_GOING_AWAY,
-                reason: error.message.clone(),
-                by_peer: true,
-                error: Some(error),
-            });
+            return link.end_with_error(error, true);
         }
     }
     if link.is_ended() {
@@ -1114,12 +1111,7 @@ async fn respond_to_close(link: Arc<Link>, code: u32, reason: String) {
     if let Err(error) = received {
         // The peer's stream did not end cleanly (e.g. it gave up waiting and
         // closed the connection): packets were lost, whatever the code says.
-        return link.end(Ended {
-            code: CLOSE_GOING_AWAY,
-            reason: error.message.clone(),
-            by_peer: true,
-            error: Some(error),
-        });
+        return link.end_with_error(error, true);
     }
     // The peer drops what this side still sends; stop sending.
     link.send_ring.close();
@@ -1150,12 +1142,7 @@ async fn respond_to_close(link: Arc<Link>, code: u32, reason: String) {
         write_control(&link, Kind::Close, FLAG_RELIABLE | FLAG_FINAL, &confirm).await
     {
         // No close task of this side would end the link otherwise.
-        return link.end(Ended {
-            code: CLOSE_GOING_AWAY,
-            reason: error.message.clone(),
-            by_peer: true,
-            error: Some(error),
-        });
+        return link.end_with_error(error, true);
     }
     // Nothing follows the confirmation on the control stream.
     let acked = {
@@ -1278,11 +1265,6 @@ async fn close_gracefully(link: Arc<Link>, code: u32, reason: String) {
             by_peer: false,
             error: None,
         }),
-        Err(error) => link.end(Ended {
-            code: CLOSE_GOING_AWAY,
-            reason: error.message.clone(),
-            by_peer: false,
-            error: Some(error),
-        }),
+        Err(error) => link.end_with_error(error, false),
     }
 }

@@ -190,33 +190,71 @@ impl Ring {
     /// thread's own call for a kernel → JS ring).
     pub fn queued_records_where(&self, counts: impl Fn(&[u8]) -> bool) -> u64 {
         let (head, mut tail) = self.cursors();
-        let mask = self.capacity - 1;
         let mut count = 0;
-        while tail != head && head.wrapping_sub(tail) <= self.capacity {
-            let offset = tail & mask;
-            // SAFETY: offset is 8-aligned and inside the data area; the
-            // producer published this header before `head`.
-            let len =
-                unsafe { u32::from_le((self.data().add(offset as usize) as *const u32).read()) };
-            if len == RING_PAD {
-                tail = tail.wrapping_add(self.capacity - offset);
-                continue;
+        while tail != head {
+            match self.record_at(tail, head) {
+                Ok(Step::Pad { skip }) => tail = tail.wrapping_add(skip),
+                Ok(Step::Record { payload, size, .. }) => {
+                    count += u64::from(counts(payload));
+                    tail = tail.wrapping_add(size);
+                }
+                Err(_) => break,
             }
-            let size = record_size(len).min(u64::from(self.capacity));
-            let payload_len = (len as usize).min(self.capacity as usize - offset as usize - 8);
-            // SAFETY: the payload follows its header inside the data area
-            // (clamped to it); the producer published it before `head`.
-            let payload = unsafe {
-                std::slice::from_raw_parts(
-                    self.data()
-                        .add(offset as usize + RING_RECORD_HEADER_BYTES as usize),
-                    payload_len,
-                )
-            };
-            tail = tail.wrapping_add(size as u32);
-            count += u64::from(counts(payload));
         }
         count
+    }
+
+    /// What lies at `cursor` of the data area, given the producer's `head`
+    /// (`cursor != head`). A consumer walks records with it. A record that
+    /// breaks the format (only a misbehaving JS writer can make one) closes
+    /// the ring and is an error: the ring is refused, not the process.
+    pub(crate) fn record_at(&self, cursor: u32, head: u32) -> KernelResult<Step<'_>> {
+        let capacity = self.capacity;
+        let queued = head.wrapping_sub(cursor);
+        if queued > capacity {
+            self.close();
+            return Err(KernelError::invalid_argument(format!(
+                "corrupt ring: head is {queued} bytes ahead of the consumer (capacity {capacity})"
+            )));
+        }
+        let offset = cursor & (capacity - 1);
+        // SAFETY: offset is 8-aligned and inside the data area; the
+        // producer published this header before `head`.
+        let (len, tag) = unsafe {
+            let record = self.data().add(offset as usize);
+            (
+                u32::from_le((record as *const u32).read()),
+                u32::from_le((record.add(4) as *const u32).read()),
+            )
+        };
+        if len == RING_PAD && capacity - offset <= queued {
+            return Ok(Step::Pad {
+                skip: capacity - offset,
+            });
+        }
+        let size = record_size(len);
+        if size > u64::from(capacity - offset) || size > u64::from(queued) {
+            self.close();
+            return Err(KernelError::invalid_argument(format!(
+                "corrupt record in ring at offset {offset}: length {len} does not fit"
+            )));
+        }
+        // SAFETY: the payload lies inside the data area (checked above) and
+        // the producer does not touch it until the consumer's cursor passes
+        // it. (Only a JS writer breaking the protocol could write it
+        // meanwhile; the SDK's writer never does.)
+        let payload = unsafe {
+            std::slice::from_raw_parts(
+                self.data()
+                    .add(offset as usize + RING_RECORD_HEADER_BYTES as usize),
+                len as usize,
+            )
+        };
+        Ok(Step::Record {
+            tag,
+            payload,
+            size: size as u32,
+        })
     }
 
     /// The (head, tail) cursors: bytes ever produced and consumed.
@@ -344,6 +382,18 @@ impl Drop for Ring {
     }
 }
 
+/// One step of a walk over a ring's published records.
+pub(crate) enum Step<'a> {
+    /// A pad marker: the next record starts `skip` bytes later, at offset 0.
+    Pad { skip: u32 },
+    /// A record of `size` bytes in all (header and padding included).
+    Record {
+        tag: u32,
+        payload: &'a [u8],
+        size: u32,
+    },
+}
+
 /// The kernel as producer of a kernel → JS ring.
 pub struct Producer {
     ring: Arc<Ring>,
@@ -469,54 +519,16 @@ impl Consumer {
     /// their space (one store) and wakes a waiting JS writer. Returns how many.
     pub fn drain(&mut self, mut on_record: impl FnMut(u32, &[u8])) -> KernelResult<usize> {
         let head = self.ring.word(RING_HEAD).load(Ordering::Acquire);
-        let mask = self.ring.capacity - 1;
         let mut count = 0;
         while self.tail != head {
-            let offset = self.tail & mask;
-            // SAFETY: offset is 8-aligned and inside the data area; the
-            // producer published this header before `head`.
-            let (len, tag) = unsafe {
-                let record = self.ring.data().add(offset as usize);
-                (
-                    u32::from_le((record as *const u32).read()),
-                    u32::from_le((record.add(4) as *const u32).read()),
-                )
-            };
-            let queued = head.wrapping_sub(self.tail);
-            if queued > self.ring.capacity {
-                self.ring.close();
-                return Err(KernelError::invalid_argument(format!(
-                    "corrupt ring: head is {queued} bytes ahead of tail (capacity {})",
-                    self.ring.capacity
-                )));
+            match self.ring.record_at(self.tail, head)? {
+                Step::Pad { skip } => self.tail = self.tail.wrapping_add(skip),
+                Step::Record { tag, payload, size } => {
+                    on_record(tag, payload);
+                    self.tail = self.tail.wrapping_add(size);
+                    count += 1;
+                }
             }
-            if len == RING_PAD && self.ring.capacity - offset <= queued {
-                self.tail = self.tail.wrapping_add(self.ring.capacity - offset);
-                continue;
-            }
-            let size = record_size(len);
-            if size > u64::from(self.ring.capacity - offset) || size > u64::from(queued) {
-                // A JS writer broke the format: refuse the ring, not the process.
-                self.ring.close();
-                return Err(KernelError::invalid_argument(format!(
-                    "corrupt record in ring at offset {offset}: length {len} does not fit"
-                )));
-            }
-            // SAFETY: the payload lies inside the data area (checked above)
-            // and the producer does not touch it until `tail` passes it. (Only
-            // a JS writer breaking the protocol could write it meanwhile; the
-            // SDK's writer never does.)
-            let payload = unsafe {
-                std::slice::from_raw_parts(
-                    self.ring
-                        .data()
-                        .add(offset as usize + RING_RECORD_HEADER_BYTES as usize),
-                    len as usize,
-                )
-            };
-            on_record(tag, payload);
-            self.tail = self.tail.wrapping_add(size as u32);
-            count += 1;
         }
         if count > 0 || self.ring.word(RING_TAIL).load(Ordering::Relaxed) != self.tail {
             self.ring.word(RING_TAIL).store(self.tail, Ordering::SeqCst);
