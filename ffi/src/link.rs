@@ -1044,7 +1044,10 @@ async fn read_control_stream(link: &Arc<Link>, mut control: quinn::RecvStream) {
                 Kind::Pong => {}
                 Kind::Close => {
                     let close = parse_close(&payload, header.flags & FLAG_FINAL != 0);
-                    if close.last && !link.close_sent.load(Ordering::SeqCst) {
+                    // A confirmation answers this side's close: legitimate once
+                    // this side started closing (its close may still be on its way
+                    // out when the peer's answer already arrives).
+                    if close.last && !link.closing.load(Ordering::SeqCst) {
                         return link.fail(protocol_error(
                             CLOSE_PROTOCOL,
                             "the peer confirmed a close this side never sent".into(),
