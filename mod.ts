@@ -83,6 +83,25 @@ export {
   Transport,
 } from "./bindings/transport.ts";
 export {
+  DEFAULT_HTTP_GRACE_MS,
+  Http,
+  type HttpErrorHandler,
+  type HttpHandler,
+  type HttpHealthCheck,
+  type HttpLimits,
+  type HttpLoadBalancingMode,
+  type HttpMatch,
+  type HttpProxyOptions,
+  type HttpRequestInfo,
+  type HttpRespond,
+  type HttpRoute,
+  type HttpServeOptions,
+  HttpServer,
+  type HttpServerStats,
+  type HttpShutdownOptions,
+  type HttpUpstreamStats,
+} from "./bindings/http.ts";
+export {
   type Context,
   type ContextInit,
   createContext,

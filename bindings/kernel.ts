@@ -13,6 +13,7 @@ import { Buffers, type BufferStats } from "./buffers.ts";
 import { Journal, Store } from "./store.ts";
 import { Guard } from "./guard.ts";
 import { Transport } from "./transport.ts";
+import { Http } from "./http.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
 import { checkInteger } from "./_check.ts";
@@ -171,6 +172,7 @@ export class Kernel implements AsyncDisposable {
   #store: Store | undefined;
   #guard: Guard | undefined;
   #transport: Transport | undefined;
+  #http: Http | undefined;
   #journal: Journal | undefined;
   readonly #native: NativeLibrary;
   readonly #handle: number;
@@ -285,6 +287,12 @@ export class Kernel implements AsyncDisposable {
   get transport(): Transport {
     this.#assertOpen("Kernel.transport");
     return this.#transport ??= new Transport(this.#owner);
+  }
+
+  /** The HTTP engine: native routes and proxying, JS handlers for the rest. */
+  get http(): Http {
+    this.#assertOpen("Kernel.http");
+    return this.#http ??= new Http(this.#owner);
   }
 
   /** True once {@linkcode Kernel.close} was called. */

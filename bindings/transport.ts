@@ -86,7 +86,7 @@ const MIN_RING_BYTES = 64 * 1024;
 export interface NetAddr {
   /** IP address (as the kernel bound or saw it). */
   hostname: string;
-  /** UDP port. */
+  /** Port (UDP for KNUL, TCP for HTTP). */
   port: number;
 }
 

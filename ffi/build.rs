@@ -15,6 +15,7 @@ fn main() {
         "store.proto",
         "guard.proto",
         "transport.proto",
+        "http.proto",
     ]
     .map(|file| manifest_dir.join("proto/krepis/v1").join(file));
     for proto in &protos {

@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "1b661e1f88ed472a1f9be330384e3239813c9ad12571fe9843572f72c582b221";
+export const ABI_HASH = "2777f5be5779945f3f814546b76c93544e04a49144ec9964ed70ec40aa37230c";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -16,6 +16,10 @@ export const symbols = {
   krepis_guard_kill: { parameters: ["u32"], result: "i32" },
   krepis_guard_spawn: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer"], result: "i32" },
   krepis_guard_wait: { parameters: ["u32", "u32", "buffer", "u32"], result: "i32", nonblocking: true },
+  krepis_http_free: { parameters: ["u32"], result: "i32" },
+  krepis_http_serve: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer", "u32"], result: "i32" },
+  krepis_http_shutdown: { parameters: ["u32", "u32"], result: "i32" },
+  krepis_http_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_journal_read: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
   krepis_journal_undo: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32", nonblocking: true },
   krepis_kernel_close: { parameters: ["u32"], result: "i32" },
@@ -70,6 +74,23 @@ export const KREPIS_EVENT_LISTENER = 2;
 export const KREPIS_EVENT_CONNECT = 3;
 export const KREPIS_EVENT_LINK_CLOSED = 4;
 export const KREPIS_EVENT_RECORD_BYTES = 8;
+export const KREPIS_HTTP_TO_JS_REQUEST = 1;
+export const KREPIS_HTTP_TO_JS_BODY = 2;
+export const KREPIS_HTTP_TO_JS_CREDIT = 3;
+export const KREPIS_HTTP_TO_JS_ABORT = 4;
+export const KREPIS_HTTP_TO_KERNEL_RESPONSE = 1;
+export const KREPIS_HTTP_TO_KERNEL_BODY = 2;
+export const KREPIS_HTTP_TO_KERNEL_CREDIT = 3;
+export const KREPIS_HTTP_TO_KERNEL_ABORT = 4;
+export const KREPIS_HTTP_FLAG_END = 1;
+export const KREPIS_HTTP_FLAG_HAS_BODY = 1;
+export const KREPIS_HTTP_FLAG_HTTP2 = 2;
+export const KREPIS_HTTP_BODY_WINDOW = 65536;
+export const KREPIS_HTTP_ABORT_CLIENT_GONE = 1;
+export const KREPIS_HTTP_ABORT_TIMEOUT = 2;
+export const KREPIS_HTTP_ABORT_TOO_LARGE = 3;
+export const KREPIS_HTTP_ABORT_STOPPING = 4;
+export const KREPIS_HTTP_RING_BYTES = 4194304;
 export const KREPIS_KNUL_HEADER_BYTES = 40;
 export const KREPIS_KNUL_VERSION = 1;
 export const KREPIS_LINK_RECORD_PACKET = 1;

@@ -38,6 +38,57 @@
 // Bytes per event record.
 #define KREPIS_EVENT_RECORD_BYTES 8
 
+// Kernel → JS record: a request (`[id][flags]` + head text).
+#define KREPIS_HTTP_TO_JS_REQUEST 1
+
+// Kernel → JS record: request body bytes (`[id][flags]` + bytes).
+#define KREPIS_HTTP_TO_JS_BODY 2
+
+// Kernel → JS record: response body bytes written (`[id][bytes]`).
+#define KREPIS_HTTP_TO_JS_CREDIT 3
+
+// Kernel → JS record: the request is over (`[id][reason]`).
+#define KREPIS_HTTP_TO_JS_ABORT 4
+
+// JS → kernel record: the response head (`[id][status][flags]` + header lines).
+#define KREPIS_HTTP_TO_KERNEL_RESPONSE 1
+
+// JS → kernel record: response body bytes (`[id][flags]` + bytes).
+#define KREPIS_HTTP_TO_KERNEL_BODY 2
+
+// JS → kernel record: request body bytes consumed (`[id][bytes]`).
+#define KREPIS_HTTP_TO_KERNEL_CREDIT 3
+
+// JS → kernel record: abort the response (`[id][0]`).
+#define KREPIS_HTTP_TO_KERNEL_ABORT 4
+
+// Flag of BODY, RESPONSE_BODY and RESPONSE records: nothing follows.
+#define KREPIS_HTTP_FLAG_END 1
+
+// Flag of REQUEST records: BODY records follow.
+#define KREPIS_HTTP_FLAG_HAS_BODY 1
+
+// Flag of REQUEST records: the request came over HTTP/2.
+#define KREPIS_HTTP_FLAG_HTTP2 2
+
+// Body bytes either side may send ahead of the other side's credit, per request.
+#define KREPIS_HTTP_BODY_WINDOW 65536
+
+// ABORT reason: the client went away.
+#define KREPIS_HTTP_ABORT_CLIENT_GONE 1
+
+// ABORT reason: the client was too slow (bodyTimeoutMs).
+#define KREPIS_HTTP_ABORT_TIMEOUT 2
+
+// ABORT reason: the request body exceeded maxBodyBytes (the kernel answered 413).
+#define KREPIS_HTTP_ABORT_TOO_LARGE 3
+
+// ABORT reason: the server is stopping.
+#define KREPIS_HTTP_ABORT_STOPPING 4
+
+// Default capacity of each bridge ring.
+#define KREPIS_HTTP_RING_BYTES 4194304
+
 // Header size in bytes.
 #define KREPIS_KNUL_HEADER_BYTES 40
 
@@ -205,6 +256,36 @@ int32_t krepis_guard_spawn(uint32_t kernel,
 // # Safety
 // `out` must point to `cap` writable bytes.
 int32_t krepis_guard_wait(uint32_t process, uint32_t timeout_ms, uint8_t *out, uint32_t cap);
+
+// Frees a server's handle; a server still running is aborted first.
+// Returns 1 when it had finished on its own, 0 when it was aborted.
+int32_t krepis_http_free(uint32_t server);
+
+// Starts a server (`krepis.v1.HttpServeRequest`) answering JS routes through
+// `to_js_ring` (kernel → JS) and `to_kernel_ring` (JS → kernel), which the
+// server claims. Writes its `krepis.v1.HttpServerInfo` (handle, bound
+// address) into `out`.
+//
+// # Safety
+// `request` must point to `len` readable bytes; `out` to `cap` writable bytes.
+int32_t krepis_http_serve(uint32_t kernel,
+                          const uint8_t *request,
+                          uint32_t len,
+                          uint32_t to_js_ring,
+                          uint32_t to_kernel_ring,
+                          uint8_t *out,
+                          uint32_t cap);
+
+// Begins a graceful shutdown: stops accepting, lets requests in flight
+// finish for `grace_ms`, then aborts the rest. Returns at once; the kernel
+// closes the server's kernel → JS ring when everything has stopped.
+int32_t krepis_http_shutdown(uint32_t server, uint32_t grace_ms);
+
+// Writes the server's `krepis.v1.HttpServerStats` into `out`.
+//
+// # Safety
+// `out` must point to `cap` writable bytes.
+int32_t krepis_http_stats(uint32_t server, uint8_t *out, uint32_t cap);
 
 // Reads journal records from `query.since` (an encoded
 // `krepis.v1.JournalQuery`) into `out` as a `krepis.v1.JournalBatch`, as many

@@ -32,6 +32,7 @@ pub enum HandleKind {
     Transport = 7,
     Listener = 8,
     Link = 9,
+    HttpServer = 10,
 }
 
 impl HandleKind {
@@ -46,6 +47,7 @@ impl HandleKind {
             HandleKind::Transport => "transport",
             HandleKind::Listener => "listener",
             HandleKind::Link => "link",
+            HandleKind::HttpServer => "HTTP server",
         }
     }
 
@@ -57,6 +59,10 @@ impl HandleKind {
             4 => Some(HandleKind::Tree),
             5 => Some(HandleKind::Scan),
             6 => Some(HandleKind::Guard),
+            7 => Some(HandleKind::Transport),
+            8 => Some(HandleKind::Listener),
+            9 => Some(HandleKind::Link),
+            10 => Some(HandleKind::HttpServer),
             _ => None,
         }
     }

@@ -152,6 +152,7 @@ impl Kernel {
             .take();
         if let Some(runtime) = runtime {
             // Rings first: closing them wakes tasks and JS waiters blocked on them.
+            crate::http::release_owned(self.id);
             crate::transport::release_owned(self.id);
             ring::release_owned(self.id);
             crate::guard::release_owned(self.id);

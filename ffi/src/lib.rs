@@ -18,6 +18,8 @@
 //! - [`store`], [`commit`], [`journal`], [`scan`], [`watch`]: the sled store,
 //!   its group-committed transactions, the journal, the commit log, scans
 //!   and change feeds.
+//! - [`transport`] (+ `link`, `tls`, `events`, `lease`, `knul`): KNUL links over QUIC.
+//! - [`http`]: the HTTP engine (Pingora) with native routes and JS handlers.
 
 pub mod anchors;
 pub mod boundary;
@@ -27,6 +29,7 @@ pub mod error;
 pub mod events;
 pub mod guard;
 pub mod handles;
+pub mod http;
 pub mod identity;
 pub mod journal;
 pub mod kernel;

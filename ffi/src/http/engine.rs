@@ -1,0 +1,647 @@
+//! The Pingora application: for each request, the limits, the route, then a
+//! native answer (static response, 404), a proxied one (upstream pools with
+//! retries and connection reuse), or one from JS through the bridge.
+
+use super::bridge::{Bridge, FromJs, JsRequest};
+use super::routes::{host_without_port, Action, RouteTable};
+use super::upstream::{client_key, Pool};
+use super::{
+    HTTP_ABORT_CLIENT_GONE, HTTP_ABORT_TIMEOUT, HTTP_ABORT_TOO_LARGE, HTTP_BODY_WINDOW,
+    HTTP_FLAG_HAS_BODY, HTTP_FLAG_HTTP2,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A prepared static response.
+pub struct StaticResponse {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+    /// The whole HTTP/1.1 response, for keep-alive and for closing
+    /// connections (the fast path writes these bytes as they are).
+    pub wire_keep_alive: Bytes,
+    pub wire_close: Bytes,
+}
+
+impl StaticResponse {
+    pub fn new(header: ResponseHeader, body: Bytes) -> StaticResponse {
+        let serialize = |close: bool| {
+            let mut wire = Vec::with_capacity(128 + body.len());
+            let status = header.status;
+            wire.extend_from_slice(b"HTTP/1.1 ");
+            wire.extend_from_slice(status.as_str().as_bytes());
+            wire.push(b' ');
+            wire.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+            wire.extend_from_slice(b"\r\n");
+            for (name, value) in header.headers.iter() {
+                wire.extend_from_slice(name.as_str().as_bytes());
+                wire.extend_from_slice(b": ");
+                wire.extend_from_slice(value.as_bytes());
+                wire.extend_from_slice(b"\r\n");
+            }
+            if close {
+                wire.extend_from_slice(b"connection: close\r\n");
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(&body);
+            Bytes::from(wire)
+        };
+        StaticResponse {
+            wire_keep_alive: serialize(false),
+            wire_close: serialize(true),
+            header,
+            body,
+        }
+    }
+
+    /// The bytes to send: with `connection: close` or not, head only or not.
+    pub fn wire(&self, close: bool, head_only: bool) -> &[u8] {
+        let wire = if close {
+            &self.wire_close
+        } else {
+            &self.wire_keep_alive
+        };
+        if head_only {
+            &wire[..wire.len() - self.body.len()]
+        } else {
+            wire
+        }
+    }
+}
+
+pub struct Limits {
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub connections: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    pub requests_native: AtomicU64,
+    pub requests_proxied: AtomicU64,
+    pub requests_js: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// Everything a request needs, shared by the connections of one server.
+pub struct Engine {
+    pub routes: RouteTable,
+    pub responses: Vec<StaticResponse>,
+    pub pools: Vec<Arc<Pool>>,
+    pub bridge: Option<Arc<Bridge>>,
+    pub limits: Limits,
+    pub tenant_header: String,
+    pub counters: Counters,
+    /// Request ids are `{nonce}-{sequence}` (unique across servers and runs).
+    pub id_nonce: u32,
+    pub id_sequence: AtomicU64,
+}
+
+tokio::task_local! {
+    /// Set by the HTTP/1 connection driver: the request head arrived (the
+    /// header deadline stops).
+    pub static HEAD_ARRIVED: Arc<std::sync::atomic::AtomicBool>;
+}
+
+pub struct RequestCtx {
+    action: Action,
+    /// Upstreams this request tried (proxy routes), the current one last.
+    tried: Vec<usize>,
+    /// Whether `tried.last()` counts in its upstream's in-flight number.
+    counted: bool,
+    /// Request body bytes proxied so far.
+    body_bytes: u64,
+}
+
+impl Engine {
+    fn pool(&self, ctx: &RequestCtx) -> Option<&Arc<Pool>> {
+        match ctx.action {
+            Action::Proxy(index) => self.pools.get(index),
+            _ => None,
+        }
+    }
+
+    fn release_upstream(&self, ctx: &mut RequestCtx) {
+        if ctx.counted {
+            ctx.counted = false;
+            if let (Some(pool), Some(&index)) = (self.pool(ctx), ctx.tried.last()) {
+                pool.upstreams[index]
+                    .in_flight
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn refuse(&self, session: &mut Session, status: u16) -> Result<bool> {
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+        // The rest of the request is not read: the connection cannot be reused.
+        session.set_keepalive(None);
+        session.respond_error(status).await?;
+        Ok(true)
+    }
+
+    /// Request line + header names and values, as counted by `maxHeaderBytes`.
+    fn head_bytes(session: &Session) -> usize {
+        let request = session.req_header();
+        let line = request.method.as_str().len()
+            + request.uri.path_and_query().map_or(1, |p| p.as_str().len())
+            + 10;
+        request.headers.iter().fold(line, |sum, (name, value)| {
+            sum + name.as_str().len() + value.len() + 4
+        })
+    }
+
+    fn request_head(&self, session: &Session) -> Vec<u8> {
+        let request = session.req_header();
+        let mut head = Vec::with_capacity(256);
+        head.extend_from_slice(request.method.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(
+            request
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .as_bytes(),
+        );
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(authority(session).as_bytes());
+        head.extend_from_slice(b"\r\n");
+        match session.client_addr().and_then(|a| a.as_inet()) {
+            Some(address) => {
+                head.extend_from_slice(format!("{} {}", address.ip(), address.port()).as_bytes())
+            }
+            None => head.extend_from_slice(b"0.0.0.0 0"),
+        }
+        head.extend_from_slice(b"\r\n");
+        match header_str(session, "x-request-id").filter(|id| !id.is_empty() && id.len() <= 256) {
+            Some(id) => head.extend_from_slice(id.as_bytes()),
+            None => {
+                let sequence = self.id_sequence.fetch_add(1, Ordering::Relaxed);
+                head.extend_from_slice(format!("{:08x}-{sequence:x}", self.id_nonce).as_bytes());
+            }
+        }
+        head.extend_from_slice(b"\r\n");
+        if let Some(tenant) = header_str(session, &self.tenant_header).filter(|t| t.len() <= 256) {
+            head.extend_from_slice(tenant.as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        if let Some(trace) = header_str(session, "traceparent").and_then(trace_id) {
+            head.extend_from_slice(trace.as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        for (name, value) in request.headers.iter() {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head
+    }
+
+    /// Answers a request from JS: hands it over, streams the request body
+    /// (never more than one window ahead of what JS consumed), writes what
+    /// JS sends, and tells JS when the client goes away.
+    async fn serve_js(&self, bridge: &Arc<Bridge>, session: &mut Session) -> Result<bool> {
+        self.counters.requests_js.fetch_add(1, Ordering::Relaxed);
+        let has_body = !session.is_body_empty();
+        let http2 = session.is_http2();
+        let head_request = session.req_header().method == http::Method::HEAD;
+        let flags =
+            if has_body { HTTP_FLAG_HAS_BODY } else { 0 } | if http2 { HTTP_FLAG_HTTP2 } else { 0 };
+        let Some(mut request) = bridge.open(flags, self.request_head(session)) else {
+            return self.refuse(session, 503).await;
+        };
+        let mut body = RequestBody {
+            read_all: !has_body,
+            end_sent: !has_body,
+            pending: Bytes::new(),
+            window: u64::from(HTTP_BODY_WINDOW),
+            bytes: 0,
+        };
+        let mut header_sent = false;
+        loop {
+            // Body bytes already read go to JS as far as its window allows.
+            body.deliver(&request);
+            let wants_body = !body.read_all && body.pending.is_empty() && body.window > 0;
+            let event = if wants_body {
+                // JS's records first; else the next body chunk.
+                match request.receiver.try_recv() {
+                    Ok(message) => Event::Js(Some(message)),
+                    Err(_) => Event::Body(session.read_request_body().await),
+                }
+            } else if body.read_all {
+                // Nothing left to read: watch the client while JS works.
+                tokio::select! {
+                    message = request.receiver.recv() => Event::Js(message),
+                    gone = session.read_body_or_idle(true) => Event::ClientGone(gone.err()),
+                }
+            } else {
+                Event::Js(request.receiver.recv().await)
+            };
+            let message = match event {
+                Event::Body(Ok(Some(chunk))) => {
+                    body.bytes += chunk.len() as u64;
+                    if body.bytes > self.limits.max_body_bytes {
+                        request.set_abort_reason(HTTP_ABORT_TOO_LARGE);
+                        if header_sent {
+                            return Error::e_explain(
+                                ErrorType::ReadError,
+                                "request body over maxBodyBytes",
+                            );
+                        }
+                        return self.refuse(session, 413).await;
+                    }
+                    body.pending = chunk;
+                    continue;
+                }
+                Event::Body(Ok(None)) => {
+                    body.read_all = true;
+                    continue;
+                }
+                Event::Body(Err(error)) => {
+                    request.set_abort_reason(abort_reason(&error));
+                    return Err(error);
+                }
+                Event::ClientGone(error) => {
+                    request.set_abort_reason(HTTP_ABORT_CLIENT_GONE);
+                    return Err(error.unwrap_or_else(|| {
+                        Error::explain(ErrorType::ConnectionClosed, "the client went away")
+                    }));
+                }
+                Event::Js(Some(message)) => message,
+                // The bridge stopped (the server is shutting down).
+                Event::Js(None) if header_sent => {
+                    return Error::e_explain(ErrorType::InternalError, "the server stopped")
+                }
+                Event::Js(None) => return self.refuse(session, 503).await,
+            };
+            match message {
+                FromJs::Credit(bytes) => body.window += u64::from(bytes),
+                FromJs::Response {
+                    status,
+                    end,
+                    headers,
+                } => {
+                    let chunked = !http2 && !end && !head_request;
+                    let header = response_header(status, &headers, chunked);
+                    if let Err(error) = session.write_response_header(header, end).await {
+                        request.set_abort_reason(abort_reason(&error));
+                        return Err(error);
+                    }
+                    header_sent = true;
+                    if end {
+                        return finish(request);
+                    }
+                }
+                FromJs::Body { end, data } => {
+                    let length = data.len() as u32;
+                    if let Err(error) = session.write_response_body(Some(data), end).await {
+                        request.set_abort_reason(abort_reason(&error));
+                        return Err(error);
+                    }
+                    if end {
+                        return finish(request);
+                    }
+                    request.credit(length);
+                }
+                FromJs::Abort => {
+                    request.finish();
+                    return Error::e_explain(
+                        ErrorType::InternalError,
+                        "the JS response body failed",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// What `serve_js` waits for.
+enum Event {
+    Js(Option<FromJs>),
+    Body(Result<Option<Bytes>>),
+    ClientGone(Option<Box<Error>>),
+}
+
+/// The request body of a JS request, on its way to JS.
+struct RequestBody {
+    /// The client sent it all.
+    read_all: bool,
+    /// JS got the last chunk.
+    end_sent: bool,
+    /// Read from the client, not yet sent to JS (beyond its window).
+    pending: Bytes,
+    /// Bytes JS may still receive before it credits more.
+    window: u64,
+    /// Read so far (for maxBodyBytes).
+    bytes: u64,
+}
+
+impl RequestBody {
+    fn deliver(&mut self, request: &JsRequest) {
+        if !self.pending.is_empty() && self.window > 0 {
+            let take = self.pending.len().min(self.window as usize);
+            let chunk = self.pending.split_to(take);
+            self.window -= take as u64;
+            let last = self.read_all && self.pending.is_empty();
+            request.send_body(chunk, last);
+            self.end_sent |= last;
+        }
+        if self.read_all && self.pending.is_empty() && !self.end_sent {
+            request.send_body(Bytes::new(), true);
+            self.end_sent = true;
+        }
+    }
+}
+
+fn finish(request: JsRequest) -> Result<bool> {
+    request.finish();
+    Ok(true)
+}
+
+fn abort_reason(error: &Error) -> u32 {
+    match error.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => HTTP_ABORT_TIMEOUT,
+        _ => HTTP_ABORT_CLIENT_GONE,
+    }
+}
+
+/// A response head from JS's `name: value\r\n` lines. JS built them from a
+/// `Headers` object, so they are valid; a line that is not is skipped. An
+/// HTTP/1.1 response with a body and no length is sent chunked (so its end,
+/// or its abort, is visible to the client and the connection stays usable).
+fn response_header(status: u16, lines: &[u8], chunked: bool) -> Box<ResponseHeader> {
+    let status = if (100..=999).contains(&status) {
+        status
+    } else {
+        500
+    };
+    let mut header = ResponseHeader::build(status, Some(8))
+        .unwrap_or_else(|_| ResponseHeader::build(500, None).expect("500 is a valid status"));
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        let value = line[colon + 1..]
+            .strip_prefix(b" ")
+            .unwrap_or(&line[colon + 1..]);
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            let _ = header.append_header(name, value);
+        }
+    }
+    let bodyless = status < 200 || status == 204 || status == 304;
+    if chunked
+        && !bodyless
+        && header.headers.get(http::header::CONTENT_LENGTH).is_none()
+        && header
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .is_none()
+    {
+        let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+    }
+    Box::new(header)
+}
+
+fn authority(session: &Session) -> &str {
+    let request = session.req_header();
+    request
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| header_str(session, "host"))
+        .unwrap_or("localhost")
+}
+
+fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session.req_header().headers.get(name)?.to_str().ok()
+}
+
+/// The trace-id field of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace)
+}
+
+/// The engine as Pingora's application (which Pingora keeps private, so
+/// the server holds the same `Arc` for its statistics).
+pub struct Shared(pub Arc<Engine>);
+
+impl std::ops::Deref for Shared {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        &self.0
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Shared {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            action: Action::NotFound,
+            tried: Vec::new(),
+            counted: false,
+            body_bytes: 0,
+        }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let _ = HEAD_ARRIVED.try_with(|arrived| arrived.store(true, Ordering::Relaxed));
+        // Slow clients: each wait for body bytes from the client, or for it
+        // to take response bytes, is bounded.
+        session.set_read_timeout(Some(self.limits.body_timeout));
+        session.set_write_timeout(Some(self.limits.body_timeout));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if Engine::head_bytes(session) > self.limits.max_header_bytes {
+            return self.refuse(session, 431).await;
+        }
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.limits.max_body_bytes) {
+            return self.refuse(session, 413).await;
+        }
+        let action = {
+            let request = session.req_header();
+            let path = request.uri.path();
+            self.routes.route(
+                request.method.as_str(),
+                host_without_port(authority(session)),
+                path,
+            )
+        };
+        ctx.action = action;
+        match action {
+            Action::Respond(index) => {
+                self.counters
+                    .requests_native
+                    .fetch_add(1, Ordering::Relaxed);
+                let response = &self.responses[index];
+                session
+                    .write_response_header(
+                        Box::new(response.header.clone()),
+                        response.body.is_empty(),
+                    )
+                    .await?;
+                if !response.body.is_empty() {
+                    session
+                        .write_response_body(Some(response.body.clone()), true)
+                        .await?;
+                }
+                Ok(true)
+            }
+            Action::NotFound => {
+                self.counters
+                    .requests_native
+                    .fetch_add(1, Ordering::Relaxed);
+                session.respond_error(404).await?;
+                Ok(true)
+            }
+            Action::Proxy(_) => {
+                self.counters
+                    .requests_proxied
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(false)
+            }
+            Action::Js => match &self.bridge {
+                Some(bridge) => self.serve_js(bridge, session).await,
+                None => self.refuse(session, 503).await,
+            },
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Proxied bodies are counted as they pass (chunked ones have no
+        // declared length to check up front).
+        ctx.body_bytes += body.as_ref().map_or(0, |chunk| chunk.len() as u64);
+        if ctx.body_bytes > self.limits.max_body_bytes {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            return Error::e_explain(ErrorType::HTTPStatus(413), "request body over maxBodyBytes");
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(pool) = self.pool(ctx).cloned() else {
+            return Error::e_explain(ErrorType::InternalError, "not a proxy route");
+        };
+        self.release_upstream(ctx);
+        let key = client_key(
+            session
+                .client_addr()
+                .and_then(|address| address.as_inet())
+                .map(|address| address.ip()),
+        );
+        let Some(index) = pool.select(key, &ctx.tried) else {
+            return Error::e_explain(ErrorType::ConnectNoRoute, "every upstream was tried");
+        };
+        let upstream = &pool.upstreams[index];
+        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        upstream.requests.fetch_add(1, Ordering::Relaxed);
+        ctx.tried.push(index);
+        ctx.counted = true;
+        Ok(Box::new(pool.peer(index)))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut error: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(pool), Some(&index)) = (self.pool(ctx), ctx.tried.last()) {
+            pool.mark_failed(index);
+            let attempts = ctx.tried.len() as u32;
+            // Each retry goes to an upstream not tried yet.
+            error.set_retry(attempts <= pool.retries && (attempts as usize) < pool.upstreams.len());
+        }
+        error
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        error: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        // A response already under way cannot become an error page: the
+        // connection (HTTP/1) or stream (HTTP/2) is cut instead.
+        let code = if session.response_written().is_some() {
+            0
+        } else {
+            match error.etype() {
+                ErrorType::HTTPStatus(code) => *code,
+                _ => match error.esource() {
+                    pingora_error::ErrorSource::Upstream => 502,
+                    pingora_error::ErrorSource::Downstream => match error.etype() {
+                        ErrorType::WriteError
+                        | ErrorType::ReadError
+                        | ErrorType::ConnectionClosed => 0,
+                        ErrorType::ReadTimedout | ErrorType::WriteTimedout => 0,
+                        _ => 400,
+                    },
+                    _ => match error.etype() {
+                        ErrorType::ConnectNoRoute
+                        | ErrorType::ConnectTimedout
+                        | ErrorType::ConnectRefused
+                        | ErrorType::ConnectError => 502,
+                        _ => 500,
+                    },
+                },
+            }
+        };
+        if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, _error: Option<&Error>, ctx: &mut RequestCtx) {
+        self.release_upstream(ctx);
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
+    }
+}

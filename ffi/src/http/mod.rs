@@ -1,0 +1,224 @@
+//! The HTTP engine: an HTTP/1.1 + HTTP/2 (h2c) server inside the kernel on
+//! Pingora's proxy pipeline. Native routes (static responses, reverse
+//! proxying) never enter JS; the rest reaches one JS handler through two
+//! rings (docs/http.md).
+//!
+//! - [`routes`]: the route table and matching.
+//! - [`upstream`]: upstream pools, load balancing, health.
+//! - [`fast`]: static routes answered from the raw HTTP/1 head.
+//! - [`engine`]: the Pingora application (limits, routes, proxy hooks, JS requests).
+//! - [`bridge`]: the rings to and from JS.
+//! - [`server`]: the accept loop, connection driver and graceful shutdown.
+//! - [`stream`]: the connection type given to Pingora (gathered writes).
+//!
+//! Unix only: on Windows these exports exist (the ABI is the same on every
+//! platform) and report `Unsupported`.
+
+#[cfg(unix)]
+mod bridge;
+#[cfg(unix)]
+mod engine;
+#[cfg(unix)]
+mod fast;
+#[cfg(unix)]
+mod routes;
+#[cfg(unix)]
+mod server;
+#[cfg(unix)]
+mod stream;
+#[cfg(unix)]
+mod upstream;
+
+use crate::boundary::{call, in_bytes, out_bytes, write_out};
+use crate::error::{KernelError, KernelResult};
+use crate::handles::{HandleKind, HandleTable};
+#[cfg(not(unix))]
+use crate::proto::ErrorCode;
+use crate::proto::HttpServerInfo;
+use prost::Message;
+
+/// Kernel → JS record: a request (`[id][flags]` + head text).
+pub const HTTP_TO_JS_REQUEST: u32 = 1;
+/// Kernel → JS record: request body bytes (`[id][flags]` + bytes).
+pub const HTTP_TO_JS_BODY: u32 = 2;
+/// Kernel → JS record: response body bytes written (`[id][bytes]`).
+pub const HTTP_TO_JS_CREDIT: u32 = 3;
+/// Kernel → JS record: the request is over (`[id][reason]`).
+pub const HTTP_TO_JS_ABORT: u32 = 4;
+/// JS → kernel record: the response head (`[id][status][flags]` + header lines).
+pub const HTTP_TO_KERNEL_RESPONSE: u32 = 1;
+/// JS → kernel record: response body bytes (`[id][flags]` + bytes).
+pub const HTTP_TO_KERNEL_BODY: u32 = 2;
+/// JS → kernel record: request body bytes consumed (`[id][bytes]`).
+pub const HTTP_TO_KERNEL_CREDIT: u32 = 3;
+/// JS → kernel record: abort the response (`[id][0]`).
+pub const HTTP_TO_KERNEL_ABORT: u32 = 4;
+/// Flag of BODY, RESPONSE_BODY and RESPONSE records: nothing follows.
+pub const HTTP_FLAG_END: u32 = 1;
+/// Flag of REQUEST records: BODY records follow.
+pub const HTTP_FLAG_HAS_BODY: u32 = 1;
+/// Flag of REQUEST records: the request came over HTTP/2.
+pub const HTTP_FLAG_HTTP2: u32 = 2;
+/// Body bytes either side may send ahead of the other side's credit, per request.
+pub const HTTP_BODY_WINDOW: u32 = 65536;
+/// ABORT reason: the client went away.
+pub const HTTP_ABORT_CLIENT_GONE: u32 = 1;
+/// ABORT reason: the client was too slow (bodyTimeoutMs).
+pub const HTTP_ABORT_TIMEOUT: u32 = 2;
+/// ABORT reason: the request body exceeded maxBodyBytes (the kernel answered 413).
+pub const HTTP_ABORT_TOO_LARGE: u32 = 3;
+/// ABORT reason: the server is stopping.
+pub const HTTP_ABORT_STOPPING: u32 = 4;
+/// Default capacity of each bridge ring.
+pub const HTTP_RING_BYTES: u32 = 4194304;
+
+#[cfg(unix)]
+type Server = server::HttpServer;
+
+/// Windows: nothing is ever registered.
+#[cfg(not(unix))]
+pub struct Server {
+    kernel_id: u64,
+}
+
+static SERVERS: HandleTable<Server> = HandleTable::new(HandleKind::HttpServer);
+
+/// Stops every server of a closing kernel, at once.
+pub fn release_owned(kernel_id: u64) {
+    for _server in SERVERS.drain_where(|server| server.kernel_id == kernel_id) {
+        #[cfg(unix)]
+        _server.abort();
+    }
+}
+
+/// Servers of a kernel not freed yet, for its stats.
+pub fn servers_of(kernel_id: u64) -> u64 {
+    SERVERS.sum(|server| u64::from(server.kernel_id == kernel_id))
+}
+
+#[cfg(unix)]
+fn serve(kernel: u32, request: &[u8], to_js: u32, to_kernel: u32) -> KernelResult<HttpServerInfo> {
+    let request = crate::proto::HttpServeRequest::decode(request)
+        .map_err(|error| KernelError::invalid_argument(format!("bad HttpServeRequest: {error}")))?;
+    let owner = crate::kernel::kernel(kernel)?;
+    let to_js = crate::ring::ring(to_js)?;
+    let to_kernel = crate::ring::ring(to_kernel)?;
+    let server = server::HttpServer::start(
+        owner.id(),
+        owner.runtime_handle()?,
+        request,
+        to_js,
+        to_kernel,
+    )?;
+    let address = server.address;
+    let handle = SERVERS.insert(std::sync::Arc::new(server))?;
+    Ok(HttpServerInfo {
+        handle,
+        hostname: address.ip().to_string(),
+        port: u32::from(address.port()),
+    })
+}
+
+#[cfg(not(unix))]
+fn serve(
+    _kernel: u32,
+    _request: &[u8],
+    _to_js: u32,
+    _to_kernel: u32,
+) -> KernelResult<HttpServerInfo> {
+    Err(KernelError::new(
+        ErrorCode::Unsupported,
+        "the HTTP engine (Pingora) is not available on this platform; use Deno.serve",
+    ))
+}
+
+/// Starts a server (`krepis.v1.HttpServeRequest`) answering JS routes through
+/// `to_js_ring` (kernel → JS) and `to_kernel_ring` (JS → kernel), which the
+/// server claims. Writes its `krepis.v1.HttpServerInfo` (handle, bound
+/// address) into `out`.
+///
+/// # Safety
+/// `request` must point to `len` readable bytes; `out` to `cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn krepis_http_serve(
+    kernel: u32,
+    request: *const u8,
+    len: u32,
+    to_js_ring: u32,
+    to_kernel_ring: u32,
+    out: *mut u8,
+    cap: u32,
+) -> i32 {
+    call("krepis_http_serve", || {
+        // SAFETY: forwarded from this function's contract.
+        let request = unsafe { in_bytes(request, len, "request")? };
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { out_bytes(out, cap, "out")? };
+        let info = serve(kernel, request, to_js_ring, to_kernel_ring)?;
+        write_out(&info.encode_to_vec(), out)
+    })
+}
+
+/// Begins a graceful shutdown: stops accepting, lets requests in flight
+/// finish for `grace_ms`, then aborts the rest. Returns at once; the kernel
+/// closes the server's kernel → JS ring when everything has stopped.
+#[no_mangle]
+pub extern "C" fn krepis_http_shutdown(server: u32, grace_ms: u32) -> i32 {
+    call("krepis_http_shutdown", || {
+        let _server = SERVERS.get(server)?;
+        #[cfg(unix)]
+        _server.shutdown(std::time::Duration::from_millis(u64::from(grace_ms)));
+        let _ = grace_ms;
+        Ok(0)
+    })
+}
+
+#[cfg(unix)]
+fn stats(server: &Server) -> KernelResult<crate::proto::HttpServerStats> {
+    Ok(server.stats())
+}
+
+#[cfg(not(unix))]
+fn stats(_server: &Server) -> KernelResult<crate::proto::HttpServerStats> {
+    Err(KernelError::new(
+        ErrorCode::Unsupported,
+        "no HTTP engine here",
+    ))
+}
+
+/// Stops a server now; true when it had already finished on its own.
+#[cfg(unix)]
+fn stop(server: &Server) -> bool {
+    let finished = server.is_finished();
+    server.abort();
+    finished
+}
+
+#[cfg(not(unix))]
+fn stop(_server: &Server) -> bool {
+    true
+}
+
+/// Writes the server's `krepis.v1.HttpServerStats` into `out`.
+///
+/// # Safety
+/// `out` must point to `cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn krepis_http_stats(server: u32, out: *mut u8, cap: u32) -> i32 {
+    call("krepis_http_stats", || {
+        let server = SERVERS.get(server)?;
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { out_bytes(out, cap, "out")? };
+        write_out(&stats(&server)?.encode_to_vec(), out)
+    })
+}
+
+/// Frees a server's handle; a server still running is aborted first.
+/// Returns 1 when it had finished on its own, 0 when it was aborted.
+#[no_mangle]
+pub extern "C" fn krepis_http_free(server: u32) -> i32 {
+    call("krepis_http_free", || {
+        let server = SERVERS.remove(server)?;
+        Ok(i32::from(stop(&server)))
+    })
+}
