@@ -77,6 +77,21 @@ try {
     );
   }
 
+  // HTTP: a static route answered by the kernel, the rest by a JS handler.
+  {
+    await using server = kernel.http.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      routes: [{ match: { path: "/health" }, respond: { body: "ok" } }],
+      handler: (request, info) =>
+        new Response(`${request.method} ${new URL(request.url).pathname} (${info.httpVersion})`),
+    });
+    const base = `http://127.0.0.1:${server.addr.port}`;
+    const health = await (await fetch(`${base}/health`)).text();
+    const hello = await (await fetch(`${base}/hello`)).text();
+    console.log(`http: /health → "${health}", /hello → "${hello}"`);
+  }
+
   // Errors are typed and say what was wrong.
   try {
     await Kernel.open({ workerThreads: 100_000, dataDir: null });
