@@ -329,6 +329,122 @@ Deno.test("http: proxy to a Deno.serve upstream and to python3 -m http.server", 
   }
 });
 
+/**
+ * A scripted HTTP/1.1 upstream on raw TCP: answers each request head with
+ * `respond(path)`'s bytes (written in pieces, so responses arrive in parts),
+ * keeps connections alive, and counts the connections it accepted.
+ */
+function scriptedUpstream(
+  respond: (path: string) => string[],
+): { port: number; connections: () => number } & AsyncDisposable {
+  const listener = Deno.listen({ hostname: HOST, port: 0 });
+  let connections = 0;
+  const open = new Set<Deno.Conn>();
+  (async () => {
+    for await (const connection of listener) {
+      connections++;
+      open.add(connection);
+      (async () => {
+        let pending = "";
+        const buffer = new Uint8Array(16 * 1024);
+        try {
+          while (true) {
+            const n = await connection.read(buffer);
+            if (n === null) break;
+            pending += decoder.decode(buffer.subarray(0, n));
+            let end: number;
+            while ((end = pending.indexOf("\r\n\r\n")) >= 0) {
+              const path = pending.slice(0, end).split(" ")[1];
+              pending = pending.slice(end + 4);
+              for (const piece of respond(path)) {
+                if (piece === "<close>") {
+                  connection.close();
+                  return;
+                }
+                await connection.write(encoder.encode(piece));
+                await new Promise((resolve) => setTimeout(resolve, 5));
+              }
+            }
+          }
+        } catch { /* the client went away */ }
+        open.delete(connection);
+        try {
+          connection.close();
+        } catch { /* closed */ }
+      })();
+    }
+  })().catch(() => {});
+  return {
+    port: listener.addr.port,
+    connections: () => connections,
+    async [Symbol.asyncDispose]() {
+      listener.close();
+      for (const connection of open) {
+        try {
+          connection.close();
+        } catch { /* closed */ }
+      }
+    },
+  };
+}
+
+Deno.test("http: proxying relays every response framing and reuses upstream connections", async () => {
+  await using up = scriptedUpstream((path) => {
+    switch (path) {
+      case "/length":
+        return ["HTTP/1.1 200 OK\r\nContent-Length: 11\r\nX-A: 1\r\n\r\nhello", " world"];
+      case "/chunked":
+        return [
+          "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+          "lo\r\n6\r\n world\r\n",
+          "0\r\n\r\n",
+        ];
+      case "/empty":
+        return ["HTTP/1.1 204 No Content\r\nConnection: keep-alive\r\n\r\n"];
+      case "/until-close":
+        return ["HTTP/1.0 200 OK\r\n\r\nall of it", " until close", "<close>"];
+      case "/cut":
+        return ["HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", "<close>"];
+      default:
+        return ["HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"];
+    }
+  });
+  await using s = await serve({
+    routes: [{ proxy: { upstreams: [`${HOST}:${up.port}`] } }],
+  });
+  for (let round = 0; round < 3; round++) {
+    assert.deepEqual((await text(`${s.base}/length`)).slice(0, 2), [200, "hello world"]);
+    assert.deepEqual((await text(`${s.base}/chunked`)).slice(0, 2), [200, "hello world"]);
+    const empty = await fetch(`${s.base}/empty`);
+    assert.equal(empty.status, 204);
+    await empty.body?.cancel();
+  }
+  // Nine sequential requests over one kept-alive upstream connection.
+  assert.equal(up.connections(), 1);
+  const head = await fetch(`${s.base}/length`, { method: "HEAD" });
+  assert.equal(head.headers.get("content-length"), "11");
+  assert.equal(await head.text(), "");
+  // A body delimited by the upstream closing: relayed whole, the client
+  // connection closes after it.
+  const untilClose = await raw(
+    s.server.addr.port,
+    `GET /until-close HTTP/1.1\r\nHost: a\r\n\r\n`,
+    /(?!)/,
+  );
+  assert.match(untilClose, /^HTTP\/1\.1 200 OK\r\n/);
+  assert.match(untilClose, /connection: close\r\n/i);
+  assert.ok(untilClose.endsWith("all of it until close"), untilClose);
+  // An upstream that dies mid-body: the client sees a truncated response
+  // (its connection closes), never a complete-looking one.
+  const cut = await raw(s.server.addr.port, `GET /cut HTTP/1.1\r\nHost: a\r\n\r\n`, /(?!)/);
+  assert.match(cut, /content-length: 100/i);
+  assert.ok(cut.endsWith("partial"), cut);
+  await assert.rejects(async () => await (await fetch(`${s.base}/cut`)).text());
+  // And the server still proxies.
+  assert.deepEqual((await text(`${s.base}/chunked`)).slice(0, 2), [200, "hello world"]);
+  assert.equal(s.server.stats().upstreams[0].inFlight, 0);
+});
+
 Deno.test("http: upstream down → 502, and recovery when it comes back", async () => {
   const port = freePort();
   await using s = await serve({

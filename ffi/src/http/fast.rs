@@ -1,10 +1,12 @@
 //! The HTTP/1 fast path of the connection driver: recognizing, from the raw
-//! bytes of a request head, a request a static route answers, so it is
-//! answered without Pingora's per-request pipeline. Anything unusual (a
+//! bytes of a request head, a request a static route answers or a bodyless
+//! request for a proxy route (`relay`), so it is served without Pingora's
+//! per-request pipeline. Anything unusual (a
 //! body, `Expect`, `Upgrade`, HTTP/1.0, a malformed or oversized head) is
 //! left to Pingora, which knows every corner of the protocol.
 
 use super::engine::{Engine, StaticResponse};
+use super::relay::ProxyRequest;
 use super::routes::{host_without_port, Action};
 
 /// Most headers the fast path parses; a request with more goes to Pingora.
@@ -18,6 +20,12 @@ pub enum Parsed<'a> {
         head: bool,
         /// The client asked to close the connection.
         close: bool,
+        length: usize,
+    },
+    /// A complete bodyless head for proxy route `pool`; `length` bytes.
+    Proxy {
+        pool: usize,
+        request: ProxyRequest,
         length: usize,
     },
     /// More bytes are needed.
@@ -40,11 +48,10 @@ pub fn parse<'a>(bytes: &[u8], engine: &'a Engine) -> Parsed<'a> {
     let (Some(method), Some(target)) = (request.method, request.path) else {
         return Parsed::Other;
     };
-    let head = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return Parsed::Other,
-    };
+    if method == "CONNECT" {
+        return Parsed::Other;
+    }
+    let head = method == "HEAD";
     let mut host = None;
     let mut close = false;
     for header in request.headers.iter() {
@@ -76,12 +83,57 @@ pub fn parse<'a>(bytes: &[u8], engine: &'a Engine) -> Parsed<'a> {
     }
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     match engine.routes.route(method, host_without_port(host), path) {
-        Action::Respond(index) => Parsed::Static {
+        Action::Respond(index) if matches!(method, "GET" | "HEAD") => Parsed::Static {
             response: &engine.responses[index],
             head,
             close,
             length,
         },
+        Action::Proxy(pool) => Parsed::Proxy {
+            pool,
+            request: ProxyRequest {
+                head: upstream_head(method, target, request.headers),
+                head_only: head,
+                close,
+                idempotent: matches!(
+                    method,
+                    "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+                ),
+            },
+            length,
+        },
         _ => Parsed::Other,
     }
+}
+
+/// The request head as the upstream gets it: the client's, minus the
+/// hop-by-hop headers (the upstream connection is ours, kept alive).
+fn upstream_head(method: &str, target: &str, headers: &[httparse::Header<'_>]) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(method.as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for header in headers {
+        const HOP_BY_HOP: [&str; 6] = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+        ];
+        if HOP_BY_HOP
+            .iter()
+            .any(|name| header.name.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        head.extend_from_slice(header.name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(header.value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
 }

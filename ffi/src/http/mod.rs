@@ -5,7 +5,8 @@
 //!
 //! - [`routes`]: the route table and matching.
 //! - [`upstream`]: upstream pools, load balancing, health.
-//! - [`fast`]: static routes answered from the raw HTTP/1 head.
+//! - [`fast`]: requests recognized from the raw HTTP/1 head (static routes, simple proxying).
+//! - [`relay`]: the HTTP/1 fast path of proxy routes (own upstream connection pool).
 //! - [`engine`]: the Pingora application (limits, routes, proxy hooks, JS requests).
 //! - [`bridge`]: the rings to and from JS.
 //! - [`server`]: the accept loop, connection driver and graceful shutdown.
@@ -20,6 +21,8 @@ mod bridge;
 mod engine;
 #[cfg(unix)]
 mod fast;
+#[cfg(unix)]
+mod relay;
 #[cfg(unix)]
 mod routes;
 #[cfg(unix)]

@@ -4,10 +4,11 @@
 
 use super::bridge::Bridge;
 use super::engine::{Counters, Engine, Limits, Shared, StaticResponse, HEAD_ARRIVED};
-use super::fast;
 use super::routes::RouteTable;
 use super::stream::GatheredStream;
+use super::upstream::client_key;
 use super::upstream::Pool;
+use super::{fast, relay};
 use crate::error::{KernelError, KernelResult};
 use crate::proto::{http_route, HttpServeRequest, HttpServerStats, HttpUpstreamStats};
 use crate::ring::Ring;
@@ -462,16 +463,17 @@ async fn serve_connection(
         app.process_new(Box::new(stream), &shutdown).await;
         return;
     }
-    serve_http1(GatheredStream::new(stream), &app, &engine, shutdown).await;
+    serve_http1(GatheredStream::new(stream), peer, &app, &engine, shutdown).await;
 }
 
 /// The HTTP/1 keep-alive loop. Each request head is read and parsed here
 /// first: a plain `GET`/`HEAD` for a static route is answered at once with
-/// its pre-serialized bytes (Pingora's per-request pipeline would cost more
-/// than the answer itself); anything else is handed to Pingora with the
-/// bytes already read.
+/// its pre-serialized bytes, a bodyless request for a proxy route is relayed
+/// (`relay`) (Pingora's per-request pipeline would cost more than either);
+/// anything else is handed to Pingora with the bytes already read.
 async fn serve_http1(
     mut stream: GatheredStream,
+    peer: SocketAddr,
     app: &Arc<App>,
     engine: &Engine,
     mut shutdown: watch::Receiver<bool>,
@@ -482,17 +484,12 @@ async fn serve_http1(
     loop {
         // Read until a head is complete (or is not one we answer here).
         let deadline = tokio::time::Instant::now() + header_timeout;
-        let fast = loop {
+        let parsed = loop {
             if !buffer.is_empty() {
                 match fast::parse(&buffer, engine) {
-                    fast::Parsed::Static {
-                        response,
-                        head,
-                        close,
-                        length,
-                    } => break Some((response, head, close, length)),
                     fast::Parsed::Partial if buffer.len() <= engine.limits.max_header_bytes => {}
-                    _ => break None,
+                    fast::Parsed::Partial => break fast::Parsed::Other,
+                    parsed => break parsed,
                 }
             }
             if *shutdown.borrow() && buffer.is_empty() {
@@ -518,22 +515,50 @@ async fn serve_http1(
                 }
             }
         };
-        if let Some((response, head_only, close, length)) = fast {
-            engine
-                .counters
-                .requests_native
-                .fetch_add(1, Ordering::Relaxed);
-            let bytes = response.wire(close, head_only);
-            buffer.drain(..length);
-            // Gathered: sent with the next read, or at once below.
-            if stream.write_all(bytes).await.is_err() {
-                return;
+        match parsed {
+            fast::Parsed::Static {
+                response,
+                head,
+                close,
+                length,
+            } => {
+                engine
+                    .counters
+                    .requests_native
+                    .fetch_add(1, Ordering::Relaxed);
+                buffer.drain(..length);
+                // Gathered: sent with the next read, or at once below.
+                if stream.write_all(response.wire(close, head)).await.is_err() {
+                    return;
+                }
+                if close || *shutdown.borrow() {
+                    let _ = stream.flush().await;
+                    return;
+                }
+                continue;
             }
-            if close || *shutdown.borrow() {
-                let _ = stream.flush().await;
-                return;
+            fast::Parsed::Proxy {
+                pool,
+                request,
+                length,
+            } => {
+                buffer.drain(..length);
+                let next = relay::relay(
+                    &mut stream,
+                    &engine.pools[pool],
+                    client_key(Some(peer.ip())),
+                    &request,
+                    engine.limits.body_timeout,
+                    &engine.counters,
+                )
+                .await;
+                if matches!(next, relay::Next::Close) || *shutdown.borrow() {
+                    let _ = stream.flush().await;
+                    return;
+                }
+                continue;
             }
-            continue;
+            _ => {}
         }
         // Pingora takes this request, starting with the bytes read so far.
         stream.rewind(&buffer);

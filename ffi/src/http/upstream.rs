@@ -32,6 +32,30 @@ pub struct Upstream {
     down_until_ms: AtomicU64,
     pub in_flight: AtomicU64,
     pub requests: AtomicU64,
+    /// Kept-alive connections of the HTTP/1 fast proxy path, most recent last.
+    idle: std::sync::Mutex<Vec<tokio::net::TcpStream>>,
+}
+
+/// Idle upstream connections kept per upstream, at most.
+const MAX_IDLE: usize = 128;
+
+impl Upstream {
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// A kept-alive connection, if one is idle.
+    pub fn take_idle(&self) -> Option<tokio::net::TcpStream> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Keeps a connection whose last response was read completely.
+    pub fn put_idle(&self, connection: tokio::net::TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(connection);
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -91,6 +115,7 @@ impl Pool {
                 down_until_ms: AtomicU64::new(0),
                 in_flight: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
+                idle: std::sync::Mutex::new(Vec::new()),
             });
         }
         let policy = match HttpLoadBalancing::try_from(proto.load_balancing) {

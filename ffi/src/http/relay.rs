@@ -1,0 +1,589 @@
+//! The HTTP/1 fast path of proxy routes: a request without a body, relayed
+//! to an upstream over a kept-alive connection of our own pool, the response
+//! relayed back as it arrives. Four system calls per request (read, send,
+//! read, send), as nginx does; Pingora's proxy pipeline costs about twice
+//! nginx's CPU per request. Requests with bodies, upgrades or anything
+//! unusual take Pingora's path (`fast::parse` decides).
+//!
+//! The upstream's response framing is honoured exactly: `content-length`,
+//! chunked (scanned so the end is known and the connection reused), or
+//! until close (the client connection then closes too).
+
+use super::engine::Counters;
+use super::stream::GatheredStream;
+use super::upstream::{Pool, Upstream};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_HEADERS: usize = 96;
+
+/// A bodyless request for an upstream, prepared by `fast::parse`.
+pub struct ProxyRequest {
+    /// The request head for the upstream (hop-by-hop headers removed).
+    pub head: Vec<u8>,
+    /// A `HEAD` request: the response has no body whatever it says.
+    pub head_only: bool,
+    /// The client asked to close its connection after this response.
+    pub close: bool,
+    /// Safe to send again on a fresh connection when a kept-alive one turns
+    /// out closed before answering (GET, HEAD, OPTIONS, PUT, DELETE, TRACE).
+    pub idempotent: bool,
+}
+
+/// What the client connection does next.
+pub enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Counts a request on its upstream while it lives.
+struct InFlight<'a>(&'a Upstream);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why an exchange with one upstream failed.
+enum Failure {
+    /// Nothing was sent to the client; `sent`: the request reached the
+    /// upstream (so it is not sent elsewhere unless idempotent).
+    BeforeResponse { sent: bool, timeout: bool },
+    /// The response was under way: the client connection must close.
+    DuringResponse,
+}
+
+/// Relays `request` through `pool`; answers 502/504 itself when no
+/// upstream answers.
+pub async fn relay(
+    client: &mut GatheredStream,
+    pool: &Pool,
+    client_key: u64,
+    request: &ProxyRequest,
+    client_timeout: Duration,
+    counters: &Counters,
+) -> Next {
+    counters.requests_proxied.fetch_add(1, Ordering::Relaxed);
+    let mut tried = Vec::new();
+    let mut timed_out = false;
+    while let Some(index) = pool.select(client_key, &tried) {
+        tried.push(index);
+        let upstream = &pool.upstreams[index];
+        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        upstream.requests.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(upstream);
+        // A kept-alive connection may have been closed by the upstream
+        // meanwhile: then one fresh connection is tried.
+        let mut attempt = upstream.take_idle();
+        loop {
+            let reused = attempt.is_some();
+            let connection = match attempt.take() {
+                Some(connection) => connection,
+                None => match connect(upstream, pool.timeout).await {
+                    Some(connection) => connection,
+                    None => {
+                        pool.mark_failed(index);
+                        break;
+                    }
+                },
+            };
+            match exchange(
+                client,
+                connection,
+                upstream,
+                request,
+                pool.timeout,
+                client_timeout,
+            )
+            .await
+            {
+                Ok(next) => return next,
+                Err(Failure::DuringResponse) => return Next::Close,
+                Err(Failure::BeforeResponse { sent, timeout }) => {
+                    timed_out |= timeout;
+                    // A kept-alive connection the upstream had closed.
+                    if reused && !timeout && (!sent || request.idempotent) {
+                        continue;
+                    }
+                    pool.mark_failed(index);
+                    if sent && !request.idempotent {
+                        // Never sent twice: the upstream may have acted on it.
+                        tried = (0..pool.upstreams.len()).collect();
+                    }
+                    break;
+                }
+            }
+        }
+        let attempts = tried.len() as u32;
+        if attempts > pool.retries || tried.len() >= pool.upstreams.len() {
+            break;
+        }
+    }
+    let status: &[u8] = if timed_out {
+        b"HTTP/1.1 504 Gateway Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    } else {
+        b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    };
+    let _ = tokio::time::timeout(client_timeout, async {
+        client.write_all(status).await?;
+        client.flush().await
+    })
+    .await;
+    Next::Close
+}
+
+async fn connect(upstream: &Upstream, timeout: Duration) -> Option<TcpStream> {
+    let connection = tokio::time::timeout(timeout, TcpStream::connect(upstream.address()))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = connection.set_nodelay(true);
+    Some(connection)
+}
+
+/// One request/response exchange on `connection`.
+async fn exchange(
+    client: &mut GatheredStream,
+    mut connection: TcpStream,
+    upstream: &Upstream,
+    request: &ProxyRequest,
+    timeout: Duration,
+    client_timeout: Duration,
+) -> Result<Next, Failure> {
+    match tokio::time::timeout(timeout, connection.write_all(&request.head)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => {
+            return Err(Failure::BeforeResponse {
+                sent: false,
+                timeout: false,
+            })
+        }
+        Err(_) => {
+            return Err(Failure::BeforeResponse {
+                sent: false,
+                timeout: true,
+            })
+        }
+    }
+    let before = |timeout: bool| Failure::BeforeResponse {
+        sent: true,
+        timeout,
+    };
+    let mut buffer = Vec::with_capacity(8192);
+    // The response head (informational 1xx heads are passed on first).
+    let (response, body_start) = loop {
+        let read = tokio::time::timeout(timeout, connection.read_buf(&mut buffer)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(before(false)),
+            Err(_) => return Err(before(true)),
+            Ok(Ok(_)) => {}
+        }
+        match ResponseHead::parse(&buffer) {
+            Ok(Some((head, length))) if (100..200).contains(&head.status) => {
+                if head.status == 101 {
+                    return Err(before(false));
+                }
+                write_client(client, &buffer[..length], client_timeout).await?;
+                buffer.drain(..length);
+            }
+            Ok(Some(parsed)) => break parsed,
+            Ok(None) if buffer.len() <= MAX_RESPONSE_HEAD => {}
+            _ => return Err(before(false)),
+        }
+    };
+    let framing = if request.head_only || matches!(response.status, 204 | 304) {
+        Framing::Empty
+    } else if response.chunked {
+        Framing::Chunked(ChunkedScanner::default())
+    } else if let Some(length) = response.content_length {
+        Framing::Length(length)
+    } else {
+        Framing::UntilClose
+    };
+    let close_client = request.close || matches!(framing, Framing::UntilClose);
+    // The head for the client: the upstream's, minus its connection headers.
+    let mut head = Vec::with_capacity(body_start + 32);
+    head.extend_from_slice(b"HTTP/1.1");
+    let line_end = buffer.iter().position(|&b| b == b'\n').unwrap_or(0);
+    let status_line = &buffer[..line_end + 1];
+    head.extend_from_slice(
+        &status_line[status_line.iter().position(|&b| b == b' ').unwrap_or(0)..],
+    );
+    let mut line_start = line_end + 1;
+    while line_start < body_start {
+        let end = buffer[line_start..body_start]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(body_start, |at| line_start + at + 1);
+        let line = &buffer[line_start..end];
+        let name_end = line.iter().position(|&b| b == b':').unwrap_or(0);
+        let name = &line[..name_end];
+        if name_end > 0
+            && !name.eq_ignore_ascii_case(b"connection")
+            && !name.eq_ignore_ascii_case(b"keep-alive")
+        {
+            head.extend_from_slice(line);
+        }
+        line_start = end;
+    }
+    if close_client {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    write_client(client, &head, client_timeout)
+        .await
+        .map_err(|_| Failure::DuringResponse)?;
+    // The body, as it arrives.
+    let mut framing = framing;
+    let mut pending = buffer.split_off(body_start);
+    let mut first = true;
+    let clean = loop {
+        let (take, end) = framing.consume(&pending);
+        if take > 0 {
+            write_client(client, &pending[..take], client_timeout)
+                .await
+                .map_err(|_| Failure::DuringResponse)?;
+            // The first piece leaves with the head; later ones at once
+            // (a streamed response must not wait in the gather buffer).
+            if !first {
+                tokio::time::timeout(client_timeout, client.flush())
+                    .await
+                    .map_err(|_| Failure::DuringResponse)?
+                    .map_err(|_| Failure::DuringResponse)?;
+            }
+        }
+        first = false;
+        if let Some(clean) = end {
+            // Bytes beyond the response: the upstream broke framing.
+            break clean && take == pending.len();
+        }
+        pending.clear();
+        match tokio::time::timeout(timeout, connection.read_buf(&mut pending)).await {
+            Ok(Ok(0)) => {
+                if matches!(framing, Framing::UntilClose) {
+                    break false;
+                }
+                return Err(Failure::DuringResponse);
+            }
+            Ok(Ok(_)) => {}
+            _ => return Err(Failure::DuringResponse),
+        }
+    };
+    if clean && !response.close && !matches!(framing, Framing::UntilClose) {
+        upstream.put_idle(connection);
+    }
+    if close_client {
+        let _ = tokio::time::timeout(client_timeout, client.flush()).await;
+        return Ok(Next::Close);
+    }
+    Ok(Next::KeepAlive)
+}
+
+async fn write_client(
+    client: &mut GatheredStream,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), Failure> {
+    match tokio::time::timeout(timeout, client.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Failure::DuringResponse),
+    }
+}
+
+/// What the fast path needs from an upstream's response head.
+struct ResponseHead {
+    status: u16,
+    content_length: Option<u64>,
+    chunked: bool,
+    /// The upstream will close the connection after this response.
+    close: bool,
+}
+
+impl ResponseHead {
+    /// `Ok(None)`: incomplete; `Err`: malformed. Else the head and its length.
+    fn parse(bytes: &[u8]) -> Result<Option<(ResponseHead, usize)>, ()> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        let length = match response.parse(bytes) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(()),
+        };
+        let mut head = ResponseHead {
+            status: response.code.ok_or(())?,
+            content_length: None,
+            // HTTP/1.0 responses close unless they say keep-alive.
+            close: response.version == Some(0),
+            chunked: false,
+        };
+        for header in response.headers.iter() {
+            if header.name.eq_ignore_ascii_case("content-length") {
+                let value = std::str::from_utf8(header.value).map_err(|_| ())?;
+                let length = value.trim().parse::<u64>().map_err(|_| ())?;
+                // Two different lengths: refuse rather than guess.
+                if head.content_length.is_some_and(|known| known != length) {
+                    return Err(());
+                }
+                head.content_length = Some(length);
+            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                head.chunked = header
+                    .value
+                    .split(|&b| b == b',')
+                    .next_back()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                if !head.chunked {
+                    // Another coding, unframed: relayed until close.
+                    head.content_length = None;
+                }
+            } else if header.name.eq_ignore_ascii_case("connection") {
+                for token in header.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        head.close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        head.close = false;
+                    }
+                }
+            }
+        }
+        if head.chunked {
+            head.content_length = None;
+        }
+        Ok(Some((head, length)))
+    }
+}
+
+/// How the end of a response body is found.
+enum Framing {
+    Empty,
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(ChunkedScanner),
+    UntilClose,
+}
+
+impl Framing {
+    /// How many of `bytes` belong to the body, and, when the body ends
+    /// there, whether it ended cleanly.
+    fn consume(&mut self, bytes: &[u8]) -> (usize, Option<bool>) {
+        match self {
+            Framing::Empty => (0, Some(true)),
+            Framing::Length(left) => {
+                let take = (*left).min(bytes.len() as u64);
+                *left -= take;
+                (take as usize, (*left == 0).then_some(true))
+            }
+            Framing::Chunked(scanner) => {
+                let (take, ended) = scanner.scan(bytes);
+                (take, ended.then_some(scanner.state == Chunk::Done))
+            }
+            Framing::UntilClose => (bytes.len(), None),
+        }
+    }
+}
+
+/// Follows a chunked body byte by byte to find its end (the bytes
+/// themselves are relayed unchanged).
+#[derive(Default)]
+struct ChunkedScanner {
+    state: Chunk,
+    /// Size of the chunk being read (hex digits so far, then bytes left).
+    size: u64,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+enum Chunk {
+    /// Hex digits of a chunk size.
+    #[default]
+    Size,
+    /// A chunk extension, up to the end of the line.
+    Extension,
+    /// The LF of the size line.
+    SizeLf,
+    Data,
+    /// CR then LF after the data.
+    DataCr,
+    DataLf,
+    /// Trailer lines after the last chunk; `LineStart` = at a line's start.
+    TrailerLineStart,
+    Trailer,
+    /// The LF ending the body.
+    EndLf,
+    Done,
+    Broken,
+}
+
+impl ChunkedScanner {
+    /// Returns how many bytes of `bytes` belong to the body and whether it ended.
+    fn scan(&mut self, bytes: &[u8]) -> (usize, bool) {
+        let mut at = 0;
+        while at < bytes.len() {
+            let byte = bytes[at];
+            match self.state {
+                Chunk::Size => match byte {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let digit = (byte as char).to_digit(16).unwrap_or(0);
+                        if self.size > u64::MAX >> 8 {
+                            self.state = Chunk::Broken;
+                            continue;
+                        }
+                        self.size = self.size * 16 + u64::from(digit);
+                    }
+                    b';' | b' ' | b'\t' => self.state = Chunk::Extension,
+                    b'\r' => self.state = Chunk::SizeLf,
+                    b'\n' => self.end_size_line(),
+                    _ => self.state = Chunk::Broken,
+                },
+                Chunk::Extension => match byte {
+                    b'\r' => self.state = Chunk::SizeLf,
+                    b'\n' => self.end_size_line(),
+                    _ => {}
+                },
+                Chunk::SizeLf => {
+                    if byte == b'\n' {
+                        self.end_size_line();
+                    } else {
+                        self.state = Chunk::Broken;
+                    }
+                }
+                Chunk::Data => {
+                    let take = self.size.min((bytes.len() - at) as u64);
+                    self.size -= take;
+                    at += take as usize;
+                    if self.size == 0 {
+                        self.state = Chunk::DataCr;
+                    }
+                    continue;
+                }
+                Chunk::DataCr => {
+                    self.state = match byte {
+                        b'\r' => Chunk::DataLf,
+                        b'\n' => Chunk::Size,
+                        _ => Chunk::Broken,
+                    }
+                }
+                Chunk::DataLf => {
+                    self.state = if byte == b'\n' {
+                        Chunk::Size
+                    } else {
+                        Chunk::Broken
+                    }
+                }
+                Chunk::TrailerLineStart => {
+                    self.state = match byte {
+                        b'\r' => Chunk::EndLf,
+                        b'\n' => Chunk::Done,
+                        _ => Chunk::Trailer,
+                    }
+                }
+                Chunk::Trailer => {
+                    if byte == b'\n' {
+                        self.state = Chunk::TrailerLineStart;
+                    }
+                }
+                Chunk::EndLf => {
+                    self.state = if byte == b'\n' {
+                        Chunk::Done
+                    } else {
+                        Chunk::Broken
+                    }
+                }
+                Chunk::Done | Chunk::Broken => break,
+            }
+            at += 1;
+            if self.state == Chunk::Done {
+                break;
+            }
+        }
+        match self.state {
+            Chunk::Done => (at, true),
+            // Broken framing: relay what came and end (the connection is
+            // not reused: the caller sees bytes left over).
+            Chunk::Broken => (at, true),
+            _ => (at, false),
+        }
+    }
+
+    fn end_size_line(&mut self) {
+        self.state = if self.size == 0 {
+            Chunk::TrailerLineStart
+        } else {
+            Chunk::Data
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_all(pieces: &[&[u8]]) -> (usize, bool) {
+        let mut scanner = ChunkedScanner::default();
+        let mut total = 0;
+        for piece in pieces {
+            let (taken, done) = scanner.scan(piece);
+            total += taken;
+            if done {
+                return (total, scanner.state == Chunk::Done);
+            }
+        }
+        (total, false)
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end_however_they_are_split() {
+        let body =
+            b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        for split in 0..body.len() {
+            let (taken, clean) = scan_all(&[&body[..split], &body[split..]]);
+            assert_eq!(taken, body.len(), "split at {split}");
+            assert!(clean);
+        }
+        let mut with_next = body.to_vec();
+        with_next.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        assert_eq!(scan_all(&[&with_next]), (body.len(), true));
+        assert_eq!(scan_all(&[b"0\r\n\r\n"]), (5, true));
+        assert_eq!(scan_all(&[b"3\r\nab"]), (5, false));
+    }
+
+    #[test]
+    fn broken_chunked_bodies_end_unclean() {
+        assert!(!scan_all(&[b"zz\r\n"]).1);
+        assert!(!scan_all(&[b"3\r\nabcX"]).1);
+        assert!(!scan_all(&[b"ffffffffffffffffffff\r\n"]).1);
+    }
+
+    #[test]
+    fn response_heads() {
+        let (head, length) = ResponseHead::parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (head.status, head.content_length, head.close, length),
+            (200, Some(5), true, 57)
+        );
+        let (head, _) =
+            ResponseHead::parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert!(head.chunked && head.content_length.is_none() && !head.close);
+        let (head, _) = ResponseHead::parse(b"HTTP/1.0 200 OK\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(head.close && head.content_length.is_none());
+        assert!(ResponseHead::parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
+        )
+        .is_err());
+        assert!(ResponseHead::parse(b"HTTP/1.1 200 OK\r\n")
+            .unwrap()
+            .is_none());
+    }
+}
