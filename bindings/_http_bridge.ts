@@ -146,6 +146,8 @@ class Exchange {
   /** Set once the response was completely written (or aborted). */
   over = false;
   signalController: AbortController | null = null;
+  /** The response body being sent (cancelled at once when the exchange is aborted). */
+  responseReader: ReadableStreamDefaultReader<Uint8Array> | null = null;
   // Request body (null controller: no body, or the body is being discarded).
   controller: ReadableByteStreamController | null = null;
   chunks: Uint8Array[] | null = null;
@@ -549,6 +551,7 @@ export class HttpBridge {
     body: ReadableStream<Uint8Array>,
   ): Promise<void> {
     const reader = body.getReader();
+    exchange.responseReader = reader;
     let headSent = false;
     try {
       const first = await reader.read();
@@ -660,6 +663,7 @@ export class HttpBridge {
     if (exchange.over) return;
     exchange.over = true;
     if (this.#exchanges.get(exchange.id) === exchange) this.#exchanges.delete(exchange.id);
+    exchange.responseReader = null;
     if (exchange.controller !== null || exchange.chunks !== null) {
       this.#discardBody(
         exchange,
@@ -676,6 +680,10 @@ export class HttpBridge {
     const waiter = exchange.creditWaiter;
     exchange.creditWaiter = null;
     waiter?.();
+    // A stream waiting for its next chunk (a long poll, server-sent events)
+    // learns now, not when it produces one.
+    exchange.responseReader?.cancel(error).catch(() => {});
+    exchange.responseReader = null;
     try {
       exchange.signalController?.abort(error);
     } catch { /* a listener threw: it must not stop the pump */ }

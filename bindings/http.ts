@@ -45,6 +45,9 @@ export type { HttpErrorHandler, HttpHandler, HttpRequestInfo };
 /** Grace period of `shutdown()` without `graceMs`, of `signal` and of `await using`. */
 export const DEFAULT_HTTP_GRACE_MS = 10_000;
 const MAX_TIMEOUT_MS = 86_400_000;
+/** The kernel's limits (ffi/src/http): retries beyond the first attempt, head bytes. */
+const MAX_RETRIES = 15;
+const MAX_HEADER_BYTES = (1 << 20) - 1;
 
 /**
  * Which requests a route answers. Every given field must match; an empty
@@ -138,7 +141,7 @@ export interface HttpProxyOptions {
   healthCheck?: HttpHealthCheck;
   /** Connect, read and write timeout towards the upstream, in ms. Default 10000. */
   timeoutMs?: number;
-  /** Further upstreams tried when connecting fails. Default 0. */
+  /** Further upstreams tried when connecting fails. Default 0, at most 15. */
   retries?: number;
 }
 
@@ -171,7 +174,7 @@ export type HttpRoute =
 export interface HttpLimits {
   /**
    * Request line + header names and values, in bytes; larger → 431. Default
-   * 32 KiB, at most 1 MiB (beyond 1 MiB or 256 headers Pingora answers 400).
+   * 32 KiB, at most 1 MiB − 1 (beyond that, or 256 headers, Pingora answers 400).
    */
   maxHeaderBytes?: number;
   /** Request body in bytes; larger → 413 (chunked bodies are counted). Default 10 MiB. */
@@ -324,15 +327,30 @@ function checkMatch(field: string, value: unknown) {
   ) {
     invalid(`${field}.methods`, "must be an array of HTTP method names");
   }
+  const host = optionalString(`${field}.host`, match.host).toLowerCase();
+  if (/:\d*$/.test(host) && !/^\[[^\]]*\]$/.test(host)) {
+    invalid(`${field}.host`, `must be a host name without a port, got "${host}"`);
+  }
   return {
     methods: (methods as string[]).map((method) => method.toUpperCase()),
-    host: optionalString(`${field}.host`, match.host).toLowerCase(),
+    host,
     path: checkPath(`${field}.path`, match.path),
     pathPrefix: checkPath(`${field}.pathPrefix`, match.pathPrefix),
   };
 }
 
 const encoder = new TextEncoder();
+
+/** Headers about the connection, not the response: the server's business. */
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+]);
 
 function checkRespond(field: string, value: unknown) {
   const respond = checkObject(field, value);
@@ -347,6 +365,13 @@ function checkRespond(field: string, value: unknown) {
       cause,
       details: { field: `${field}.headers` },
     });
+  }
+  const hop = headers.find(({ name }) => HOP_BY_HOP.has(name));
+  if (hop !== undefined) {
+    invalid(
+      `${field}.headers`,
+      `"${hop.name}" is a connection-level header, which the server sets itself`,
+    );
   }
   const body = respond.body ?? "";
   if (typeof body !== "string" && !(body instanceof Uint8Array)) {
@@ -407,7 +432,7 @@ function checkProxy(field: string, value: unknown) {
     timeoutMs: proxy.timeoutMs === undefined
       ? 0
       : checkInteger(`${field}.timeoutMs`, proxy.timeoutMs, 1, MAX_TIMEOUT_MS),
-    retries: checkInteger(`${field}.retries`, proxy.retries ?? 0, 0, 100),
+    retries: checkInteger(`${field}.retries`, proxy.retries ?? 0, 0, MAX_RETRIES),
   };
 }
 
@@ -417,7 +442,7 @@ function checkLimits(value: unknown) {
   const limit = (name: string, max: number) =>
     limits[name] === undefined ? 0 : checkInteger(`limits.${name}`, limits[name], 1, max);
   return {
-    maxHeaderBytes: limit("maxHeaderBytes", 1 << 20),
+    maxHeaderBytes: limit("maxHeaderBytes", MAX_HEADER_BYTES),
     maxBodyBytes: BigInt(limit("maxBodyBytes", Number.MAX_SAFE_INTEGER)),
     headerTimeoutMs: limit("headerTimeoutMs", MAX_TIMEOUT_MS),
     bodyTimeoutMs: limit("bodyTimeoutMs", MAX_TIMEOUT_MS),

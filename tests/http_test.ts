@@ -779,6 +779,102 @@ Deno.test("http: static routes on HTTP/1.1: HEAD, pipelining, Connection: close,
   assert.equal(await (await fetch(`${s.base}/static`)).text(), "static!");
 });
 
+Deno.test("http: review regressions: early answers, HEAD over h2, silent connections, slow readers", async () => {
+  await using s = await serve({
+    limits: { bodyTimeoutMs: 500 },
+    routes: [
+      { match: { path: "/static" }, respond: { body: "static" } },
+      { match: { path: "/big" }, respond: { body: new Uint8Array(16 << 20) } },
+    ],
+    handler: async (request) => {
+      if (new URL(request.url).pathname === "/count") {
+        return new Response(`got ${(await request.arrayBuffer()).byteLength}`);
+      }
+      return new Response("early"); // without reading the body
+    },
+  });
+  const port = s.server.addr.port;
+  // A handler that answers before the body is complete is heard at once.
+  const early = await Deno.connect({ hostname: HOST, port });
+  await early.write(
+    encoder.encode("POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789"),
+  );
+  const buffer = new Uint8Array(4096);
+  const started = Date.now();
+  const n = await early.read(buffer);
+  assert.ok(n !== null && decoder.decode(buffer.subarray(0, n)).includes("early"));
+  assert.ok(Date.now() - started < 400, `answered after ${Date.now() - started} ms`);
+  early.close();
+  // Expect: 100-continue is answered, so the client sends its body at once.
+  const expect = await curl([
+    "-H",
+    "Expect: 100-continue",
+    "--expect100-timeout",
+    "10",
+    "--data-binary",
+    "x".repeat(2048),
+    "-w",
+    " %{time_total}",
+    `${s.base}/count`,
+  ]);
+  const [text, seconds] = expect.stdout.split(" ").slice(-3).join(" ").split(/ (?=[\d.]+$)/);
+  assert.match(text, /got 2048$/);
+  assert.ok(Number(seconds) < 2, `took ${seconds} s`);
+  // HEAD over HTTP/2 to a static route: the head, no body, no reset.
+  const head = await curl(["--http2-prior-knowledge", "-I", `${s.base}/static`]);
+  assert.equal(head.code, 0, head.stderr);
+  assert.match(head.stdout, /^HTTP\/2 200/);
+  // A client that stops reading a large static body is cut off (bodyTimeoutMs).
+  const slowReader = await Deno.connect({ hostname: HOST, port });
+  await slowReader.write(encoder.encode("GET /big HTTP/1.1\r\nHost: a\r\n\r\n"));
+  let connections = 2;
+  for (let waited = 0; waited < 5000 && connections > 0; waited += 100) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    connections = s.server.stats().connections;
+  }
+  assert.equal(connections, 0, "the stalled reader's connection was closed");
+  slowReader.close();
+  // A partial HTTP/2 preface, then silence: no spinning, and closing it ends it.
+  const partial = await Deno.connect({ hostname: HOST, port });
+  await partial.write(encoder.encode("PRI * HT"));
+  partial.close();
+  for (let waited = 0; waited < 2000 && s.server.stats().connections > 0; waited += 50) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  assert.equal(s.server.stats().connections, 0);
+  // Connections that never sent a request do not hold up a shutdown.
+  const silent = await Deno.connect({ hostname: HOST, port });
+  const halfHead = await Deno.connect({ hostname: HOST, port });
+  await halfHead.write(encoder.encode("GET /static HTTP/1.1\r\nHost:"));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  const stopping = Date.now();
+  await s.server.shutdown({ graceMs: 5000 });
+  assert.ok(Date.now() - stopping < 1000, `shutdown took ${Date.now() - stopping} ms`);
+  silent.close();
+  halfHead.close();
+});
+
+Deno.test("http: closing the kernel cuts a graceful shutdown short", async () => {
+  const kernel = await openKernel();
+  const server = kernel.http.serve({
+    hostname: HOST,
+    port: 0,
+    handler: async (request) => {
+      await new Promise((resolve) => setTimeout(resolve, 5000));
+      return new Response(request.signal.aborted ? "aborted" : "late");
+    },
+  });
+  const pending = fetch(`http://${HOST}:${server.addr.port}/slow`).catch((error) => error);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const shutdown = server.shutdown({ graceMs: 15_000 });
+  const started = Date.now();
+  await kernel.close();
+  assert.ok(Date.now() - started < 1500, `kernel close took ${Date.now() - started} ms`);
+  await shutdown;
+  const result = await pending;
+  if (result instanceof Response) await result.body?.cancel();
+});
+
 Deno.test("http: h2c with prior knowledge (curl --http2-prior-knowledge)", async () => {
   await using s = await serve({
     routes: [{ match: { path: "/static" }, respond: { body: "static over h2" } }],
@@ -1040,6 +1136,13 @@ Deno.test("http: bad options → InvalidArgumentError naming the field", async (
     [{ routes: [{ match: { pathPrefix: 3 }, respond: {} }] }, "routes[0].match.pathPrefix"],
     [{ routes: [{ match: { methods: ["G T"] }, respond: {} }] }, "routes[0].match.methods"],
     [{ routes: [{ respond: { status: 99 } }] }, "routes[0].respond.status"],
+    [
+      { routes: [{ respond: { headers: { "transfer-encoding": "chunked" } } }] },
+      "routes[0].respond.headers",
+    ],
+    [{ routes: [{ match: { host: "a.local:8080" }, respond: {} }] }, "routes[0].match.host"],
+    [{ routes: [{ proxy: { upstreams: ["a:1"], retries: 16 } }] }, "routes[0].proxy.retries"],
+    [{ limits: { maxHeaderBytes: 1 << 20 } }, "limits.maxHeaderBytes"],
     [{ routes: [{ respond: { body: 5 } }] }, "routes[0].respond.body"],
     [{ routes: [{ respond: { headers: { "bad name": "x" } } }] }, "routes[0].respond.headers"],
     [{ routes: [{ proxy: { upstreams: [] } }] }, "routes[0].proxy.upstreams"],

@@ -162,27 +162,50 @@ impl Engine {
 
     fn request_head(&self, session: &Session) -> Vec<u8> {
         let request = session.req_header();
+        self.js_request_head(
+            request.method.as_str(),
+            request.uri.path_and_query().map_or("/", |p| p.as_str()),
+            authority(session),
+            session.client_addr().and_then(|a| a.as_inet()).copied(),
+            &request
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// The REQUEST record's text (docs/http.md): request line, host, client
+    /// address, request id, tenant, trace id, then every header.
+    pub fn js_request_head(
+        &self,
+        method: &str,
+        target: &str,
+        authority: &str,
+        remote: Option<std::net::SocketAddr>,
+        headers: &[(&str, &[u8])],
+    ) -> Vec<u8> {
+        let find = |wanted: &str| {
+            headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+                .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        };
         let mut head = Vec::with_capacity(256);
-        head.extend_from_slice(request.method.as_str().as_bytes());
+        head.extend_from_slice(method.as_bytes());
         head.push(b' ');
-        head.extend_from_slice(
-            request
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .as_bytes(),
-        );
+        head.extend_from_slice(target.as_bytes());
         head.extend_from_slice(b"\r\n");
-        head.extend_from_slice(authority(session).as_bytes());
+        head.extend_from_slice(authority.as_bytes());
         head.extend_from_slice(b"\r\n");
-        match session.client_addr().and_then(|a| a.as_inet()) {
+        match remote {
             Some(address) => {
                 head.extend_from_slice(format!("{} {}", address.ip(), address.port()).as_bytes())
             }
             None => head.extend_from_slice(b"0.0.0.0 0"),
         }
         head.extend_from_slice(b"\r\n");
-        match header_str(session, "x-request-id").filter(|id| !id.is_empty() && id.len() <= 256) {
+        match find("x-request-id").filter(|id| !id.is_empty() && id.len() <= 256) {
             Some(id) => head.extend_from_slice(id.as_bytes()),
             None => {
                 let sequence = self.id_sequence.fetch_add(1, Ordering::Relaxed);
@@ -190,18 +213,18 @@ impl Engine {
             }
         }
         head.extend_from_slice(b"\r\n");
-        if let Some(tenant) = header_str(session, &self.tenant_header).filter(|t| t.len() <= 256) {
+        if let Some(tenant) = find(&self.tenant_header).filter(|t| t.len() <= 256) {
             head.extend_from_slice(tenant.as_bytes());
         }
         head.extend_from_slice(b"\r\n");
-        if let Some(trace) = header_str(session, "traceparent").and_then(trace_id) {
+        if let Some(trace) = find("traceparent").and_then(trace_id) {
             head.extend_from_slice(trace.as_bytes());
         }
         head.extend_from_slice(b"\r\n");
-        for (name, value) in request.headers.iter() {
-            head.extend_from_slice(name.as_str().as_bytes());
+        for (name, value) in headers {
+            head.extend_from_slice(name.as_bytes());
             head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(value);
             head.extend_from_slice(b"\r\n");
         }
         head
@@ -228,15 +251,26 @@ impl Engine {
             bytes: 0,
         };
         let mut header_sent = false;
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if has_body && expects_continue && !http2 {
+            // The client waits for this before it sends the body.
+            session.write_continue_response().await?;
+        }
         loop {
             // Body bytes already read go to JS as far as its window allows.
             body.deliver(&request);
             let wants_body = !body.read_all && body.pending.is_empty() && body.window > 0;
             let event = if wants_body {
-                // JS's records first; else the next body chunk.
-                match request.receiver.try_recv() {
-                    Ok(message) => Event::Js(Some(message)),
-                    Err(_) => Event::Body(session.read_request_body().await),
+                // JS's records first (a response may go out while the body
+                // still comes: duplex streaming, or an early answer).
+                tokio::select! {
+                    biased;
+                    message = request.receiver.recv() => Event::Js(message),
+                    chunk = session.read_request_body() => Event::Body(chunk),
                 }
             } else if body.read_all {
                 // Nothing left to read: watch the client while JS works.
@@ -396,6 +430,15 @@ fn response_header(status: u16, lines: &[u8], chunked: bool) -> Box<ResponseHead
         let value = line[colon + 1..]
             .strip_prefix(b" ")
             .unwrap_or(&line[colon + 1..]);
+        // Connection-level headers are the server's business (a handler's
+        // transfer-encoding next to the length JS computed would let one
+        // response smuggle another).
+        if [&b"connection"[..], b"keep-alive", b"transfer-encoding"]
+            .iter()
+            .any(|hop| name.eq_ignore_ascii_case(hop))
+        {
+            continue;
+        }
         if let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(name),
             http::HeaderValue::from_bytes(value),
@@ -504,13 +547,12 @@ impl ProxyHttp for Shared {
                     .requests_native
                     .fetch_add(1, Ordering::Relaxed);
                 let response = &self.responses[index];
+                let head_only = session.req_header().method == http::Method::HEAD;
+                let end = head_only || response.body.is_empty();
                 session
-                    .write_response_header(
-                        Box::new(response.header.clone()),
-                        response.body.is_empty(),
-                    )
+                    .write_response_header(Box::new(response.header.clone()), end)
                     .await?;
-                if !response.body.is_empty() {
+                if !end {
                     session
                         .write_response_body(Some(response.body.clone()), true)
                         .await?;

@@ -6,6 +6,7 @@
 //! left to Pingora, which knows every corner of the protocol.
 
 use super::engine::{Engine, StaticResponse};
+use super::js_http1::JsRequestHead;
 use super::relay::ProxyRequest;
 use super::routes::{host_without_port, Action};
 
@@ -28,13 +29,18 @@ pub enum Parsed<'a> {
         request: ProxyRequest,
         length: usize,
     },
+    /// A complete bodyless head for the JS handler; `length` bytes.
+    Js {
+        request: JsRequestHead,
+        length: usize,
+    },
     /// More bytes are needed.
     Partial,
     /// Pingora's job.
     Other,
 }
 
-pub fn parse<'a>(bytes: &[u8], engine: &'a Engine) -> Parsed<'a> {
+pub fn parse<'a>(bytes: &[u8], engine: &'a Engine, peer: std::net::SocketAddr) -> Parsed<'a> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let length = match request.parse(bytes) {
@@ -99,6 +105,24 @@ pub fn parse<'a>(bytes: &[u8], engine: &'a Engine) -> Parsed<'a> {
                     method,
                     "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
                 ),
+            },
+            length,
+        },
+        Action::Js if engine.bridge.is_some() => Parsed::Js {
+            request: JsRequestHead {
+                text: engine.js_request_head(
+                    method,
+                    target,
+                    host,
+                    Some(peer),
+                    &request
+                        .headers
+                        .iter()
+                        .map(|header| (header.name, header.value))
+                        .collect::<Vec<_>>(),
+                ),
+                head_only: head,
+                close,
             },
             length,
         },

@@ -7,6 +7,7 @@
 //! - [`upstream`]: upstream pools, load balancing, health.
 //! - [`fast`]: requests recognized from the raw HTTP/1 head (static routes, simple proxying).
 //! - [`relay`]: the HTTP/1 fast path of proxy routes (own upstream connection pool).
+//! - [`js_http1`]: the HTTP/1 fast path of bodyless JS requests.
 //! - [`engine`]: the Pingora application (limits, routes, proxy hooks, JS requests).
 //! - [`bridge`]: the rings to and from JS.
 //! - [`server`]: the accept loop, connection driver and graceful shutdown.
@@ -21,6 +22,8 @@ mod bridge;
 mod engine;
 #[cfg(unix)]
 mod fast;
+#[cfg(unix)]
+mod js_http1;
 #[cfg(unix)]
 mod relay;
 #[cfg(unix)]

@@ -39,6 +39,14 @@ impl Matcher {
                 .with_detail("field", field(name)));
             }
         }
+        let host = &proto.host;
+        if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+            return Err(KernelError::invalid_argument(format!(
+                "{} must be a host name without a port, got {host:?}",
+                field("host")
+            ))
+            .with_detail("field", field("host")));
+        }
         let non_empty = |value: &str| (!value.is_empty()).then(|| value.to_string());
         Ok(Matcher {
             methods: proto.methods.clone(),
@@ -217,6 +225,19 @@ mod tests {
             error.details.get("field").unwrap(),
             "routes[0].match.methods"
         );
+    }
+
+    #[test]
+    fn a_host_with_a_port_is_refused() {
+        let bad = route(
+            HttpMatch {
+                host: "a.local:8080".into(),
+                ..Default::default()
+            },
+            false,
+        );
+        let error = RouteTable::new(&[bad], false).err().unwrap();
+        assert_eq!(error.details.get("field").unwrap(), "routes[0].match.host");
     }
 
     #[test]

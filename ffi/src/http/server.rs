@@ -8,7 +8,7 @@ use super::routes::RouteTable;
 use super::stream::GatheredStream;
 use super::upstream::client_key;
 use super::upstream::Pool;
-use super::{fast, relay};
+use super::{fast, js_http1, relay};
 use crate::error::{KernelError, KernelResult};
 use crate::proto::{http_route, HttpServeRequest, HttpServerStats, HttpUpstreamStats};
 use crate::ring::Ring;
@@ -193,9 +193,11 @@ impl HttpServer {
         self.shutdown.send_replace(true);
     }
 
-    /// Stops everything now (kernel close, or freeing a running server).
+    /// Stops everything now (kernel close, or freeing a running server),
+    /// cutting short a graceful shutdown under way.
     pub fn abort(&self) {
-        self.shutdown(Duration::ZERO);
+        self.shutdown.send_replace(true);
+        self.grace.send_replace(Some(Duration::ZERO));
         let supervisor = self
             .supervisor
             .lock()
@@ -292,6 +294,26 @@ fn static_response(
     for pair in &respond.headers {
         let name = http::HeaderName::from_bytes(pair.name.as_bytes());
         let value = http::HeaderValue::from_str(&pair.value);
+        const HOP_BY_HOP: [&str; 7] = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ];
+        if HOP_BY_HOP
+            .iter()
+            .any(|hop| pair.name.eq_ignore_ascii_case(hop))
+        {
+            return Err(KernelError::invalid_argument(format!(
+                "{}: {:?} is a connection-level header, which the server sets itself",
+                field("headers"),
+                pair.name
+            ))
+            .with_detail("field", field("headers")));
+        }
         match (name, value) {
             (Ok(name), Ok(value)) if name != http::header::CONTENT_LENGTH => {
                 let _ = header.append_header(name, value);
@@ -398,19 +420,35 @@ async fn run(listener: TcpListener, running: Running) {
     drop(listener);
     // Wakes HTTP/1 connections idle between requests (they close).
     app.cleanup().await;
-    let grace = grace
+    // Connections get the grace period; a later, shorter one (kernel close
+    // during a graceful shutdown) cuts it short.
+    let started = tokio::time::Instant::now();
+    let mut grace_now = grace
         .wait_for(Option::is_some)
         .await
         .ok()
         .and_then(|grace| *grace)
         .unwrap_or_default();
-    let drained = tokio::time::timeout(grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
+    let mut grace_open = true;
+    loop {
+        tokio::select! {
+            next = connections.join_next() => if next.is_none() { break },
+            () = tokio::time::sleep_until(started + grace_now) => {
+                connections.abort_all();
+                while connections.join_next().await.is_some() {}
+                break;
+            }
+            changed = grace.changed(), if grace_open => {
+                match changed {
+                    Ok(()) => grace_now = grace_now.min(grace.borrow().unwrap_or_default()),
+                    // The server is gone: stop now.
+                    Err(_) => {
+                        grace_open = false;
+                        grace_now = Duration::ZERO;
+                    }
+                }
+            }
+        }
     }
     bridge.stop();
     let _ = bridge_done.await;
@@ -436,34 +474,23 @@ async fn serve_connection(
     engine.counters.connections.fetch_add(1, Ordering::Relaxed);
     let _open = Open(&engine.counters);
     let _ = tcp.set_nodelay(true);
-    let header_timeout = engine.limits.header_timeout;
     let h2c = app
         .server_options
         .as_ref()
         .is_some_and(|options| options.h2c);
-    let http2 = if h2c {
-        match tokio::time::timeout(header_timeout, starts_with_h2_preface(&tcp)).await {
-            Ok(Ok(http2)) => http2,
-            Ok(Err(_)) => return,
-            Err(_) => {
-                engine.counters.refused.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-    } else {
-        false
-    };
     let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
     let _ = digest.peer_addr.set(Some(peer.into()));
     let mut stream: L4Stream = tcp.into();
     stream.set_socket_digest(digest);
-    if http2 {
-        // Pingora's h2 driver: streams, flow control, GOAWAY on shutdown.
-        // (The h2 codec gathers its frames itself.)
-        app.process_new(Box::new(stream), &shutdown).await;
-        return;
-    }
-    serve_http1(GatheredStream::new(stream), peer, &app, &engine, shutdown).await;
+    serve_http1(
+        GatheredStream::new(stream),
+        peer,
+        h2c,
+        &app,
+        &engine,
+        shutdown,
+    )
+    .await;
 }
 
 /// The HTTP/1 keep-alive loop. Each request head is read and parsed here
@@ -474,25 +501,44 @@ async fn serve_connection(
 async fn serve_http1(
     mut stream: GatheredStream,
     peer: SocketAddr,
+    h2c: bool,
     app: &Arc<App>,
     engine: &Engine,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let header_timeout = engine.limits.header_timeout;
     let mut buffer = Vec::with_capacity(4096);
+    // Until the first bytes tell HTTP/1 from an HTTP/2 preface.
+    let mut first_bytes = h2c;
     let mut settings = None;
     loop {
         // Read until a head is complete (or is not one we answer here).
         let deadline = tokio::time::Instant::now() + header_timeout;
         let parsed = loop {
-            if !buffer.is_empty() {
-                match fast::parse(&buffer, engine) {
+            if first_bytes && !buffer.is_empty() {
+                // HTTP/2 with prior knowledge starts with its preface (read,
+                // not peeked: a peek of a partial preface cannot wait).
+                let seen = buffer.len().min(H2_PREFACE.len());
+                if buffer[..seen] != H2_PREFACE[..seen] {
+                    first_bytes = false;
+                } else if seen == H2_PREFACE.len() {
+                    // Pingora's h2 driver: streams, flow control, GOAWAY on
+                    // shutdown; it reads the preface again.
+                    let mut stream = stream.into_inner();
+                    stream.rewind(&buffer);
+                    app.process_new(Box::new(stream), &shutdown).await;
+                    return;
+                }
+            }
+            if !first_bytes && !buffer.is_empty() {
+                match fast::parse(&buffer, engine, peer) {
                     fast::Parsed::Partial if buffer.len() <= engine.limits.max_header_bytes => {}
                     fast::Parsed::Partial => break fast::Parsed::Other,
                     parsed => break parsed,
                 }
             }
-            if *shutdown.borrow() && buffer.is_empty() {
+            // No complete head: a stopping server does not wait for one.
+            if *shutdown.borrow() {
                 let _ = stream.flush().await;
                 return;
             }
@@ -528,10 +574,24 @@ async fn serve_http1(
                     .fetch_add(1, Ordering::Relaxed);
                 buffer.drain(..length);
                 // Gathered: sent with the next read, or at once below.
-                if stream.write_all(response.wire(close, head)).await.is_err() {
+                let write = stream.write_all(response.wire(close, head));
+                if !matches!(
+                    tokio::time::timeout(engine.limits.body_timeout, write).await,
+                    Ok(Ok(()))
+                ) {
                     return;
                 }
                 if close || *shutdown.borrow() {
+                    let _ = stream.flush().await;
+                    return;
+                }
+                continue;
+            }
+            fast::Parsed::Js { request, length } => {
+                buffer.drain(..length);
+                let Some(bridge) = &engine.bridge else { return };
+                let next = js_http1::serve(&mut stream, &mut buffer, bridge, request, engine).await;
+                if matches!(next, relay::Next::Close) || *shutdown.borrow() {
                     let _ = stream.flush().await;
                     return;
                 }
@@ -623,25 +683,5 @@ async fn head_deadline(
     }
     if arrived.load(Ordering::Relaxed) {
         std::future::pending::<()>().await;
-    }
-}
-
-/// Peeks at the first bytes: the HTTP/2 preface, or anything else (HTTP/1).
-async fn starts_with_h2_preface(tcp: &TcpStream) -> std::io::Result<bool> {
-    let mut buffer = [0u8; H2_PREFACE.len()];
-    loop {
-        tcp.readable().await?;
-        let peeked = tcp.peek(&mut buffer).await?;
-        if peeked == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if buffer[..peeked] != H2_PREFACE[..peeked] {
-            return Ok(false);
-        }
-        if peeked == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // A prefix of the preface so far: wait for more bytes (rare).
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

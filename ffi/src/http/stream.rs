@@ -41,6 +41,12 @@ impl GatheredStream {
         }
     }
 
+    /// The TCP stream (nothing may be gathered: called before any write).
+    pub fn into_inner(self) -> L4Stream {
+        debug_assert!(self.pending.is_empty());
+        self.inner
+    }
+
     /// Makes `bytes` the next bytes read (bytes read ahead, handed back).
     pub fn rewind(&mut self, bytes: &[u8]) {
         self.inner.rewind(bytes);
