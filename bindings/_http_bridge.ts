@@ -532,6 +532,23 @@ export class HttpBridge {
       if (name === "content-length") hasLength = true;
       lines += name + ": " + value + "\r\n";
     }
+    if (LAZY_STATIC_BODY !== undefined && !exchange.head && !isBodyless(status)) {
+      const lazy = (response as unknown as Record<symbol, unknown>)[LAZY_STATIC_BODY];
+      if (typeof lazy === "string") {
+        // A string body (text, JSON) still set aside: sent without a stream.
+        const bytes = encoder.encode(lazy);
+        if (!hasLength) lines += `content-length: ${bytes.length}\r\n`;
+        this.#writeHead(exchange, status, lines, bytes.length === 0);
+        if (bytes.length === 0) {
+          this.#complete(exchange);
+          return;
+        }
+        void this.#sendChunk(exchange, bytes, true).then((sent) => {
+          if (sent) this.#complete(exchange);
+        });
+        return;
+      }
+    }
     const body = response.body;
     if (body === null || exchange.head || isBodyless(status)) {
       if (body !== null) body.cancel().catch(() => {});
@@ -790,6 +807,15 @@ export class HttpBridge {
     for (const exchange of open) this.#abort(exchange, error);
   }
 }
+
+/**
+ * Where Deno keeps a `Response`'s string body (text, JSON) until something
+ * reads it (Deno.serve's own fast path). Reading it from there skips creating
+ * and draining a stream: ~5 µs of a hello-world request's ~17 µs of JS.
+ * Feature-detected: on a Deno without it every body goes through its stream.
+ */
+const LAZY_STATIC_BODY: symbol | undefined = Object.getOwnPropertySymbols(new Response(""))
+  .find((symbol) => symbol.description === "lazy static body");
 
 const NOT_YET_VALUE = Symbol("not yet");
 /** Settles after anything already settled: `race([read, NOT_YET])` tells a finished read. */

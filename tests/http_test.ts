@@ -442,6 +442,11 @@ Deno.test("http: proxying relays every response framing and reuses upstream conn
   await assert.rejects(async () => await (await fetch(`${s.base}/cut`)).text());
   // And the server still proxies.
   assert.deepEqual((await text(`${s.base}/chunked`)).slice(0, 2), [200, "hello world"]);
+  // The count drops when the kernel's side of the exchange ends, a moment
+  // after the client has read the last byte.
+  for (let waited = 0; waited < 1000 && s.server.stats().upstreams[0].inFlight > 0; waited += 10) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
   assert.equal(s.server.stats().upstreams[0].inFlight, 0);
 });
 
@@ -852,6 +857,47 @@ Deno.test("http: review regressions: early answers, HEAD over h2, silent connect
   assert.ok(Date.now() - stopping < 1000, `shutdown took ${Date.now() - stopping} ms`);
   silent.close();
   halfHead.close();
+});
+
+Deno.test("http: JS response bodies of every kind arrive intact with their lengths", async () => {
+  await using s = await serve({
+    handler: (request) => {
+      switch (new URL(request.url).pathname) {
+        case "/text":
+          return new Response("héllo ✓", { status: 201, headers: { "x-kind": "text" } });
+        case "/json":
+          return Response.json({ ok: true, n: 1 });
+        case "/empty":
+          return new Response("");
+        case "/bytes":
+          return new Response(new Uint8Array([0, 1, 2, 255]));
+        case "/blob":
+          return new Response(new Blob(["blob body"]));
+        default:
+          return new Response(null, { status: 204 });
+      }
+    },
+  });
+  const text = await fetch(`${s.base}/text`);
+  assert.equal(text.status, 201);
+  assert.equal(text.headers.get("content-length"), String(encoder.encode("héllo ✓").length));
+  assert.equal(text.headers.get("x-kind"), "text");
+  assert.equal(await text.text(), "héllo ✓");
+  const json = await fetch(`${s.base}/json`);
+  assert.equal(json.headers.get("content-type"), "application/json");
+  assert.deepEqual(await json.json(), { ok: true, n: 1 });
+  const empty = await fetch(`${s.base}/empty`);
+  assert.equal(empty.headers.get("content-length"), "0");
+  assert.equal(await empty.text(), "");
+  assert.deepEqual([...await (await fetch(`${s.base}/bytes`)).bytes()], [0, 1, 2, 255]);
+  assert.equal(await (await fetch(`${s.base}/blob`)).text(), "blob body");
+  const none = await fetch(`${s.base}/none`);
+  assert.equal(none.status, 204);
+  assert.equal(await none.text(), "");
+  // HEAD: the head of the same response, no body.
+  const head = await fetch(`${s.base}/text`, { method: "HEAD" });
+  assert.equal(head.status, 201);
+  assert.equal(await head.text(), "");
 });
 
 Deno.test("http: closing the kernel cuts a graceful shutdown short", async () => {
