@@ -377,13 +377,14 @@ function scriptedUpstream(
   return {
     port: listener.addr.port,
     connections: () => connections,
-    async [Symbol.asyncDispose]() {
+    [Symbol.asyncDispose](): Promise<void> {
       listener.close();
       for (const connection of open) {
         try {
           connection.close();
         } catch { /* closed */ }
       }
+      return Promise.resolve();
     },
   };
 }
@@ -898,6 +899,35 @@ Deno.test("http: JS response bodies of every kind arrive intact with their lengt
   const head = await fetch(`${s.base}/text`, { method: "HEAD" });
   assert.equal(head.status, 201);
   assert.equal(await head.text(), "");
+});
+
+Deno.test("http: a handler's content-length that lies never desyncs the connection", async () => {
+  await using s = await serve({
+    handler: (request) => {
+      const path = new URL(request.url).pathname;
+      if (path === "/long") {
+        return new Response("hello world", { headers: { "content-length": "5" } });
+      }
+      if (path === "/short") return new Response("abc", { headers: { "content-length": "50" } });
+      return new Response("next");
+    },
+  });
+  const port = s.server.addr.port;
+  // Over-long: exactly the announced bytes, then the connection closes (the
+  // rest is never read as a response to the next request).
+  const long = await raw(
+    port,
+    "GET /long HTTP/1.1\r\nHost: a\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n",
+    /(?!)/,
+  );
+  assert.match(long, /content-length: 5\r\n/i);
+  assert.ok(long.endsWith("\r\n\r\nhello") || long.includes("\r\n\r\nhelloHTTP/1.1 200"), long);
+  assert.ok(!long.includes(" world"), long);
+  // Short: the client sees a truncated body on a closed connection.
+  const short = await raw(port, "GET /short HTTP/1.1\r\nHost: a\r\n\r\n", /(?!)/);
+  assert.match(short, /content-length: 50\r\n/i);
+  assert.ok(short.endsWith("abc"), short);
+  assert.equal(await (await fetch(`${s.base}/next`)).text(), "next");
 });
 
 Deno.test("http: closing the kernel cuts a graceful shutdown short", async () => {

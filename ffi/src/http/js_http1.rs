@@ -28,7 +28,8 @@ pub struct JsRequestHead {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Framing {
     None,
-    Length,
+    /// The handler's `content-length`: bytes still to send.
+    Length(u64),
     Chunked,
 }
 
@@ -62,6 +63,9 @@ pub async fn serve(
     };
     let next = if close { Next::Close } else { Next::KeepAlive };
     let mut framing = Framing::None;
+    // A body longer or shorter than its content-length: the connection
+    // cannot carry another response after it.
+    let mut broken_length = false;
     loop {
         let message = tokio::select! {
             message = js.receiver.recv() => message,
@@ -103,12 +107,21 @@ pub async fn serve(
                 let length = data.len() as u32;
                 let mut failed = None;
                 if !head_only && framing != Framing::None && !data.is_empty() {
+                    let mut bytes = &data[..];
+                    if let Framing::Length(left) = &mut framing {
+                        // Never more than announced: extra bytes would be
+                        // read as the next response.
+                        let take = bytes.len().min(*left as usize);
+                        broken_length |= take < bytes.len();
+                        bytes = &bytes[..take];
+                        *left -= take as u64;
+                    }
                     if framing == Framing::Chunked {
-                        let size = format!("{:x}\r\n", data.len());
+                        let size = format!("{:x}\r\n", bytes.len());
                         failed = write(client, size.as_bytes(), timeout, false).await;
                     }
-                    if failed.is_none() {
-                        failed = write(client, &data, timeout, false).await;
+                    if failed.is_none() && !bytes.is_empty() {
+                        failed = write(client, bytes, timeout, false).await;
                     }
                     if failed.is_none() && framing == Framing::Chunked {
                         failed = write(client, b"\r\n", timeout, false).await;
@@ -120,6 +133,12 @@ pub async fn serve(
                     }
                     if failed.is_none() {
                         js.finish();
+                        if broken_length
+                            || matches!(framing, Framing::Length(left) if left > 0 && !head_only)
+                        {
+                            let _ = tokio::time::timeout(timeout, client.flush()).await;
+                            return Next::Close;
+                        }
                         return next;
                     }
                 }
@@ -185,7 +204,7 @@ fn response_head(
     head.push(b' ');
     head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
-    let mut has_length = false;
+    let mut length = None;
     for line in lines.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(colon) = line.iter().position(|&b| b == b':') else {
@@ -199,15 +218,22 @@ fn response_head(
         {
             continue;
         }
-        has_length |= name.eq_ignore_ascii_case(b"content-length");
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // One valid length or none (then the body goes chunked).
+            let value = std::str::from_utf8(&line[colon + 1..]).unwrap_or("").trim();
+            match value.parse::<u64>() {
+                Ok(value) if length.is_none() => length = Some(value),
+                _ => continue,
+            }
+        }
         head.extend_from_slice(line);
         head.extend_from_slice(b"\r\n");
     }
     let bodyless = matches!(status.as_u16(), 204 | 304);
     let framing = if bodyless {
         Framing::None
-    } else if has_length {
-        Framing::Length
+    } else if let Some(length) = length {
+        Framing::Length(length)
     } else if head_only {
         Framing::None
     } else if end {
