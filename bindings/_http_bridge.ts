@@ -76,6 +76,8 @@ const WINDOW = KREPIS_HTTP_BODY_WINDOW;
 /** Longest single native wait: the pump re-checks the kernel's state this often when idle. */
 const WAIT_SLICE_MS = 1000;
 
+/** A host[:port] authority (reg-name, IPv4 or [IPv6]); no path, query, userinfo. */
+const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::\d{0,5})?$/;
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
 const EMPTY = new Uint8Array(0);
@@ -313,7 +315,10 @@ export class HttpBridge {
     const space = requestLine.indexOf(" ");
     const method = requestLine.slice(0, space);
     let target = requestLine.slice(space + 1);
-    const host = lines[1] || this.#fallbackHost;
+    // The authority only: a Host like "a/admin?" must not move the path the
+    // handler sees away from the one the kernel routed (then: 400).
+    const rawHost = lines[1] || this.#fallbackHost;
+    const host = AUTHORITY.test(rawHost) ? rawHost : null;
     const remote = lines[2] ?? "";
     const remoteSpace = remote.lastIndexOf(" ");
     const info: HttpRequestInfo = {
@@ -360,6 +365,7 @@ export class HttpBridge {
     if (!target.startsWith("/") && !/^https?:\/\//i.test(target)) target = "/" + target;
     let request: Request | null = null;
     try {
+      if (host === null) throw new TypeError("invalid Host");
       const url = target.charCodeAt(0) === 47 /* / */ ? "http://" + host + target : target;
       // GET is the default: naming it costs ~1.4 µs of method normalization.
       request = new HttpRequest(

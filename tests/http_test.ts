@@ -406,6 +406,21 @@ Deno.test("http: proxying relays every response framing and reuses upstream conn
         return ["HTTP/1.0 200 OK\r\n\r\nall of it", " until close", "<close>"];
       case "/cut":
         return ["HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", "<close>"];
+      case "/extra": // a late extra response on an idle kept-alive connection
+        return [
+          "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+          "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTALE!",
+        ];
+      case "/early": // 103 and the final response in one write
+        return [
+          "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ];
+      case "/broken":
+        return ["HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX"];
+      case "/cl-te":
+        return [
+          "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ];
       default:
         return ["HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"];
     }
@@ -441,6 +456,37 @@ Deno.test("http: proxying relays every response framing and reuses upstream conn
   assert.match(cut, /content-length: 100/i);
   assert.ok(cut.endsWith("partial"), cut);
   await assert.rejects(async () => await (await fetch(`${s.base}/cut`)).text());
+  // A kept-alive upstream connection that received bytes while idle is
+  // never reused: the next client gets its own response, not the stale one.
+  assert.deepEqual((await text(`${s.base}/extra`)).slice(0, 2), [200, "hi"]);
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  for (let i = 0; i < 3; i++) {
+    assert.deepEqual((await text(`${s.base}/length`)).slice(0, 2), [200, "hello world"]);
+  }
+  // An informational response and the final one in the same read.
+  const early = await raw(
+    s.server.addr.port,
+    "GET /early HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    /(?!)/,
+  );
+  assert.match(early, /^HTTP\/1\.1 103 Early Hints\r\n/);
+  assert.ok(early.endsWith("\r\n\r\nok"), early);
+  // Broken chunked framing from the upstream: the client connection closes
+  // (a pipelined request behind it is not answered on it).
+  const broken = await raw(
+    s.server.addr.port,
+    "GET /broken HTTP/1.1\r\nHost: a\r\n\r\nGET /length HTTP/1.1\r\nHost: a\r\n\r\n",
+    /(?!)/,
+  );
+  assert.ok(!broken.includes("hello world"), broken);
+  // A content-length next to chunked framing is not passed on.
+  const clte = await raw(
+    s.server.addr.port,
+    "GET /cl-te HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    /(?!)/,
+  );
+  assert.doesNotMatch(clte, /content-length/i);
+  assert.match(clte, /transfer-encoding: chunked/i);
   // And the server still proxies.
   assert.deepEqual((await text(`${s.base}/chunked`)).slice(0, 2), [200, "hello world"]);
   // The count drops when the kernel's side of the exchange ends, a moment
@@ -780,6 +826,24 @@ Deno.test("http: static routes on HTTP/1.1: HEAD, pipelining, Connection: close,
     /(?!)/,
   );
   assert.equal(statusOf(withBody), 201);
+  // Two Host headers: 400 (RFC 9112 §3.2), whichever route the last one names.
+  assert.equal(
+    statusOf(
+      await raw(
+        port,
+        "GET /static HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        /(?!)/,
+      ),
+    ),
+    400,
+  );
+  // A Host that is not an authority cannot move the path the handler sees.
+  const hostPath = await raw(
+    port,
+    "GET /other HTTP/1.1\r\nHost: a/static?\r\nConnection: close\r\n\r\n",
+    /(?!)/,
+  );
+  assert.equal(statusOf(hostPath), 400, hostPath);
   // Garbage is a 400 from Pingora, and the server keeps serving.
   assert.equal(statusOf(await raw(port, "NOT HTTP AT ALL\r\n\r\n", /(?!)/)), 400);
   assert.equal(await (await fetch(`${s.base}/static`)).text(), "static!");

@@ -63,6 +63,10 @@ pub fn parse<'a>(bytes: &[u8], engine: &'a Engine, peer: std::net::SocketAddr) -
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
+            // Two Host headers, or userinfo in one: Pingora answers 400.
+            if host.is_some() || header.value.contains(&b'@') {
+                return Parsed::Other;
+            }
             host = std::str::from_utf8(header.value).ok();
         } else if name.eq_ignore_ascii_case("connection") {
             close = header

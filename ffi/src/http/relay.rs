@@ -177,23 +177,30 @@ async fn exchange(
     let mut buffer = Vec::with_capacity(8192);
     // The response head (informational 1xx heads are passed on first).
     let (response, body_start) = loop {
-        let read = tokio::time::timeout(timeout, connection.read_buf(&mut buffer)).await;
-        match read {
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(before(false)),
-            Err(_) => return Err(before(true)),
-            Ok(Ok(_)) => {}
-        }
         match ResponseHead::parse(&buffer) {
             Ok(Some((head, length))) if (100..200).contains(&head.status) => {
                 if head.status == 101 {
                     return Err(before(false));
                 }
+                // Passed on at once (early hints are worth something only early).
                 write_client(client, &buffer[..length], client_timeout).await?;
+                tokio::time::timeout(client_timeout, client.flush())
+                    .await
+                    .map_err(|_| Failure::DuringResponse)?
+                    .map_err(|_| Failure::DuringResponse)?;
                 buffer.drain(..length);
+                // The final head may have come in the same read.
+                continue;
             }
-            Ok(Some(parsed)) => break parsed,
+            Ok(Some((head, length))) if length <= MAX_RESPONSE_HEAD => break (head, length),
             Ok(None) if buffer.len() <= MAX_RESPONSE_HEAD => {}
             _ => return Err(before(false)),
+        }
+        let read = tokio::time::timeout(timeout, connection.read_buf(&mut buffer)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(before(false)),
+            Err(_) => return Err(before(true)),
+            Ok(Ok(_)) => {}
         }
     };
     let framing = if request.head_only || matches!(response.status, 204 | 304) {
@@ -223,10 +230,18 @@ async fn exchange(
         let line = &buffer[line_start..end];
         let name_end = line.iter().position(|&b| b == b':').unwrap_or(0);
         let name = &line[..name_end];
-        if name_end > 0
-            && !name.eq_ignore_ascii_case(b"connection")
-            && !name.eq_ignore_ascii_case(b"keep-alive")
-        {
+        // Hop-by-hop headers are this connection's; a content-length next
+        // to chunked framing must go (RFC 9112 §6.1).
+        let hop_by_hop = [
+            &b"connection"[..],
+            b"keep-alive",
+            b"proxy-connection",
+            b"upgrade",
+        ]
+        .iter()
+        .any(|hop| name.eq_ignore_ascii_case(hop));
+        let stale_length = response.chunked && name.eq_ignore_ascii_case(b"content-length");
+        if name_end > 0 && !hop_by_hop && !stale_length {
             head.extend_from_slice(line);
         }
         line_start = end;
@@ -259,8 +274,13 @@ async fn exchange(
         }
         first = false;
         if let Some(clean) = end {
+            if !clean {
+                // Broken chunked framing: the client cannot tell where the
+                // response ends, so its connection closes.
+                return Err(Failure::DuringResponse);
+            }
             // Bytes beyond the response: the upstream broke framing.
-            break clean && take == pending.len();
+            break take == pending.len();
         }
         pending.clear();
         match tokio::time::timeout(timeout, connection.read_buf(&mut pending)).await {

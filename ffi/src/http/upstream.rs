@@ -32,28 +32,46 @@ pub struct Upstream {
     down_until_ms: AtomicU64,
     pub in_flight: AtomicU64,
     pub requests: AtomicU64,
-    /// Kept-alive connections of the HTTP/1 fast proxy path, most recent last.
-    idle: std::sync::Mutex<Vec<tokio::net::TcpStream>>,
+    /// Kept-alive connections of the HTTP/1 fast proxy path (and when they
+    /// were put back), most recent last.
+    idle: std::sync::Mutex<Vec<(tokio::net::TcpStream, Instant)>>,
 }
 
 /// Idle upstream connections kept per upstream, at most.
 const MAX_IDLE: usize = 128;
+/// Idle upstream connections older than this are closed, not reused.
+const IDLE_EXPIRY: Duration = Duration::from_secs(30);
 
 impl Upstream {
     pub fn address(&self) -> SocketAddr {
         self.address
     }
 
-    /// A kept-alive connection, if one is idle.
+    /// A kept-alive connection, if one is idle and still clean: one the
+    /// upstream closed, or wrote to while idle (a late byte of an earlier
+    /// response, a 408), is dropped, never handed to another request.
     pub fn take_idle(&self) -> Option<tokio::net::TcpStream> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        loop {
+            let (connection, since) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if since.elapsed() > IDLE_EXPIRY {
+                continue;
+            }
+            let mut probe = [0u8; 1];
+            match connection.try_read(&mut probe) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Some(connection)
+                }
+                // EOF, unexpected bytes or an error: not reusable.
+                _ => continue,
+            }
+        }
     }
 
     /// Keeps a connection whose last response was read completely.
     pub fn put_idle(&self, connection: tokio::net::TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(connection);
+            idle.push((connection, Instant::now()));
         }
     }
 }
