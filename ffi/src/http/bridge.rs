@@ -160,6 +160,25 @@ impl Bridge {
     }
 }
 
+/// The `name: value\r\n` lines of a RESPONSE record as (name, value, line),
+/// without the connection-level headers the server frames itself: a
+/// handler's `transfer-encoding` next to the length JS computed would let one
+/// response smuggle another. JS built the lines from a `Headers` object; a
+/// line without a colon, or with a stray CR, is skipped.
+pub fn response_header_lines(lines: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
+    lines.split(|&b| b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = &line[..colon];
+        let value = &line[colon + 1..];
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        let framing = [&b"connection"[..], b"keep-alive", b"transfer-encoding"]
+            .iter()
+            .any(|hop| name.eq_ignore_ascii_case(hop));
+        (!framing && !line.contains(&b'\r')).then_some((name, value, line))
+    })
+}
+
 /// One request handed to JS; dropping it before `finish` tells JS it is over.
 pub struct JsRequest {
     bridge: Arc<Bridge>,
@@ -283,5 +302,22 @@ async fn read_responses(bridge: Arc<Bridge>, ring: Arc<Ring>) {
             // A corrupt ring (JS wrote a bad record): stop reading it.
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::response_header_lines;
+
+    #[test]
+    fn response_lines_drop_connection_framing() {
+        let lines = b"content-type: text/plain\r\nTransfer-Encoding: chunked\r\nx-a:1\r\nno colon\r\nconnection: close\r\nx-b: a\rb\r\n";
+        let kept: Vec<_> = response_header_lines(lines)
+            .map(|(n, v, _)| (n, v))
+            .collect();
+        assert_eq!(
+            kept,
+            [(&b"content-type"[..], &b"text/plain"[..]), (b"x-a", b"1")]
+        );
     }
 }

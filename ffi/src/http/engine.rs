@@ -2,7 +2,7 @@
 //! native answer (static response, 404), a proxied one (upstream pools with
 //! retries and connection reuse), or one from JS through the bridge.
 
-use super::bridge::{Bridge, FromJs, JsRequest};
+use super::bridge::{response_header_lines, Bridge, FromJs, JsRequest};
 use super::routes::{host_without_port, Action, RouteTable};
 use super::upstream::{client_key, Pool};
 use super::{
@@ -421,24 +421,7 @@ fn response_header(status: u16, lines: &[u8], chunked: bool) -> Box<ResponseHead
     };
     let mut header = ResponseHeader::build(status, Some(8))
         .unwrap_or_else(|_| ResponseHeader::build(500, None).expect("500 is a valid status"));
-    for line in lines.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let name = &line[..colon];
-        let value = line[colon + 1..]
-            .strip_prefix(b" ")
-            .unwrap_or(&line[colon + 1..]);
-        // Connection-level headers are the server's business (a handler's
-        // transfer-encoding next to the length JS computed would let one
-        // response smuggle another).
-        if [&b"connection"[..], b"keep-alive", b"transfer-encoding"]
-            .iter()
-            .any(|hop| name.eq_ignore_ascii_case(hop))
-        {
-            continue;
-        }
+    for (name, value, _) in response_header_lines(lines) {
         if let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(name),
             http::HeaderValue::from_bytes(value),

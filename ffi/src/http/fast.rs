@@ -6,6 +6,7 @@
 //! left to Pingora, which knows every corner of the protocol.
 
 use super::engine::{Engine, StaticResponse};
+use super::is_hop_by_hop;
 use super::js_http1::JsRequestHead;
 use super::relay::ProxyRequest;
 use super::routes::{host_without_port, Action};
@@ -143,18 +144,7 @@ fn upstream_head(method: &str, target: &str, headers: &[httparse::Header<'_>]) -
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for header in headers {
-        const HOP_BY_HOP: [&str; 6] = [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "upgrade",
-        ];
-        if HOP_BY_HOP
-            .iter()
-            .any(|name| header.name.eq_ignore_ascii_case(name))
-        {
+        if is_hop_by_hop(header.name.as_bytes()) {
             continue;
         }
         head.extend_from_slice(header.name.as_bytes());

@@ -4,7 +4,7 @@
 //! share of a small JS response). Requests with bodies, and HTTP/2, go
 //! through `engine::serve_js` on Pingora.
 
-use super::bridge::{Bridge, FromJs};
+use super::bridge::{response_header_lines, Bridge, FromJs};
 use super::engine::Engine;
 use super::relay::Next;
 use super::stream::GatheredStream;
@@ -205,22 +205,10 @@ fn response_head(
     head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
     let mut length = None;
-    for line in lines.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        let name = &line[..colon];
-        if name.eq_ignore_ascii_case(b"connection")
-            || name.eq_ignore_ascii_case(b"keep-alive")
-            || name.eq_ignore_ascii_case(b"transfer-encoding")
-            || line.contains(&b'\r')
-        {
-            continue;
-        }
+    for (name, value, line) in response_header_lines(lines) {
         if name.eq_ignore_ascii_case(b"content-length") {
             // One valid length or none (then the body goes chunked).
-            let value = std::str::from_utf8(&line[colon + 1..]).unwrap_or("").trim();
+            let value = std::str::from_utf8(value).unwrap_or("").trim();
             match value.parse::<u64>() {
                 Ok(value) if length.is_none() => length = Some(value),
                 _ => continue,

@@ -81,6 +81,23 @@ pub const HTTP_RING_BYTES: u32 = 4194304;
 #[cfg(unix)]
 type Server = server::HttpServer;
 
+/// Whether a header is about the connection rather than the message
+/// (RFC 9112 §7.6.1, §9.6, and the non-standard `keep-alive` and
+/// `proxy-connection`): never configured by a route, never forwarded.
+#[cfg(unix)]
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP_BY_HOP: [&[u8]; 7] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+}
+
 /// Windows: nothing is ever registered.
 #[cfg(not(unix))]
 pub struct Server {

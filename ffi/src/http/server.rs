@@ -294,19 +294,7 @@ fn static_response(
     for pair in &respond.headers {
         let name = http::HeaderName::from_bytes(pair.name.as_bytes());
         let value = http::HeaderValue::from_str(&pair.value);
-        const HOP_BY_HOP: [&str; 7] = [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "transfer-encoding",
-            "upgrade",
-        ];
-        if HOP_BY_HOP
-            .iter()
-            .any(|hop| pair.name.eq_ignore_ascii_case(hop))
-        {
+        if super::is_hop_by_hop(pair.name.as_bytes()) {
             return Err(KernelError::invalid_argument(format!(
                 "{}: {:?} is a connection-level header, which the server sets itself",
                 field("headers"),
