@@ -481,11 +481,13 @@ async fn serve_connection(
     .await;
 }
 
-/// The HTTP/1 keep-alive loop. Each request head is read and parsed here
-/// first: a plain `GET`/`HEAD` for a static route is answered at once with
-/// its pre-serialized bytes, a bodyless request for a proxy route is relayed
-/// (`relay`) (Pingora's per-request pipeline would cost more than either);
-/// anything else is handed to Pingora with the bytes already read.
+/// The HTTP/1 keep-alive loop (and the h2c sniff of a connection's first
+/// bytes). Each request head is read and parsed here first: a plain
+/// `GET`/`HEAD` for a static route is answered at once with its
+/// pre-serialized bytes, a bodyless request for a proxy route is relayed
+/// (`relay`), a bodyless one for the JS handler is answered through
+/// `js_http1` (Pingora's per-request pipeline would cost more than any of
+/// them); anything else is handed to Pingora with the bytes already read.
 async fn serve_http1(
     mut stream: GatheredStream,
     peer: SocketAddr,
