@@ -6,6 +6,9 @@
  *   `write` per frame, parsed in JS on the receiving side.
  * - {@linkcode quicRoundTrips}: request/echo round trips on one QUIC stream.
  * - {@linkcode quicBulk}: one-way bulk transfer on one QUIC stream.
+ * - {@linkcode udpRoundTrips}: request/echo round trips of plain UDP
+ *   datagrams between two sockets, no encryption, no protocol: a yardstick
+ *   for what any JS-driven round trip can reach on this machine.
  *
  * Deno's QUIC API is unstable: run with `--unstable-net` (and `--allow-net`).
  * Every function closes everything it opened before it returns, so it can be
@@ -174,6 +177,47 @@ export async function quicRoundTrips(
     if (!done) throw new Error("quicRoundTrips: unexpected bytes after the last echo");
     return { roundTripsPerSecond: roundTrips / seconds };
   });
+}
+
+/**
+ * Round trips per second of plain UDP datagrams over loopback: one socket
+ * sends `size` bytes, the other echoes them from JS, the first receives them,
+ * `roundTrips` times (after one untimed round trip). No encryption and no
+ * protocol: the floor under any transport whose packets go from JS to JS.
+ */
+export async function udpRoundTrips(
+  options: { roundTrips: number; size: number },
+): Promise<{ roundTripsPerSecond: number }> {
+  const { roundTrips, size } = options;
+  assertCount("roundTrips", roundTrips, 1);
+  assertCount("size", size, 1);
+  const client = Deno.listenDatagram({ transport: "udp", hostname: LOOPBACK, port: 0 });
+  const server = Deno.listenDatagram({ transport: "udp", hostname: LOOPBACK, port: 0 });
+  try {
+    const serverAddr = server.addr as Deno.NetAddr;
+    const echoed = (async () => {
+      for (let i = 0; i <= roundTrips; i++) {
+        const [data, from] = await server.receive();
+        await server.send(data, from);
+      }
+    })();
+    echoed.catch(() => {}); // awaited below; handled here in case we throw first
+    const payload = new Uint8Array(size).fill(0x5a);
+    const roundTrip = async () => {
+      await client.send(payload, serverAddr);
+      const [data] = await client.receive();
+      if (data.length !== size) throw new Error("udpRoundTrips: wrong echo size");
+    };
+    await roundTrip(); // not timed
+    const start = performance.now();
+    for (let i = 0; i < roundTrips; i++) await roundTrip();
+    const seconds = (performance.now() - start) / 1000;
+    await echoed;
+    return { roundTripsPerSecond: roundTrips / seconds };
+  } finally {
+    client.close();
+    server.close();
+  }
 }
 
 /**

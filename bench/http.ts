@@ -10,6 +10,11 @@
  * - A krepis proxy route to an upstream (`Deno.serve` hello world), next to
  *   nginx (1 worker, upstream keep-alive) proxying to the same upstream.
  *   Target: ≥ 1× nginx's req/s.
+ * - nginx (1 worker) answering `return 200` itself: no target, a yardstick.
+ *   It shows what an optimized single-worker C server reaches on this machine
+ *   with this client; when `Deno.serve` already matches it, the machine (its
+ *   loopback TCP and the cores `wrk` leaves over), not the server, sets the
+ *   ceiling of the static comparison.
  *
  * Every server runs in its own process (`bench/_http_server.ts`, or nginx), so
  * the process measured only serves; this process only drives `wrk`. Each run
@@ -37,10 +42,11 @@ const HOSTNAME = "127.0.0.1";
 const BODY = "Hello, World!";
 const STARTUP_TIMEOUT_MS = 30_000;
 
-type Name = "deno" | "krepisStatic" | "krepisJs" | "nginxProxy" | "krepisProxy";
+type Name = "deno" | "nginxStatic" | "krepisStatic" | "krepisJs" | "nginxProxy" | "krepisProxy";
 
 const LABELS: Record<Name, string> = {
   deno: "Deno.serve hello world",
+  nginxStatic: "nginx return 200",
   krepisStatic: "krepis static route",
   krepisJs: "krepis JS route",
   nginxProxy: "nginx proxy",
@@ -171,8 +177,12 @@ function freePort(): number {
   return port;
 }
 
-/** nginx (one worker) proxying to `127.0.0.1:upstreamPort`, from a temporary prefix. */
-async function startNginx(nginx: string, upstreamPort: number): Promise<Server> {
+/**
+ * nginx (one worker) from a temporary prefix: proxying to
+ * `127.0.0.1:upstreamPort`, or answering the hello world itself when
+ * `upstreamPort` is null.
+ */
+async function startNginx(nginx: string, upstreamPort: number | null): Promise<Server> {
   const dir = await Deno.makeTempDir({ prefix: "krepis-bench-nginx-" });
   const port = freePort();
   // Keep-alive both ways, and no per-connection request cap (nginx's default
@@ -190,17 +200,24 @@ http {
   uwsgi_temp_path ${dir}/uwsgi;
   scgi_temp_path ${dir}/scgi;
   keepalive_requests 1000000;
-  upstream u {
+${
+    upstreamPort === null ? "" : `  upstream u {
     server ${HOSTNAME}:${upstreamPort};
     keepalive 64;
     keepalive_requests 1000000;
   }
-  server {
+`
+  }  server {
     listen ${HOSTNAME}:${port};
     location / {
-      proxy_pass http://u;
+${
+    upstreamPort === null
+      ? `      default_type "text/plain;charset=UTF-8";
+      return 200 "${BODY}";`
+      : `      proxy_pass http://u;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection "";`
+  }
     }
   }
 }
@@ -339,12 +356,14 @@ async function main(): Promise<number> {
     await start("krepisStatic", () => startDenoChild("krepis-static"));
     await start("krepisJs", () => startDenoChild("krepis-js"));
     if (nginx === undefined) {
+      unavailable.nginxStatic = "nginx not found";
       unavailable.nginxProxy = "nginx not found";
       console.log(
         "nginx not found: skipping the proxy comparison (install it: `apt-get install nginx` " +
           "on Debian/Ubuntu, `brew install nginx` on macOS, or set NGINX=/path/to/nginx)",
       );
     } else {
+      await start("nginxStatic", () => startNginx(nginx, null));
       await start("nginxProxy", () => startNginx(nginx, upstream.port));
     }
     await start("krepisProxy", () => startDenoChild("krepis-proxy", String(upstream.port)));
@@ -375,6 +394,7 @@ async function main(): Promise<number> {
 
     const metric: Record<Name, string> = {
       deno: "deno_serve_hello",
+      nginxStatic: "nginx_return_200",
       krepisStatic: "krepis_static_route",
       krepisJs: "krepis_js_route",
       nginxProxy: "nginx_proxy",
@@ -393,6 +413,17 @@ async function main(): Promise<number> {
       ["krepisProxy", "nginxProxy", 1, false],
     ];
     const verdicts: Partial<Record<Name, string>> = {};
+    // The yardstick: how close each hello world comes to a C server's.
+    const yardstick = m.nginxStatic;
+    if (yardstick !== undefined) {
+      for (const name of ["deno", "krepisStatic"] as const) {
+        const s = m[name];
+        if (s !== undefined) ratio(`${metric[name]}_vs_nginx_return_200_rps`, s.rps, yardstick.rps);
+      }
+      verdicts.nginxStatic = `yardstick: Deno.serve does ${
+        m.deno === undefined ? "?" : (m.deno.rps / yardstick.rps).toFixed(2)
+      }× this`;
+    }
     for (const [ours, anchor, target, p99NoWorse] of comparisons) {
       const a = m[anchor];
       const o = m[ours];

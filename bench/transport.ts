@@ -7,6 +7,9 @@
  * - 64 B round trips/s (send, the peer's JS echoes, receive), next to Deno
  *   QUIC (`Deno.QuicEndpoint` / `Deno.connectQuic`) on one stream.
  * - Bulk MB/s with 1 MiB packets, next to Deno QUIC writing 1 MiB chunks.
+ * - A yardstick, no target: 64 B round trips of plain UDP datagrams between
+ *   two Deno sockets (no encryption, no protocol), the ceiling of any round
+ *   trip from JS to JS on this machine; Deno QUIC's ratio to it is printed.
  *
  * Medians of 5 runs, each run interleaved with its anchor. Ratios are ours ÷
  * Deno's (> 1 means KNUL is faster).
@@ -18,7 +21,12 @@
 
 import { Kernel, type Link } from "../mod.ts";
 import { libraryPath, median, ratio, report } from "./_harness.ts";
-import { quicBulk, quicRoundTrips, tcpFramedPackets } from "./_transport_baselines.ts";
+import {
+  quicBulk,
+  quicRoundTrips,
+  tcpFramedPackets,
+  udpRoundTrips,
+} from "./_transport_baselines.ts";
 
 const RUNS = 5;
 const PACKETS = 1_000_000;
@@ -91,6 +99,7 @@ const results: Record<string, number[]> = {
   tcpPackets: [],
   roundTrips: [],
   quicRoundTrips: [],
+  udpRoundTrips: [],
   bulk: [],
   quicBulk: [],
 };
@@ -102,6 +111,9 @@ for (let run = 0; run < RUNS; run++) {
   results.roundTrips.push(await roundTripRate(ROUND_TRIPS));
   results.quicRoundTrips.push(
     (await quicRoundTrips({ cert, key, roundTrips: ROUND_TRIPS, size: 64 })).roundTripsPerSecond,
+  );
+  results.udpRoundTrips.push(
+    (await udpRoundTrips({ roundTrips: ROUND_TRIPS, size: 64 })).roundTripsPerSecond,
   );
   results.bulk.push((await packetRate(BULK_BYTES / MIB, MIB)) * MIB / 1e6);
   results.quicBulk.push(
@@ -116,6 +128,9 @@ ratio("knul_vs_deno_tcp_64b_packets", m.packets, m.tcpPackets);
 report("knul_64b_round_trips", m.roundTrips, "round-trips/s");
 report("deno_quic_64b_round_trips", m.quicRoundTrips, "round-trips/s");
 ratio("knul_vs_deno_quic_round_trips", m.roundTrips, m.quicRoundTrips);
+report("deno_udp_64b_round_trips", m.udpRoundTrips, "round-trips/s");
+ratio("deno_quic_vs_deno_udp_round_trips", m.quicRoundTrips, m.udpRoundTrips);
+ratio("knul_vs_deno_udp_round_trips", m.roundTrips, m.udpRoundTrips);
 report("knul_1mib_bulk", m.bulk, "MB/s");
 report("deno_quic_1mib_bulk", m.quicBulk, "MB/s");
 ratio("knul_vs_deno_quic_bulk", m.bulk, m.quicBulk);

@@ -205,6 +205,8 @@ export class HttpBridge {
   readonly #backlog: Pending[] = [];
   #backlogDraining = false;
   #flushQueued = false;
+  /** The last Host that passed the authority check (clients repeat theirs). */
+  #validHost = "";
   #stopped = false;
   /** Scratch for encoding response heads (grown when a head is larger). */
   #scratch = new Uint8Array(16 * 1024);
@@ -318,7 +320,11 @@ export class HttpBridge {
     // The authority only: a Host like "a/admin?" must not move the path the
     // handler sees away from the one the kernel routed (then: 400).
     const rawHost = lines[1] || this.#fallbackHost;
-    const host = AUTHORITY.test(rawHost) ? rawHost : null;
+    let host: string | null = rawHost;
+    if (rawHost !== this.#validHost) {
+      if (AUTHORITY.test(rawHost)) this.#validHost = rawHost;
+      else host = null;
+    }
     const remote = lines[2] ?? "";
     const remoteSpace = remote.lastIndexOf(" ");
     const info: HttpRequestInfo = {
@@ -551,6 +557,13 @@ export class HttpBridge {
         if (!hasLength) lines += `content-length: ${bytes.length}\r\n`;
         this.#writeHead(exchange, status, lines, bytes.length === 0);
         if (bytes.length === 0) {
+          this.#complete(exchange);
+          return;
+        }
+        if (bytes.length <= exchange.window) {
+          // The common case, without a promise: the body fits the window.
+          this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, KREPIS_HTTP_FLAG_END, 0, bytes);
+          exchange.window -= bytes.length;
           this.#complete(exchange);
           return;
         }

@@ -924,6 +924,8 @@ Deno.test("http: review regressions: early answers, HEAD over h2, silent connect
   halfHead.close();
 });
 
+const BIG_TEXT = "ab".repeat(100_000) + "end";
+
 Deno.test("http: JS response bodies of every kind arrive intact with their lengths", async () => {
   await using s = await serve({
     handler: (request) => {
@@ -934,6 +936,9 @@ Deno.test("http: JS response bodies of every kind arrive intact with their lengt
           return Response.json({ ok: true, n: 1 });
         case "/empty":
           return new Response("");
+        case "/bigtext":
+          // A string body larger than the 64 KiB credit window.
+          return new Response(BIG_TEXT);
         case "/bytes":
           return new Response(new Uint8Array([0, 1, 2, 255]));
         case "/blob":
@@ -951,6 +956,9 @@ Deno.test("http: JS response bodies of every kind arrive intact with their lengt
   const json = await fetch(`${s.base}/json`);
   assert.equal(json.headers.get("content-type"), "application/json");
   assert.deepEqual(await json.json(), { ok: true, n: 1 });
+  const bigText = await fetch(`${s.base}/bigtext`);
+  assert.equal(bigText.headers.get("content-length"), String(BIG_TEXT.length));
+  assert.equal(await bigText.text(), BIG_TEXT);
   const empty = await fetch(`${s.base}/empty`);
   assert.equal(empty.headers.get("content-length"), "0");
   assert.equal(await empty.text(), "");

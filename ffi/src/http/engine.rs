@@ -275,6 +275,7 @@ impl Engine {
             } else if body.read_all {
                 // Nothing left to read: watch the client while JS works.
                 tokio::select! {
+                    biased;
                     message = request.receiver.recv() => Event::Js(message),
                     gone = session.read_body_or_idle(true) => Event::ClientGone(gone.err()),
                 }
