@@ -185,6 +185,18 @@ function freePort(): number {
 async function startNginx(nginx: string, upstreamPort: number | null): Promise<Server> {
   const dir = await Deno.makeTempDir({ prefix: "krepis-bench-nginx-" });
   const port = freePort();
+  const upstream = upstreamPort === null ? "" : `  upstream u {
+    server ${HOSTNAME}:${upstreamPort};
+    keepalive 64;
+    keepalive_requests 1000000;
+  }
+`;
+  const location = upstreamPort === null
+    ? `      default_type "text/plain;charset=UTF-8";
+      return 200 "${BODY}";`
+    : `      proxy_pass http://u;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";`;
   // Keep-alive both ways, and no per-connection request cap (nginx's default
   // of 1000 would make wrk reconnect; Deno.serve and krepis have no cap).
   const conf = `daemon off;
@@ -200,24 +212,10 @@ http {
   uwsgi_temp_path ${dir}/uwsgi;
   scgi_temp_path ${dir}/scgi;
   keepalive_requests 1000000;
-${
-    upstreamPort === null ? "" : `  upstream u {
-    server ${HOSTNAME}:${upstreamPort};
-    keepalive 64;
-    keepalive_requests 1000000;
-  }
-`
-  }  server {
+${upstream}  server {
     listen ${HOSTNAME}:${port};
     location / {
-${
-    upstreamPort === null
-      ? `      default_type "text/plain;charset=UTF-8";
-      return 200 "${BODY}";`
-      : `      proxy_pass http://u;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";`
-  }
+${location}
     }
   }
 }

@@ -520,8 +520,14 @@ export class HttpBridge {
       `content-type: text/plain;charset=UTF-8\r\ncontent-length: ${body.length}\r\n`,
       bodyless,
     );
-    if (!bodyless) this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, KREPIS_HTTP_FLAG_END, 0, body);
-    exchange.window -= body.length;
+    if (bodyless) this.#complete(exchange);
+    else this.#putWholeBody(exchange, body);
+  }
+
+  /** Ends the response with `bytes` as its whole body, one record within the credit window. */
+  #putWholeBody(exchange: Exchange, bytes: Uint8Array): void {
+    this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, KREPIS_HTTP_FLAG_END, 0, bytes);
+    exchange.window -= bytes.length;
     this.#complete(exchange);
   }
 
@@ -562,9 +568,7 @@ export class HttpBridge {
         }
         if (bytes.length <= exchange.window) {
           // The common case, without a promise: the body fits the window.
-          this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, KREPIS_HTTP_FLAG_END, 0, bytes);
-          exchange.window -= bytes.length;
-          this.#complete(exchange);
+          this.#putWholeBody(exchange, bytes);
           return;
         }
         void this.#sendChunk(exchange, bytes, true).then((sent) => {
