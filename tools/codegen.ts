@@ -3,7 +3,9 @@
  *
  * 1. `ffi/include/krepis.h` (cbindgen, via `cargo run -p krepis-abi-header`),
  * 2. `bindings/_gen/symbols.ts`: the `Deno.dlopen` symbol table parsed from
- *    that header, plus its ABI hash,
+ *    that header, plus its ABI hash; and from `ffi/include/krepis_diagnostics.h`
+ *    (the test/benchmark exports, outside the ABI) the table only tests and
+ *    benches open, `bindings/_gen/diagnostics_symbols.ts`,
  * 3. `bindings/_gen/proto/**`: ts-proto output for `ffi/proto/**`.
  *
  * `deno task codegen --check` generates into memory and fails, listing the
@@ -13,7 +15,7 @@
  * @module
  */
 
-import { abiHash, symbolsModule } from "./_header_to_symbols.ts";
+import { abiHash, diagnosticsModule, symbolsModule } from "./_header_to_symbols.ts";
 
 const root = new URL("../", import.meta.url);
 const check = Deno.args.includes("--check");
@@ -70,15 +72,20 @@ try {
     "krepis-abi-header",
     "--",
     `${temp}/krepis.h`,
+    `${temp}/krepis_diagnostics.h`,
   ]);
   const header = (await Deno.readTextFile(`${temp}/krepis.h`)).replaceAll("\r", "");
   await emit("ffi/include/krepis.h", header);
+  const diagnostics = (await Deno.readTextFile(`${temp}/krepis_diagnostics.h`))
+    .replaceAll("\r", "");
+  await emit("ffi/include/krepis_diagnostics.h", diagnostics);
 
-  // 2. The symbol table and ABI hash, from the header.
+  // 2. The symbol tables (and the ABI hash), from the headers.
   await emit(
     "bindings/_gen/symbols.ts",
     symbolsModule(header, await abiHash(header)),
   );
+  await emit("bindings/_gen/diagnostics_symbols.ts", diagnosticsModule(diagnostics));
 
   // 3. The control-plane types, from the .proto files.
   // On Windows npm installs .cmd shims, which Deno only runs through cmd.

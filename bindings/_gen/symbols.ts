@@ -2,16 +2,13 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "2777f5be5779945f3f814546b76c93544e04a49144ec9964ed70ec40aa37230c";
+export const ABI_HASH = "0e620a1ac12e6632a3c0ecb6b4f455728dc2239a423cc0d6f6953dafa72181b9";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
   krepis_abi_hash: { parameters: ["buffer", "u32"], result: "i32" },
   krepis_buffer_alloc: { parameters: ["u32", "u32", "buffer"], result: "i32" },
-  krepis_buffer_debug_sum: { parameters: ["u32", "u32", "u32", "buffer"], result: "i32" },
   krepis_buffer_release: { parameters: ["u32", "u32"], result: "i32" },
-  krepis_debug_callback_per_record: { parameters: ["function", "u32", "u32"], result: "i32" },
-  krepis_debug_panic: { parameters: [], result: "i32" },
   krepis_guard_close: { parameters: ["u32"], result: "i32" },
   krepis_guard_kill: { parameters: ["u32"], result: "i32" },
   krepis_guard_spawn: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer"], result: "i32" },
@@ -34,8 +31,6 @@ export const symbols = {
   krepis_listener_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_ring_close: { parameters: ["u32"], result: "i32" },
   krepis_ring_create: { parameters: ["u32", "u32", "u32", "buffer"], result: "i32" },
-  krepis_ring_debug_consume: { parameters: ["u32", "u32"], result: "i32" },
-  krepis_ring_debug_produce: { parameters: ["u32", "u32", "u32", "u32"], result: "i32" },
   krepis_ring_notify: { parameters: ["u32"], result: "i32" },
   krepis_ring_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_ring_wait: { parameters: ["u32", "u32", "u32"], result: "i32", nonblocking: true },
@@ -68,12 +63,12 @@ export const KREPIS_MAX_BUFFER_BYTES = 2147483647;
 export const KREPIS_BUFFER_RELEASED = 0;
 export const KREPIS_BUFFER_LEAKED = 1;
 export const KREPIS_BUFFER_ABANDONED = 2;
-export const KREPIS_COMPLETION_HEADER_BYTES = 16;
 export const KREPIS_EVENT_RING = 1;
 export const KREPIS_EVENT_LISTENER = 2;
 export const KREPIS_EVENT_CONNECT = 3;
 export const KREPIS_EVENT_LINK_CLOSED = 4;
 export const KREPIS_EVENT_RECORD_BYTES = 8;
+export const KREPIS_MAX_REPORTED_VIOLATIONS = 64;
 export const KREPIS_HTTP_TO_JS_REQUEST = 1;
 export const KREPIS_HTTP_TO_JS_BODY = 2;
 export const KREPIS_HTTP_TO_JS_CREDIT = 3;
@@ -91,17 +86,6 @@ export const KREPIS_HTTP_ABORT_TIMEOUT = 2;
 export const KREPIS_HTTP_ABORT_TOO_LARGE = 3;
 export const KREPIS_HTTP_ABORT_STOPPING = 4;
 export const KREPIS_HTTP_RING_BYTES = 4194304;
-export const KREPIS_KNUL_HEADER_BYTES = 40;
-export const KREPIS_KNUL_VERSION = 1;
-export const KREPIS_LINK_RECORD_PACKET = 1;
-export const KREPIS_FLAG_RELIABLE = 1;
-export const KREPIS_CLOSE_NORMAL = 0;
-export const KREPIS_CLOSE_GOING_AWAY = 1;
-export const KREPIS_CLOSE_PROTOCOL = 2;
-export const KREPIS_CLOSE_VERSION = 3;
-export const KREPIS_CLOSE_TOO_LARGE = 4;
-export const KREPIS_CLOSE_POLICY = 5;
-export const KREPIS_FLAG_FINAL = 2;
 export const KREPIS_MEMORY_ALIGNMENT = 64;
 export const KREPIS_RING_HEAD = 0;
 export const KREPIS_RING_TAIL = 64;
@@ -115,18 +99,25 @@ export const KREPIS_RING_RECORD_HEADER_BYTES = 8;
 export const KREPIS_RING_PAD = 4294967295;
 export const KREPIS_RING_MIN_CAPACITY = 64;
 export const KREPIS_RING_MAX_CAPACITY = 1073741824;
-export const KREPIS_RING_DIAG_FILL = 1;
-export const KREPIS_RING_DIAG_CLOSE_WHEN_DONE = 2;
-export const KREPIS_MAX_REPORTED_VIOLATIONS = 64;
-export const KREPIS_SCAN_ENTRY_HEADER_BYTES = 8;
-export const KREPIS_DATA = 100;
-export const KREPIS_JOURNAL = 106;
 export const KREPIS_MAX_TREE_NAME_BYTES = 255;
-export const KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES = 1048576;
-export const KREPIS_KNUL_MAX_PACKET_BYTES = 268435456;
-export const KREPIS_LINK_INFO_MAX_BYTES = 256;
+export const KREPIS_COMPLETION_HEADER_BYTES = 16;
+export const KREPIS_SCAN_ENTRY_HEADER_BYTES = 8;
 export const KREPIS_WATCH_PUT = 1;
 export const KREPIS_WATCH_DELETE = 2;
 export const KREPIS_WATCH_OVERFLOW = 3;
 export const KREPIS_WATCH_VALUE_OMITTED = 256;
 export const KREPIS_MAX_BACKLOG_BYTES = 67108864;
+export const KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES = 1048576;
+export const KREPIS_KNUL_MAX_PACKET_BYTES = 268435456;
+export const KREPIS_LINK_INFO_MAX_BYTES = 256;
+export const KREPIS_KNUL_HEADER_BYTES = 40;
+export const KREPIS_KNUL_VERSION = 1;
+export const KREPIS_LINK_RECORD_PACKET = 1;
+export const KREPIS_FLAG_RELIABLE = 1;
+export const KREPIS_CLOSE_NORMAL = 0;
+export const KREPIS_CLOSE_GOING_AWAY = 1;
+export const KREPIS_CLOSE_PROTOCOL = 2;
+export const KREPIS_CLOSE_VERSION = 3;
+export const KREPIS_CLOSE_TOO_LARGE = 4;
+export const KREPIS_CLOSE_POLICY = 5;
+export const KREPIS_FLAG_FINAL = 2;

@@ -20,9 +20,6 @@
 // the handle dies but the memory is kept forever, and counted.
 #define KREPIS_BUFFER_ABANDONED 2
 
-// Bytes of one completion's header in `krepis_store_completions` output.
-#define KREPIS_COMPLETION_HEADER_BYTES 16
-
 // A ring JS armed became ready (records to read / space to write) or closed.
 #define KREPIS_EVENT_RING 1
 
@@ -37,6 +34,9 @@
 
 // Bytes per event record.
 #define KREPIS_EVENT_RECORD_BYTES 8
+
+// Most file violations reported per command (the first ones).
+#define KREPIS_MAX_REPORTED_VIOLATIONS 64
 
 // Kernel → JS record: a request (`[id][flags]` + head text).
 #define KREPIS_HTTP_TO_JS_REQUEST 1
@@ -89,6 +89,64 @@
 // Default capacity of each bridge ring.
 #define KREPIS_HTTP_RING_BYTES 4194304
 
+// Alignment of every allocation shared with JS.
+#define KREPIS_MEMORY_ALIGNMENT 64
+
+#define KREPIS_RING_HEAD 0
+
+#define KREPIS_RING_TAIL 64
+
+#define KREPIS_RING_NATIVE_WAITING 128
+
+#define KREPIS_RING_CLOSED 132
+
+#define KREPIS_RING_CAPACITY 136
+
+#define KREPIS_RING_DIRECTION 140
+
+#define KREPIS_RING_JS_ARMED 144
+
+#define KREPIS_RING_HEADER_BYTES 192
+
+#define KREPIS_RING_RECORD_HEADER_BYTES 8
+
+#define KREPIS_RING_PAD UINT32_MAX
+
+#define KREPIS_RING_MIN_CAPACITY 64
+
+#define KREPIS_RING_MAX_CAPACITY (1 << 30)
+
+#define KREPIS_MAX_TREE_NAME_BYTES 255
+
+// Bytes of one completion's header in `krepis_store_completions` output.
+#define KREPIS_COMPLETION_HEADER_BYTES 16
+
+// Bytes of one scan entry's header (key length, value length: u32 LE each)
+// in `krepis_store_scan_next` output; entries are padded to 8 bytes.
+#define KREPIS_SCAN_ENTRY_HEADER_BYTES 8
+
+#define KREPIS_WATCH_PUT 1
+
+#define KREPIS_WATCH_DELETE 2
+
+// The feed fell too far behind; it ends after this record.
+#define KREPIS_WATCH_OVERFLOW 3
+
+// A change whose value did not fit the ring carries only its key.
+#define KREPIS_WATCH_VALUE_OMITTED 256
+
+// Most bytes of changes buffered for a slow reader.
+#define KREPIS_MAX_BACKLOG_BYTES (64 << 20)
+
+// Default and largest `maxPacketBytes`.
+#define KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES (1 << 20)
+
+#define KREPIS_KNUL_MAX_PACKET_BYTES (256 << 20)
+
+// Room `krepis_listener_accept` needs for a `LinkInfo` (an IPv6 address
+// and a few varints fit with plenty to spare).
+#define KREPIS_LINK_INFO_MAX_BYTES 256
+
 // Header size in bytes.
 #define KREPIS_KNUL_HEADER_BYTES 40
 
@@ -118,77 +176,6 @@
 // everything you sent, up to the end of your stream".
 #define KREPIS_FLAG_FINAL 2
 
-// Alignment of every allocation shared with JS.
-#define KREPIS_MEMORY_ALIGNMENT 64
-
-#define KREPIS_RING_HEAD 0
-
-#define KREPIS_RING_TAIL 64
-
-#define KREPIS_RING_NATIVE_WAITING 128
-
-#define KREPIS_RING_CLOSED 132
-
-#define KREPIS_RING_CAPACITY 136
-
-#define KREPIS_RING_DIRECTION 140
-
-#define KREPIS_RING_JS_ARMED 144
-
-#define KREPIS_RING_HEADER_BYTES 192
-
-#define KREPIS_RING_RECORD_HEADER_BYTES 8
-
-#define KREPIS_RING_PAD UINT32_MAX
-
-#define KREPIS_RING_MIN_CAPACITY 64
-
-#define KREPIS_RING_MAX_CAPACITY (1 << 30)
-
-// Diagnostics flag: fill every payload byte with the test pattern.
-#define KREPIS_RING_DIAG_FILL 1
-
-// Diagnostics flag: close the ring after the last record.
-#define KREPIS_RING_DIAG_CLOSE_WHEN_DONE 2
-
-// Most file violations reported per command (the first ones).
-#define KREPIS_MAX_REPORTED_VIOLATIONS 64
-
-// Bytes of one scan entry's header (key length, value length: u32 LE each)
-// in `krepis_store_scan_next` output; entries are padded to 8 bytes.
-#define KREPIS_SCAN_ENTRY_HEADER_BYTES 8
-
-#define KREPIS_DATA 100
-
-#define KREPIS_JOURNAL 106
-
-#define KREPIS_MAX_TREE_NAME_BYTES 255
-
-// Default and largest `maxPacketBytes`.
-#define KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES (1 << 20)
-
-#define KREPIS_KNUL_MAX_PACKET_BYTES (256 << 20)
-
-// Room `krepis_listener_accept` needs for a `LinkInfo` (an IPv6 address
-// and a few varints fit with plenty to spare).
-#define KREPIS_LINK_INFO_MAX_BYTES 256
-
-#define KREPIS_WATCH_PUT 1
-
-#define KREPIS_WATCH_DELETE 2
-
-// The feed fell too far behind; it ends after this record.
-#define KREPIS_WATCH_OVERFLOW 3
-
-// A change whose value did not fit the ring carries only its key.
-#define KREPIS_WATCH_VALUE_OMITTED 256
-
-// Most bytes of changes buffered for a slow reader.
-#define KREPIS_MAX_BACKLOG_BYTES (64 << 20)
-
-// A JS `Deno.UnsafeCallback.threadSafe` taking `(sequence, length)`.
-typedef void (*KREPIS_RecordCallback)(uint32_t sequence, uint32_t length);
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -206,29 +193,9 @@ int32_t krepis_abi_hash(uint8_t *out, uint32_t cap);
 // `out` must point to two writable, aligned `u64`s.
 int32_t krepis_buffer_alloc(uint32_t kernel, uint32_t byte_length, uint64_t *out);
 
-// Diagnostics: sums the bytes `[offset, offset + len)` of a buffer as the
-// kernel sees them (wrapping u64) into `out[0]`, so tests can prove the
-// kernel reads what JS wrote in place.
-//
-// # Safety
-// `out` must point to one writable, aligned `u64`.
-int32_t krepis_buffer_debug_sum(uint32_t buffer, uint32_t offset, uint32_t len, uint64_t *out);
-
 // Releases a buffer (`mode`: 0 released, 1 leaked, 2 abandoned; see the
 // constants). The SDK has detached every JS view first, except in mode 2.
 int32_t krepis_buffer_release(uint32_t buffer, uint32_t mode);
-
-// Diagnostics: starts a thread that calls `callback(sequence, payload_len)`
-// `count` times, one call per record, the way a callback-based data plane
-// would hand records to JS. Returns at once.
-int32_t krepis_debug_callback_per_record(KREPIS_RecordCallback callback,
-                                         uint32_t count,
-                                         uint32_t payload_len);
-
-// Diagnostics: panics on purpose inside the boundary, so an application (and
-// the SDK's tests) can verify that a native panic becomes a typed error and
-// the process survives. Always returns a negative status.
-int32_t krepis_debug_panic(void);
 
 // Releases a guarded process handle (killing it if it still runs).
 int32_t krepis_guard_close(uint32_t process);
@@ -390,21 +357,6 @@ int32_t krepis_ring_close(uint32_t ring);
 // # Safety
 // `out` must point to two writable, aligned `u64`s.
 int32_t krepis_ring_create(uint32_t kernel, uint32_t capacity, uint32_t direction, uint64_t *out);
-
-// Diagnostics: starts a kernel task that drains a JS → kernel ring until it
-// closes, counting records and bytes and summing payload bytes (see
-// `krepis_ring_stats`); with flag 1 it also verifies the test pattern.
-int32_t krepis_ring_debug_consume(uint32_t ring, uint32_t flags);
-
-// Diagnostics: starts a kernel task producing `count` records of
-// `payload_len` bytes into a kernel → JS ring; record `i` has tag `i` and
-// its payload starts with `i` as u64 (or, with flag 1, every byte follows
-// the test pattern). Flag 2 closes the ring after the last record. Used by
-// the tests and benchmarks of the data plane.
-int32_t krepis_ring_debug_produce(uint32_t ring,
-                                  uint32_t count,
-                                  uint32_t payload_len,
-                                  uint32_t flags);
 
 // Wakes the kernel side of a ring. JS calls it after moving its cursor, and
 // only when it sees `native_waiting` set: at most once per batch.

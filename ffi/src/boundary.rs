@@ -141,13 +141,3 @@ pub unsafe extern "C" fn krepis_last_error(out: *mut u8, cap: u32) -> i32 {
         LAST_ERROR.with(|slot| write_out(&slot.borrow(), out))
     })
 }
-
-/// Diagnostics: panics on purpose inside the boundary, so an application (and
-/// the SDK's tests) can verify that a native panic becomes a typed error and
-/// the process survives. Always returns a negative status.
-#[no_mangle]
-pub extern "C" fn krepis_debug_panic() -> i32 {
-    call("krepis_debug_panic", || {
-        panic!("krepis_debug_panic was called (deliberate panic for diagnostics)")
-    })
-}

@@ -1,23 +1,25 @@
-//! Kernel lifecycle: a kernel owns a tokio multi-thread runtime (and, through
-//! later capabilities, everything that runs on it). Closing a kernel stops its
-//! runtime and waits for the worker threads; the library itself stays loaded.
+//! The kernel: a tokio multi-thread runtime plus the per-kernel state its
+//! capabilities attach to it, reachable from JS by handle.
+//!
+//! This module knows no capability. Capabilities look their kernel up here
+//! ([`kernel`], [`kernel_by_id`]) and keep per-kernel state either in tables
+//! of their own (keyed by [`Kernel::id`]) or attached to the kernel
+//! ([`Kernel::attach`]); `crate::lifecycle` opens and closes kernels and is
+//! the only place that knows the order in which capabilities are released.
 
-use crate::boundary::{call, in_bytes, out_bytes, write_out};
-use crate::buffers::{self, BufferAccounting};
 use crate::error::{KernelError, KernelResult};
 use crate::handles::{HandleKind, HandleTable};
-use crate::identity;
-use crate::proto::{ErrorCode, KernelConfig, Stats};
-use crate::ring;
-use prost::Message;
-use std::path::PathBuf;
+use crate::memory::BufferAccounting;
+use crate::proto::{ErrorCode, KernelConfig};
+use std::any::Any;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Upper bound on `worker_threads`, to turn a typo into an error instead of
 /// thousands of threads.
-const MAX_WORKER_THREADS: u32 = 256;
+pub(crate) const MAX_WORKER_THREADS: u32 = 256;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_millis(5000);
 
 static KERNELS: HandleTable<Kernel> = HandleTable::new(HandleKind::Kernel);
@@ -33,8 +35,8 @@ pub struct Kernel {
     /// `None` once closed.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     accounting: Arc<BufferAccounting>,
-    /// The store in `<data_dir>/store`; `None` without a data dir or once closed.
-    store: Mutex<Option<Arc<crate::store::Store>>>,
+    /// State capabilities attached to this kernel, at most one per type.
+    attached: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
 }
 
 impl Kernel {
@@ -50,13 +52,6 @@ impl Kernel {
         let data_dir = match config.data_dir.as_str() {
             "" => None,
             path => Some(prepare_data_dir(path)?),
-        };
-        let store = match &data_dir {
-            Some(dir) => Some(crate::store::Store::open(
-                dir,
-                &config.store.unwrap_or_default(),
-            )?),
-            None => None,
         };
         let worker_threads = match config.worker_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
@@ -86,36 +81,55 @@ impl Kernel {
             },
             runtime: Mutex::new(Some(runtime)),
             accounting: Arc::default(),
-            store: Mutex::new(store),
+            attached: Mutex::new(Vec::new()),
         })
     }
 
-    /// The kernel's store, or an error naming why there is none.
-    pub fn store(&self) -> KernelResult<Arc<crate::store::Store>> {
-        self.store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                if self.data_dir.is_none() {
-                    KernelError::new(
-                        ErrorCode::InvalidArgument,
-                        "this kernel has no data dir (dataDir: null), so it has no store",
-                    )
-                } else {
-                    KernelError::new(ErrorCode::Closed, "the kernel is closed")
-                }
-            })
-    }
-
-    /// Process-unique id (owner tag of buffers and rings).
+    /// Process-unique id (owner tag of everything capabilities create for it).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The data directory, `None` when opened with `dataDir: null`.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
+    pub fn worker_threads(&self) -> u32 {
+        self.worker_threads
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.opened_at.elapsed()
     }
 
     /// Counters of this kernel's shared buffers and rings.
     pub fn accounting(&self) -> &Arc<BufferAccounting> {
         &self.accounting
+    }
+
+    /// Attaches a capability's per-kernel state (one value per type; a
+    /// second value of the same type replaces the first).
+    pub fn attach<T: Any + Send + Sync>(&self, value: Arc<T>) {
+        let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        attached.retain(|entry| !entry.is::<T>());
+        attached.push(value);
+    }
+
+    /// The attached state of type `T`, if any.
+    pub fn attached<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        attached
+            .iter()
+            .find(|entry| entry.is::<T>())
+            .and_then(|entry| Arc::clone(entry).downcast::<T>().ok())
+    }
+
+    /// Removes and returns the attached state of type `T`.
+    pub fn detach<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        let index = attached.iter().position(|entry| entry.is::<T>())?;
+        attached.swap_remove(index).downcast::<T>().ok()
     }
 
     /// A handle to the kernel's runtime (for threads that drive async work).
@@ -124,7 +138,7 @@ impl Kernel {
         runtime
             .as_ref()
             .map(|runtime| runtime.handle().clone())
-            .ok_or_else(|| KernelError::new(ErrorCode::Closed, "the kernel is closed"))
+            .ok_or_else(closed)
     }
 
     /// Runs `task` on the kernel's runtime; `Closed` once the kernel closed.
@@ -138,83 +152,49 @@ impl Kernel {
                 runtime.spawn(task);
                 Ok(())
             }
-            None => Err(KernelError::new(ErrorCode::Closed, "the kernel is closed")),
+            None => Err(closed()),
         }
     }
 
-    /// Stops the runtime, waiting up to the grace period for its tasks and
-    /// worker threads. Idempotent.
-    pub fn shutdown(&self) {
-        let runtime = self
-            .runtime
+    /// Tasks alive on the runtime (0 once closed).
+    pub fn alive_tasks(&self) -> u64 {
+        self.runtime
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(runtime) = runtime {
-            // Rings first: closing them wakes tasks and JS waiters blocked on them.
-            crate::http::release_owned(self.id);
-            crate::transport::release_owned(self.id);
-            ring::release_owned(self.id);
-            crate::guard::release_owned(self.id);
-            crate::store::release_owned(self.id);
-            crate::scan::release_owned(self.id);
-            if tokio::runtime::Handle::try_current().is_ok() {
-                // Dropped on a runtime thread (blocking there would panic).
-                runtime.shutdown_background();
-            } else {
-                runtime.shutdown_timeout(self.shutdown_grace);
-            }
-            // JS has detached its views by now. A task that outlived the grace
-            // period still holds `Arc`s to what it uses, so freeing the table
-            // entries cannot pull memory from under it.
-            buffers::release_owned(self.id);
-            let store = self.store.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(store) = store {
-                // Flushes, stops the committer and releases the data dir even
-                // if something still holds a reference to the store.
-                store.close();
-            }
-        }
-    }
-
-    pub fn stats(&self) -> Stats {
-        let alive_tasks = self
-            .runtime
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map_or(0, |runtime| runtime.metrics().num_alive_tasks() as u64);
-        Stats {
-            kernel_id: self.id,
-            version: identity::version().to_owned(),
-            worker_threads: self.worker_threads,
-            alive_tasks,
-            uptime_us: self.opened_at.elapsed().as_micros() as u64,
-            open_kernels: KERNELS.live() as u32,
-            data_dir: self
-                .data_dir
-                .as_ref()
-                .map(|dir| dir.display().to_string())
-                .unwrap_or_default(),
-            store: self
-                .store
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .map(|store| store.stats()),
-            buffers: Some(crate::proto::BufferStats {
-                ring_used_bytes: ring::used_bytes_of(self.id),
-                ..self.accounting.stats()
-            }),
-            transport: Some(crate::transport::stats_of(self.id)),
+            .map_or(0, |runtime| runtime.metrics().num_alive_tasks() as u64)
+    }
+
+    /// Takes the runtime out of the kernel: from here on `spawn` reports
+    /// `Closed`. `None` when it was taken already (close is idempotent).
+    pub fn take_runtime(&self) -> Option<tokio::runtime::Runtime> {
+        self.runtime.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Stops a runtime taken with [`Kernel::take_runtime`], waiting up to the
+    /// kernel's grace period for its tasks and worker threads.
+    pub fn stop_runtime(&self, runtime: tokio::runtime::Runtime) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Dropped on a runtime thread (blocking there would panic).
+            runtime.shutdown_background();
+        } else {
+            runtime.shutdown_timeout(self.shutdown_grace);
         }
     }
 }
 
 impl Drop for Kernel {
     fn drop(&mut self) {
-        self.shutdown();
+        // Only a kernel that was never closed (an open that failed half-way)
+        // still has its runtime here; closing went through the lifecycle.
+        if let Some(runtime) = self.take_runtime() {
+            self.stop_runtime(runtime);
+        }
     }
+}
+
+fn closed() -> KernelError {
+    KernelError::new(ErrorCode::Closed, "the kernel is closed")
 }
 
 fn prepare_data_dir(path: &str) -> KernelResult<PathBuf> {
@@ -236,11 +216,24 @@ fn prepare_data_dir(path: &str) -> KernelResult<PathBuf> {
     Ok(dir)
 }
 
+/// Makes an opened kernel reachable by handle.
+pub(crate) fn insert(kernel: Arc<Kernel>) -> KernelResult<u32> {
+    KERNELS.insert(kernel)
+}
+
+/// Makes a kernel unreachable by handle (the first step of closing it).
+pub(crate) fn remove(handle: u32) -> KernelResult<Arc<Kernel>> {
+    KERNELS.remove(handle)
+}
+
+/// Kernels reachable by handle.
+pub fn open_kernels() -> usize {
+    KERNELS.live()
+}
+
 /// The open kernel with process-unique id `id`.
 pub fn kernel_by_id(id: u64) -> KernelResult<Arc<Kernel>> {
-    KERNELS
-        .find(|kernel| kernel.id == id)
-        .ok_or_else(|| KernelError::new(ErrorCode::Closed, "the kernel is closed"))
+    KERNELS.find(|kernel| kernel.id == id).ok_or_else(closed)
 }
 
 /// Looks up an open kernel (used by every capability that takes a kernel handle).
@@ -248,126 +241,24 @@ pub fn kernel(handle: u32) -> KernelResult<Arc<Kernel>> {
     KERNELS.get(handle)
 }
 
-/// Opens a kernel configured by `config` (an encoded `krepis.v1.KernelConfig`
-/// of `config_len` bytes) and writes its handle to `out_handle`.
-///
-/// # Safety
-/// `config` must point to `config_len` readable bytes (or be null with 0);
-/// `out_handle` must point to one writable, aligned `u32`.
-#[no_mangle]
-pub unsafe extern "C" fn krepis_kernel_open(
-    config: *const u8,
-    config_len: u32,
-    out_handle: *mut u32,
-) -> i32 {
-    call("krepis_kernel_open", || {
-        if out_handle.is_null() || !out_handle.is_aligned() {
-            return Err(KernelError::invalid_argument(
-                "out_handle must point to one aligned u32",
-            ));
-        }
-        // SAFETY: forwarded from this function's contract.
-        let bytes = unsafe { in_bytes(config, config_len, "config")? };
-        let config = KernelConfig::decode(bytes).map_err(|error| {
-            KernelError::invalid_argument(format!(
-                "config is not a valid krepis.v1.KernelConfig ({config_len} bytes): {error}"
-            ))
-        })?;
-        let handle = KERNELS.insert(Arc::new(Kernel::open(&config)?))?;
-        // SAFETY: checked non-null and aligned above; the caller guarantees it is writable.
-        unsafe { out_handle.write(handle) };
-        Ok(0)
-    })
-}
-
-/// Closes a kernel: stops its runtime and waits for its threads. A closed or
-/// forged handle returns an error status (`CLOSED` / `INVALID_HANDLE`).
-#[no_mangle]
-pub extern "C" fn krepis_kernel_close(kernel: u32) -> i32 {
-    call("krepis_kernel_close", || {
-        KERNELS.remove(kernel)?.shutdown();
-        Ok(0)
-    })
-}
-
-/// Writes the kernel's `krepis.v1.Stats` (protobuf) into `out`; returns its
-/// length (nothing is written when that exceeds `cap`).
-///
-/// # Safety
-/// `out` must be null or point to `cap` writable bytes.
-#[no_mangle]
-pub unsafe extern "C" fn krepis_kernel_stats(kernel: u32, out: *mut u8, cap: u32) -> i32 {
-    call("krepis_kernel_stats", || {
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { out_bytes(out, cap, "out")? };
-        let stats = self::kernel(kernel)?.stats().encode_to_vec();
-        write_out(&stats, out)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn open(config: KernelConfig) -> i32 {
-        let bytes = config.encode_to_vec();
-        let mut handle = 0u32;
-        // SAFETY: valid buffer and out pointer for the call's duration.
-        let status = unsafe { krepis_kernel_open(bytes.as_ptr(), bytes.len() as u32, &mut handle) };
-        if status == 0 {
-            handle as i32
-        } else {
-            status
-        }
-    }
-
     #[test]
-    fn open_stats_close() {
-        let handle = open(KernelConfig {
-            worker_threads: 2,
+    fn attached_state_is_typed() {
+        let kernel = Kernel::open(&KernelConfig {
+            worker_threads: 1,
             ..Default::default()
-        }) as u32;
-        let kernel = kernel(handle).unwrap();
-        let stats = kernel.stats();
-        assert_eq!(stats.worker_threads, 2);
-        assert_eq!(stats.version, env!("CARGO_PKG_VERSION"));
-        drop(kernel);
-        assert_eq!(krepis_kernel_close(handle), 0);
-        assert_eq!(krepis_kernel_close(handle), -(ErrorCode::Closed as i32));
-    }
-
-    #[test]
-    fn rejects_bad_config() {
-        // SAFETY: valid pointers for the call's duration.
-        let status = unsafe {
-            let garbage = [0xffu8; 7];
-            let mut handle = 0u32;
-            krepis_kernel_open(garbage.as_ptr(), 7, &mut handle)
-        };
-        assert_eq!(status, -(ErrorCode::InvalidArgument as i32));
-        let status = open(KernelConfig {
-            worker_threads: MAX_WORKER_THREADS + 1,
-            ..Default::default()
-        });
-        assert_eq!(status, -(ErrorCode::InvalidArgument as i32));
-        let status = open(KernelConfig {
-            data_dir: "relative/dir".into(),
-            ..Default::default()
-        });
-        assert_eq!(status, -(ErrorCode::InvalidArgument as i32));
-    }
-
-    #[test]
-    fn panics_become_errors() {
-        assert_eq!(
-            crate::boundary::krepis_debug_panic(),
-            -(ErrorCode::Panic as i32)
-        );
-        let mut buffer = vec![0u8; 1024];
-        // SAFETY: valid buffer for the call's duration.
-        let length = unsafe { crate::boundary::krepis_last_error(buffer.as_mut_ptr(), 1024) };
-        let error = crate::proto::Error::decode(&buffer[..length as usize]).unwrap();
-        assert_eq!(error.code, ErrorCode::Panic as i32);
-        assert!(error.message.contains("deliberate panic"));
+        })
+        .unwrap();
+        assert!(kernel.attached::<u32>().is_none());
+        kernel.attach(Arc::new(7u32));
+        kernel.attach(Arc::new(String::from("x")));
+        kernel.attach(Arc::new(8u32));
+        assert_eq!(*kernel.attached::<u32>().unwrap(), 8);
+        assert_eq!(kernel.attached::<String>().unwrap().as_str(), "x");
+        assert_eq!(*kernel.detach::<u32>().unwrap(), 8);
+        assert!(kernel.attached::<u32>().is_none());
     }
 }

@@ -7,43 +7,33 @@
 //! error ([`boundary::krepis_last_error`]). Objects cross the boundary as
 //! `u32` handles ([`handles`]), never as pointers.
 //!
-//! One capability per module:
-//! - [`identity`]: version and ABI hash, checked by the loader before use.
-//! - [`boundary`]: panic catching, status codes, the last error.
-//! - [`kernel`]: kernel lifecycle (a tokio runtime) and stats.
-//! - [`memory`], [`buffers`]: kernel-owned memory shared with JS without copying.
-//! - [`ring`]: SPSC rings between the kernel and JS.
-//! - [`guard`] (+ `sandbox` on Linux): untrusted commands in isolated,
-//!   limited child processes.
-//! - [`store`], [`commit`], [`journal`], [`scan`], [`watch`]: the sled store,
-//!   its group-committed transactions, the journal, the commit log, scans
-//!   and change feeds.
-//! - [`transport`] (+ `link`, `tls`, `events`, `lease`, `knul`): KNUL links over QUIC.
-//! - [`http`]: the HTTP engine (Pingora) with native routes and JS handlers.
+//! Layers; a module imports only from its own layer's lower modules or from
+//! layers below it (checked by `tools/import_graph.ts`):
+//! - foundation: [`error`], [`proto`], [`boundary`] (panic catching, status
+//!   codes, the last error), [`identity`] (version and ABI hash),
+//!   [`handles`], [`memory`] (memory shared with JS and its accounting),
+//!   [`events`] (one readiness queue for many objects), [`ring`] (SPSC rings
+//!   between the kernel and JS), [`kernel`] (the Kernel and handle lookup);
+//! - capabilities, one folder each: [`buffers`], [`store`], [`transport`]
+//!   (KNUL over QUIC), [`guard`] (sandboxed child processes), [`http`]
+//!   (Pingora, native routes and JS handlers);
+//! - [`lifecycle`]: opening and closing kernels, the release order, stats;
+//! - [`diagnostics`]: test and benchmark exports, outside the public ABI.
 
-pub mod anchors;
 pub mod boundary;
 pub mod buffers;
-pub mod commit;
+/// cbindgen:ignore
+pub mod diagnostics;
 pub mod error;
 pub mod events;
 pub mod guard;
 pub mod handles;
 pub mod http;
 pub mod identity;
-pub mod journal;
 pub mod kernel;
-pub mod knul;
-pub mod lease;
-pub mod link;
+pub mod lifecycle;
 pub mod memory;
 pub mod proto;
 pub mod ring;
-#[cfg(target_os = "linux")]
-pub mod sandbox;
-pub mod scan;
 pub mod store;
-pub mod tls;
 pub mod transport;
-pub mod wal;
-pub mod watch;

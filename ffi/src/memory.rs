@@ -2,9 +2,10 @@
 //! aligned (a cache line, and enough for any typed array), freed on drop.
 
 use crate::error::{KernelError, KernelResult};
-use crate::proto::ErrorCode;
+use crate::proto::{BufferStats, ErrorCode};
 use std::alloc::Layout;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Alignment of every allocation shared with JS.
 pub const MEMORY_ALIGNMENT: usize = 64;
@@ -62,5 +63,34 @@ impl Drop for NativeMemory {
     fn drop(&mut self) {
         // SAFETY: allocated in `zeroed` with exactly this layout, freed once.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// Per-kernel counters of the memory it shares with JS (shared buffers and
+/// rings), behind `kernel.stats().buffers`. Kept here, below both users, so
+/// buffers and rings count into one place without importing each other.
+#[derive(Default)]
+pub struct BufferAccounting {
+    pub(crate) live_buffers: AtomicU64,
+    pub(crate) live_bytes: AtomicU64,
+    pub(crate) leaked_buffers: AtomicU64,
+    pub(crate) abandoned_buffers: AtomicU64,
+    pub(crate) live_rings: AtomicU64,
+    pub(crate) ring_capacity_bytes: AtomicU64,
+}
+
+impl BufferAccounting {
+    /// Counters of buffers and rings; ring occupancy is added by the caller
+    /// (it is read from the rings themselves).
+    pub fn stats(&self) -> BufferStats {
+        BufferStats {
+            live_buffers: self.live_buffers.load(Ordering::Relaxed),
+            live_bytes: self.live_bytes.load(Ordering::Relaxed),
+            leaked_buffers: self.leaked_buffers.load(Ordering::Relaxed),
+            live_rings: self.live_rings.load(Ordering::Relaxed),
+            ring_capacity_bytes: self.ring_capacity_bytes.load(Ordering::Relaxed),
+            ring_used_bytes: 0,
+            abandoned_buffers: self.abandoned_buffers.load(Ordering::Relaxed),
+        }
     }
 }

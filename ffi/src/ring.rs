@@ -32,12 +32,11 @@
 //! moving its cursor, clears the flag and posts one event.
 
 use crate::boundary::{call, out_bytes, write_out};
-use crate::buffers::BufferAccounting;
 use crate::error::{KernelError, KernelResult};
 use crate::events::{EventQueue, EVENT_RING};
 use crate::handles::{HandleKind, HandleTable};
 use crate::kernel::kernel;
-use crate::memory::NativeMemory;
+use crate::memory::{BufferAccounting, NativeMemory};
 use crate::proto::{ErrorCode, RingStats};
 use prost::Message;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -67,17 +66,17 @@ pub enum Direction {
 
 static RINGS: HandleTable<Ring> = HandleTable::new(HandleKind::Ring);
 
-/// Counters of the kernel side of a ring.
+/// Counters of the kernel side of a ring, reported in its stats. Only the
+/// diagnostics producer/consumer (`crate::diagnostics`) counts into them.
 #[derive(Default)]
-struct NativeCounters {
-    records: AtomicU64,
-    bytes: AtomicU64,
-    checksum: AtomicU64,
-    errors: AtomicU64,
+pub(crate) struct NativeCounters {
+    pub(crate) records: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) checksum: AtomicU64,
+    pub(crate) errors: AtomicU64,
 }
 
 pub struct Ring {
-    kernel_handle: u32,
     kernel_id: u64,
     memory: NativeMemory,
     capacity: u32,
@@ -92,7 +91,7 @@ pub struct Ring {
     js_lock: Mutex<()>,
     js_wake: Condvar,
     native_wake: Notify,
-    counters: NativeCounters,
+    pub(crate) counters: NativeCounters,
     /// Where JS waits for this ring when it is part of a transport link
     /// (the queue and this ring's handle).
     events: OnceLock<(Arc<EventQueue>, u32)>,
@@ -105,7 +104,6 @@ pub fn record_size(len: u32) -> u64 {
 
 impl Ring {
     fn new(
-        kernel_handle: u32,
         kernel_id: u64,
         capacity: u32,
         direction: Direction,
@@ -121,7 +119,6 @@ impl Ring {
         }
         let memory = NativeMemory::zeroed(RING_HEADER_BYTES + capacity as usize)?;
         let ring = Ring {
-            kernel_handle,
             kernel_id,
             memory,
             capacity,
@@ -165,6 +162,11 @@ impl Ring {
 
     pub fn direction(&self) -> Direction {
         self.direction
+    }
+
+    /// Process-unique id of the kernel that owns the ring.
+    pub fn kernel_id(&self) -> u64 {
+        self.kernel_id
     }
 
     pub fn is_closed(&self) -> bool {
@@ -547,7 +549,7 @@ impl Consumer {
     }
 }
 
-fn record_too_large(len: u32, capacity: u32) -> KernelError {
+pub(crate) fn record_too_large(len: u32, capacity: u32) -> KernelError {
     KernelError::invalid_argument(format!(
         "a record of {len} bytes does not fit a ring of {capacity} bytes (at most {})",
         capacity - RING_RECORD_HEADER_BYTES
@@ -608,7 +610,6 @@ pub unsafe extern "C" fn krepis_ring_create(
             }
         };
         let ring = Ring::new(
-            kernel,
             owner.id(),
             capacity,
             direction,
@@ -679,137 +680,12 @@ pub(crate) fn test_ring(capacity: u32) -> Arc<Ring> {
     Arc::new(
         Ring::new(
             0,
-            0,
             capacity,
             Direction::ToJs,
             Arc::new(BufferAccounting::default()),
         )
         .expect("a valid test ring"),
     )
-}
-
-/// Diagnostics flag: fill every payload byte with the test pattern.
-pub const RING_DIAG_FILL: u32 = 1;
-/// Diagnostics flag: close the ring after the last record.
-pub const RING_DIAG_CLOSE_WHEN_DONE: u32 = 2;
-
-/// The byte at `index` of record `sequence` in the diagnostics pattern.
-pub fn pattern_byte(sequence: u64, index: usize) -> u8 {
-    (sequence as u8).wrapping_add(index as u8).wrapping_mul(31)
-}
-
-async fn produce_pattern(ring: Arc<Ring>, count: u32, len: u32, flags: u32) {
-    let mut producer = Producer::new(Arc::clone(&ring));
-    let flush_at = (ring.capacity / 8).max(record_size(len) as u32);
-    for sequence in 0..u64::from(count) {
-        let payload = match producer.reserve(len, sequence as u32).await {
-            Ok(Some(payload)) => payload,
-            Ok(None) | Err(_) => return,
-        };
-        // SAFETY: `payload` points to `len` reserved bytes owned by this producer.
-        unsafe {
-            if flags & RING_DIAG_FILL != 0 {
-                for index in 0..len as usize {
-                    payload.add(index).write(pattern_byte(sequence, index));
-                }
-            } else if len >= 8 {
-                // Stamp only: the handoff cost, not the fill, is what is measured.
-                (payload as *mut u64).write_unaligned(sequence.to_le());
-            }
-        }
-        ring.counters.records.fetch_add(1, Ordering::Relaxed);
-        ring.counters
-            .bytes
-            .fetch_add(u64::from(len), Ordering::Relaxed);
-        if producer.unpublished_bytes() >= flush_at {
-            producer.publish();
-        }
-    }
-    producer.publish();
-    if flags & RING_DIAG_CLOSE_WHEN_DONE != 0 {
-        ring.close();
-    }
-}
-
-async fn consume_pattern(ring: Arc<Ring>, flags: u32) {
-    let mut consumer = Consumer::new(Arc::clone(&ring));
-    loop {
-        let counters = &ring.counters;
-        let drained = consumer.drain(|tag, payload| {
-            let mut sum = 0u64;
-            let mut bad = false;
-            for (index, &byte) in payload.iter().enumerate() {
-                sum = sum.wrapping_add(u64::from(byte));
-                if flags & RING_DIAG_FILL != 0 && byte != pattern_byte(u64::from(tag), index) {
-                    bad = true;
-                }
-            }
-            counters.records.fetch_add(1, Ordering::Relaxed);
-            counters
-                .bytes
-                .fetch_add(payload.len() as u64, Ordering::Relaxed);
-            counters.checksum.fetch_add(sum, Ordering::Relaxed);
-            if bad {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        if drained.is_err() {
-            ring.counters.errors.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if !consumer.readable().await {
-            let _ = consumer.drain(|_, _| {});
-            return;
-        }
-    }
-}
-
-/// Diagnostics: starts a kernel task producing `count` records of
-/// `payload_len` bytes into a kernel → JS ring; record `i` has tag `i` and
-/// its payload starts with `i` as u64 (or, with flag 1, every byte follows
-/// the test pattern). Flag 2 closes the ring after the last record. Used by
-/// the tests and benchmarks of the data plane.
-#[no_mangle]
-pub extern "C" fn krepis_ring_debug_produce(
-    ring: u32,
-    count: u32,
-    payload_len: u32,
-    flags: u32,
-) -> i32 {
-    call("krepis_ring_debug_produce", || {
-        let ring = RINGS.get(ring)?;
-        if ring.direction != Direction::ToJs {
-            return Err(KernelError::invalid_argument(
-                "the kernel can only produce into a kernel → JS ring",
-            ));
-        }
-        if record_size(payload_len) > u64::from(ring.capacity) {
-            return Err(record_too_large(payload_len, ring.capacity));
-        }
-        let owner = kernel(ring.kernel_handle)?;
-        ring.claim()?;
-        owner.spawn(produce_pattern(ring, count, payload_len, flags))?;
-        Ok(0)
-    })
-}
-
-/// Diagnostics: starts a kernel task that drains a JS → kernel ring until it
-/// closes, counting records and bytes and summing payload bytes (see
-/// `krepis_ring_stats`); with flag 1 it also verifies the test pattern.
-#[no_mangle]
-pub extern "C" fn krepis_ring_debug_consume(ring: u32, flags: u32) -> i32 {
-    call("krepis_ring_debug_consume", || {
-        let ring = RINGS.get(ring)?;
-        if ring.direction != Direction::ToKernel {
-            return Err(KernelError::invalid_argument(
-                "the kernel can only consume from a JS → kernel ring",
-            ));
-        }
-        let owner = kernel(ring.kernel_handle)?;
-        ring.claim()?;
-        owner.spawn(consume_pattern(ring, flags))?;
-        Ok(0)
-    })
 }
 
 #[cfg(test)]
@@ -834,7 +710,7 @@ mod tests {
                     .expect("an empty ring has room for any record that fits");
                 for index in 0..len as usize {
                     // SAFETY: `len` bytes were reserved at `payload`.
-                    unsafe { payload.add(index).write(pattern_byte(sequence, index)) };
+                    unsafe { payload.add(index).write(crate::diagnostics::pattern_byte(sequence, index)) };
                 }
                 producer.publish();
                 consumer
@@ -842,7 +718,7 @@ mod tests {
                         assert_eq!(u64::from(tag), received);
                         assert_eq!(bytes.len(), len as usize);
                         for (index, &byte) in bytes.iter().enumerate() {
-                            assert_eq!(byte, pattern_byte(received, index));
+                            assert_eq!(byte, crate::diagnostics::pattern_byte(received, index));
                         }
                         received += 1;
                     })

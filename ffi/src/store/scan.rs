@@ -9,7 +9,8 @@ use crate::boundary::{call, in_bytes};
 use crate::error::{KernelError, KernelResult};
 use crate::handles::{HandleKind, HandleTable};
 use crate::proto::ScanOptions;
-use crate::store::{data_key, tree};
+use super::keys::data_key;
+use super::tree::tree;
 use prost::Message;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,7 @@ pub struct Scan {
 
 static SCANS: HandleTable<Scan> = HandleTable::new(HandleKind::Scan);
 
-pub fn release_owned(kernel_id: u64) {
+pub fn release_scans(kernel_id: u64) {
     drop(SCANS.drain_where(|scan| scan.kernel_id == kernel_id));
 }
 

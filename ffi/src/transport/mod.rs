@@ -6,13 +6,19 @@
 //! `connect` returns an operation id whose completion arrives as an event,
 //! and links report readiness through the transport's event queue.
 
+
+pub mod knul;
+pub mod lease;
+pub mod link;
+pub mod tls;
+
 use crate::boundary::{call, in_bytes, out_bytes, write_out};
 use crate::error::{KernelError, KernelResult};
 use crate::events::{EventQueue, EVENT_CONNECT, EVENT_LISTENER};
 use crate::handles::{HandleKind, HandleTable};
 use crate::kernel::kernel;
-use crate::knul::{tenant_hash, KNUL_HEADER_BYTES, KNUL_VERSION};
-use crate::link::{
+use knul::{tenant_hash, KNUL_HEADER_BYTES, KNUL_VERSION};
+use link::{
     client_hello, connection_error, server_hello, Established, Link, LinkSetup, CLOSE_GOING_AWAY,
     HELLO_TIMEOUT,
 };
@@ -21,7 +27,7 @@ use crate::proto::{
     ListenerStats,
 };
 use crate::ring::{record_size, ring, Direction, Ring};
-use crate::tls;
+
 use prost::Message;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};

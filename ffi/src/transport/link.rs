@@ -14,8 +14,8 @@
 
 use crate::error::{KernelError, KernelResult};
 use crate::events::{EventQueue, EVENT_LINK_CLOSED};
-use crate::knul::{Header, HeaderError, Kind, KNUL_HEADER_BYTES, KNUL_VERSION};
-use crate::lease::LeasingConsumer;
+use super::knul::{Header, HeaderError, Kind, KNUL_HEADER_BYTES, KNUL_VERSION};
+use super::lease::LeasingConsumer;
 use crate::proto::{ErrorCode, LinkStats, LinkStatus};
 use crate::ring::{Producer, Ring};
 use bytes::{Bytes, BytesMut};
@@ -428,7 +428,7 @@ impl Link {
     /// Starts the pumps and the control reader (after the handle is known).
     pub fn start(self: &Arc<Self>, handle: u32, runtime: &tokio::runtime::Handle) {
         let _ = self.handle.set(handle);
-        crate::tls::open_windows(&self.conn);
+        super::tls::open_windows(&self.conn);
         runtime.spawn(receive_pump(Arc::clone(self)));
         runtime.spawn(send_pump(Arc::clone(self)));
         let control = self

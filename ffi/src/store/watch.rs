@@ -13,7 +13,8 @@
 use crate::boundary::{call, in_bytes};
 use crate::error::KernelError;
 use crate::ring::{ring, Producer, Ring, RING_RECORD_HEADER_BYTES};
-use crate::store::{data_key, tree};
+use super::keys::data_key;
+use super::tree::tree;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,36 +1,37 @@
 //! Transactions: atomic, journaled, durable commits with group commit.
 //!
-//! JS calls `krepis_store_commit` as a `nonblocking` FFI call: it runs on one
-//! of Deno's worker threads, hands the request to the store's committer
-//! thread and blocks until the commit is durable. Two threads form a
-//! pipeline:
+//! JS submits a commit with one fast call (`krepis_store_commit_submit`) and
+//! collects finished commits in batches through the completion queue
+//! (`krepis_store_completions`); undo and flush block a caller until done.
+//! Two threads form a pipeline:
 //!
 //! 1. the committer applies requests in arrival order, each as ONE atomic
 //!    sled batch (data + journal record + next tx id) under the stripes of
 //!    its keys, and passes the applied group on;
 //! 2. the flusher appends the group's journal records to the commit log and
-//!    syncs it once ([`crate::wal`]), then answers the whole group.
+//!    syncs it once ([`super::wal`]), then answers the whole group.
 //!
 //! While one group is being synced the committer applies the next, and
 //! every commit that queued up meanwhile shares the next sync: sixteen
 //! concurrent committers cost a few fsyncs, not sixteen.
 //!
-//! Results (including errors) are encoded into the caller's output buffer as
-//! `krepis.v1.CommitResult`: the thread-local last error would be on the
-//! worker thread, out of the JS thread's reach.
+//! Results (including errors) are encoded as `krepis.v1.CommitResult`: the
+//! thread-local last error would be on another thread, out of JS's reach.
 
+use super::db::{self, Store};
+use super::group::Group;
+use super::journal;
+use super::keys::{data_key, prefixes_for, show_key};
+use super::queue::{closed, encode_result, reply, Completions, Job, Reply};
+use super::wal::{self, Wal};
 use crate::boundary::{call, in_bytes, out_bytes, write_out};
 use crate::error::{KernelError, KernelResult};
-use crate::journal;
-use crate::proto::{self, op::Kind, Change, CommitRequest, CommitResult, ErrorCode, JournalRecord};
-use crate::store::{data_key, stripe_of, tree_prefix, Store, META_NEXT_TX};
-use crate::wal::{self, Wal};
+use crate::proto::{op::Kind, Change, CommitRequest, ErrorCode, JournalRecord};
 use prost::Message;
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Weak};
 
 /// Most requests one group applies before passing them on.
 const MAX_GROUP: usize = 512;
@@ -39,117 +40,12 @@ const MAX_GROUP: usize = 512;
 const LINGER_GROUP: usize = 16;
 const LINGER: std::time::Duration = std::time::Duration::from_micros(150);
 
-/// What the committer does for a caller.
-pub enum Job {
-    Commit {
-        /// Encoded `krepis.v1.CommitRequest`, decoded on the committer thread.
-        request: Vec<u8>,
-        tree: String,
-        reply: Reply,
-    },
-    Undo {
-        tx_id: u64,
-        ctx: Option<proto::Context>,
-        reply: Reply,
-    },
-    /// Make everything durable, including unjournaled puts (a sled flush).
-    Flush { reply: Reply },
-}
-
-/// Where a job's result goes.
-pub enum Reply {
-    /// A thread blocked in `Committer::run`.
-    Channel(SyncSender<KernelResult<u64>>),
-    /// The store's completion queue, under this ticket (see `krepis_store_completions`).
-    Ticket(u64),
-}
-
-/// Finished tickets waiting for JS to collect them, one wake-up per batch.
-#[derive(Default)]
-pub struct Completions {
-    ready: Mutex<Vec<(u64, Vec<u8>)>>,
-    available: Condvar,
-    next_ticket: AtomicU64,
-    /// The flusher is syncing a group right now.
-    syncing: std::sync::atomic::AtomicBool,
-}
-
-impl Completions {
-    fn push(&self, ticket: u64, result: KernelResult<u64>) {
-        let encoded = encode_result(result, "krepis_store_commit");
-        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
-        ready.push((ticket, encoded));
-        if ready.len() == 1 {
-            self.available.notify_all();
-        }
-    }
-
-    /// Wakes a waiter (e.g. because the store closed).
-    pub fn wake(&self) {
-        let _ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
-        self.available.notify_all();
-    }
-}
-
 /// An applied group on its way to the flusher.
 struct Applied {
     jobs: Vec<(Job, KernelResult<u64>)>,
     /// Framed journal records of the successful commits, in tx order.
     log: Vec<u8>,
     sled_flush: bool,
-}
-
-/// The store's connection to its committer thread.
-#[derive(Default)]
-pub struct Committer {
-    sender: Mutex<Option<SyncSender<Job>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-impl Committer {
-    /// Sends a job and waits for its (durable) result.
-    pub fn run(&self, job: impl FnOnce(Reply) -> Job) -> KernelResult<u64> {
-        let (reply, result) = sync_channel(1);
-        let reply = Reply::Channel(reply);
-        let sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(closed)?;
-        sender.send(job(reply)).map_err(|_| closed())?;
-        result.recv().map_err(|_| {
-            KernelError::new(
-                ErrorCode::Closed,
-                "the store closed before the commit finished",
-            )
-        })?
-    }
-
-    /// Queues a job without waiting; false when the store is closed.
-    pub fn submit(&self, job: Job) -> bool {
-        let sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match sender {
-            Some(sender) => sender.send(job).is_ok(),
-            None => false,
-        }
-    }
-
-    /// Stops the threads once they have answered every queued job (jobs not
-    /// yet applied are answered `CLOSED`) and joins them. Idempotent.
-    pub fn stop(&self) {
-        drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = thread {
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
-        }
-    }
 }
 
 /// Starts the committer and flusher threads of `store`, which own `log`.
@@ -173,21 +69,8 @@ pub fn start(store: &Arc<Store>, log: Wal) -> KernelResult<()> {
             let _ = flusher.join();
         })
         .map_err(|error| KernelError::io("starting the store committer", &error))?;
-    *store
-        .committer
-        .sender
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some(sender);
-    *store
-        .committer
-        .thread
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some(thread);
+    store.committer.connect(sender, thread);
     Ok(())
-}
-
-fn closed() -> KernelError {
-    KernelError::new(ErrorCode::Closed, "the store is closed")
 }
 
 fn committer_loop(
@@ -236,14 +119,15 @@ fn committer_loop(
                         ))
                     })
                     .and_then(|request| apply(&mut group, &request, tree, 0)),
-                Job::Undo { tx_id, ctx, .. } => journal::undo(&mut group, *tx_id, ctx.clone()),
+                Job::Undo { tx_id, ctx, .. } => journal::undo(&mut group, *tx_id, ctx.clone())
+                    .and_then(|inverse| apply(&mut group, &inverse, "", *tx_id)),
                 Job::Flush { .. } => Ok(0),
             }))
             .unwrap_or_else(|_| Err(KernelError::new(ErrorCode::Panic, "the committer panicked")));
             sled_flush |= matches!(job, Job::Flush { .. });
             results.push((job, result));
         }
-        let mut log = std::mem::take(&mut group.log);
+        let mut log = group.take_log();
         let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| group.finish()))
             .unwrap_or_else(|_| {
                 Err(KernelError::new(
@@ -340,105 +224,6 @@ fn flusher_loop(
     }
 }
 
-fn reply(completions: &Completions, job: Job, result: KernelResult<u64>) {
-    let reply = match job {
-        Job::Commit { reply, .. } | Job::Undo { reply, .. } | Job::Flush { reply } => reply,
-    };
-    match reply {
-        Reply::Channel(sender) => {
-            let _ = sender.send(result);
-        }
-        Reply::Ticket(ticket) => completions.push(ticket, result),
-    }
-}
-
-/// Printable form of a key for error messages.
-pub fn show_key(key: &[u8]) -> String {
-    match std::str::from_utf8(key) {
-        Ok(text) if !text.chars().any(char::is_control) => text.to_owned(),
-        _ => key
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect::<String>(),
-    }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
-/// The commits of one group, applied to sled as ONE atomic batch (one log
-/// write instead of one per commit). Holds the stripes of every key the
-/// group touched until the batch is applied, and an overlay of the group's
-/// writes so later commits in the group see earlier ones.
-pub struct Group<'a> {
-    store: &'a Store,
-    batch: sled::Batch,
-    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    stripes: HashSet<usize>,
-    guards: Vec<MutexGuard<'a, ()>>,
-    next_tx: u64,
-    /// Journal records of this group, for undo (not in sled yet).
-    pub(crate) records: Vec<JournalRecord>,
-    /// The framed records for the commit log.
-    pub(crate) log: Vec<u8>,
-}
-
-impl<'a> Group<'a> {
-    pub fn new(store: &'a Store) -> Group<'a> {
-        Group {
-            store,
-            batch: sled::Batch::default(),
-            overlay: HashMap::new(),
-            stripes: HashSet::new(),
-            guards: Vec::new(),
-            next_tx: store.next_tx.load(Ordering::SeqCst),
-            records: Vec::new(),
-            log: Vec::new(),
-        }
-    }
-
-    pub fn store(&self) -> &'a Store {
-        self.store
-    }
-
-    /// Locks the stripes of `keys` not already held by this group.
-    pub fn lock(&mut self, keys: &[Vec<u8>]) {
-        // Each key hashed once; `insert` keeps only stripes not yet held.
-        let fresh: Vec<usize> = keys
-            .iter()
-            .map(|key| stripe_of(key))
-            .filter(|&stripe| self.stripes.insert(stripe))
-            .collect();
-        self.guards.extend(self.store.lock_stripes(fresh));
-    }
-
-    /// The current value of a sled key as this group sees it.
-    pub fn get(&self, key: &[u8]) -> KernelResult<Option<Vec<u8>>> {
-        match self.overlay.get(key) {
-            Some(value) => Ok(value.clone()),
-            None => Ok(self.store.db.get(key)?.map(|value| value.to_vec())),
-        }
-    }
-
-    /// Applies the group's batch (with the next tx id) and releases its stripes.
-    pub fn finish(self) -> KernelResult<()> {
-        if self.records.is_empty() {
-            return Ok(());
-        }
-        let mut batch = self.batch;
-        batch.insert(META_NEXT_TX, &self.next_tx.to_be_bytes());
-        self.store.db.apply_batch(batch)?;
-        self.store.next_tx.store(self.next_tx, Ordering::SeqCst);
-        self.store
-            .commits
-            .fetch_add(self.records.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
 /// The tree an op or check names, or the commit's default tree.
 fn tree_name<'a>(tree: &'a Option<String>, default_tree: &'a str) -> &'a str {
     tree.as_deref().unwrap_or(default_tree)
@@ -463,19 +248,6 @@ pub fn prefixes_of(
     )
 }
 
-/// Validates tree names and resolves each one's key prefix (once per tree).
-pub fn prefixes_for<'a>(
-    trees: impl IntoIterator<Item = &'a str>,
-) -> KernelResult<HashMap<String, Vec<u8>>> {
-    let mut prefixes: HashMap<String, Vec<u8>> = HashMap::new();
-    for tree in trees {
-        if !prefixes.contains_key(tree) {
-            prefixes.insert(tree.to_owned(), tree_prefix(tree)?);
-        }
-    }
-    Ok(prefixes)
-}
-
 /// Adds one commit to `group`: checks its preconditions against the group's
 /// view, records previous values, stages its writes and journal record.
 /// Returns its tx id. Nothing is staged when it fails.
@@ -485,7 +257,7 @@ pub fn apply(
     default_tree: &str,
     undo_of: u64,
 ) -> KernelResult<u64> {
-    let store = group.store;
+    let store = group.store();
     if store.is_closed() {
         return Err(closed());
     }
@@ -547,8 +319,7 @@ pub fn apply(
         }
     }
 
-    // Only the committer thread assigns ids: contiguous, in apply order.
-    let tx_id = group.next_tx;
+    let tx_id = group.next_tx_id();
     let mut changes: Vec<Change> = Vec::with_capacity(request.ops.len());
     let mut seen: HashMap<&[u8], usize> = HashMap::new();
     let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(request.ops.len());
@@ -574,61 +345,14 @@ pub fn apply(
     }
     let record = JournalRecord {
         tx_id,
-        time_unix_ms: now_ms(),
+        time_unix_ms: journal::now_ms(),
         ctx: request.ctx.clone(),
         changes,
         undo_of,
     };
     let encoded = record.encode_to_vec();
-    for (key, value) in writes {
-        match &value {
-            Some(value) => group.batch.insert(key.as_slice(), value.as_slice()),
-            None => group.batch.remove(key.as_slice()),
-        }
-        group.overlay.insert(key, value);
-    }
-    group
-        .batch
-        .insert(journal::key(tx_id).as_slice(), encoded.as_slice());
-    wal::frame(&encoded, &mut group.log);
-    group.records.push(record);
-    group.next_tx = tx_id + 1;
+    group.stage(writes, record, &encoded);
     Ok(tx_id)
-}
-
-/// Longest message (and detail value) a result carries: results must fit the
-/// SDK's fixed completion buffer whatever the keys look like.
-const MAX_RESULT_TEXT: usize = 2000;
-
-fn bounded(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
-
-/// Encodes a commit's (or undo's) outcome for JS, with the error text bounded
-/// so it always fits JS's fixed result buffer (keys in messages can be huge).
-pub(crate) fn encode_result(result: KernelResult<u64>, operation: &str) -> Vec<u8> {
-    match result {
-        Ok(tx_id) => CommitResult { tx_id, error: None },
-        Err(error) => {
-            let mut proto = error.to_proto(operation);
-            proto.message = bounded(&proto.message, MAX_RESULT_TEXT);
-            for value in proto.details.values_mut() {
-                *value = bounded(value, MAX_RESULT_TEXT / 4);
-            }
-            CommitResult {
-                tx_id: 0,
-                error: Some(proto),
-            }
-        }
-    }
-    .encode_to_vec()
 }
 
 /// Queues `request` (an encoded `krepis.v1.CommitRequest`) for an atomic,
@@ -654,13 +378,8 @@ pub unsafe extern "C" fn krepis_store_commit_submit(
         }
         // SAFETY: forwarded from this function's contract.
         let request = unsafe { in_bytes(request, request_len, "request")? }.to_vec();
-        let tree = crate::store::tree(tree)?;
-        let ticket = tree
-            .store
-            .completions
-            .next_ticket
-            .fetch_add(1, Ordering::Relaxed)
-            + 1;
+        let tree = super::tree::tree(tree)?;
+        let ticket = tree.store.completions.ticket();
         let job = Job::Commit {
             request,
             tree: tree.name.clone(),
@@ -674,9 +393,6 @@ pub unsafe extern "C" fn krepis_store_commit_submit(
         Ok(0)
     })
 }
-
-/// Bytes of one completion's header in `krepis_store_completions` output.
-pub const COMPLETION_HEADER_BYTES: u32 = 16;
 
 /// [nonblocking] Waits up to `timeout_ms` for finished commits of the
 /// kernel's store, then writes as many as fit into `out`, each
@@ -696,46 +412,15 @@ pub unsafe extern "C" fn krepis_store_completions(
     call("krepis_store_completions", || {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { out_bytes(out, cap, "out")? };
-        let store = crate::kernel::kernel(kernel)?.store()?;
-        let completions = &store.completions;
-        let deadline =
-            std::time::Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms));
-        let mut ready = completions.ready.lock().unwrap_or_else(|p| p.into_inner());
-        while ready.is_empty() {
-            if store.is_closed() {
-                return Err(closed());
-            }
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return Ok(0);
-            }
-            ready = completions
-                .available
-                .wait_timeout(ready, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        let mut written = 0usize;
-        let mut taken = 0usize;
-        for (ticket, result) in ready.iter() {
-            let size = (COMPLETION_HEADER_BYTES as usize + result.len()).div_ceil(8) * 8;
-            if written + size > out.len() {
-                break;
-            }
-            out[written..written + 8].copy_from_slice(&ticket.to_le_bytes());
-            out[written + 8..written + 12].copy_from_slice(&(result.len() as u32).to_le_bytes());
-            out[written + 12..written + 16].fill(0);
-            out[written + 16..written + 16 + result.len()].copy_from_slice(result);
-            written += size;
-            taken += 1;
-        }
-        if taken == 0 {
-            return Err(KernelError::invalid_argument(
-                "out is too small for one completion",
-            ));
-        }
-        ready.drain(..taken);
-        Ok(written as i32)
+        let store = db::of(&*crate::kernel::kernel(kernel)?)?;
+        store.completions.take_into(
+            out,
+            std::time::Duration::from_millis(u64::from(timeout_ms)),
+            || match store.is_closed() {
+                true => Err(closed()),
+                false => Ok(()),
+            },
+        )
     })
 }
 
@@ -750,7 +435,7 @@ pub unsafe extern "C" fn krepis_store_flush(kernel: u32, out: *mut u8, cap: u32)
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { out_bytes(out, cap, "out")? };
         let result = crate::kernel::kernel(kernel)
-            .and_then(|kernel| kernel.store())
+            .and_then(|kernel| db::of(&kernel))
             .and_then(|store| store.committer.run(|reply| Job::Flush { reply }));
         write_out(&encode_result(result, "krepis_store_flush"), out)
     })
@@ -769,13 +454,20 @@ mod tests {
             std::env::temp_dir().join(format!("krepis-commit-profile-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(&dir, &StoreConfig::default()).unwrap();
+        let kernel = crate::kernel::Kernel::open(&crate::proto::KernelConfig {
+            data_dir: dir.display().to_string(),
+            worker_threads: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        super::super::open_for(&kernel, &StoreConfig::default()).unwrap();
+        let store = db::of(&kernel).unwrap();
         let value = vec![42u8; 100];
         for i in 0..20_000u32 {
             store
                 .db
                 .insert(
-                    crate::store::data_key(b"d\0", format!("k{i:015}").as_bytes()),
+                    data_key(b"d\0", format!("k{i:015}").as_bytes()),
                     value.as_slice(),
                 )
                 .unwrap();

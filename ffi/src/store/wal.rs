@@ -28,13 +28,13 @@
 
 use crate::error::{KernelError, KernelResult};
 use crate::proto::{ErrorCode, JournalRecord};
-use crate::store::{data_key, tree_prefix, META_NEXT_TX};
+use super::dir::{sync_dir, COMMIT_LOG};
+use super::keys::{data_key, journal_key, tree_prefix, META_NEXT_TX};
 use prost::Message;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-pub const FILE_NAME: &str = "commit.log";
 /// The log is preallocated in chunks of zeros and written in place: an
 /// fdatasync that does not change the file's size does not have to commit
 /// file-system metadata (measured here: ~120 µs instead of ~210 µs).
@@ -67,7 +67,7 @@ impl Wal {
     /// Replays the log of `data_dir` into `db`, flushes sled, empties the log
     /// and opens it for appending. Returns how many records were replayed.
     pub fn recover(db: &sled::Db, data_dir: &Path) -> KernelResult<(Wal, usize)> {
-        let path = data_dir.join(FILE_NAME);
+        let path = data_dir.join(COMMIT_LOG);
         let mut bytes = Vec::new();
         match File::open(&path) {
             Ok(mut file) => {
@@ -132,7 +132,7 @@ impl Wal {
                     None => batch.remove(key),
                 }
             }
-            batch.insert(&crate::journal::key(record.tx_id)[..], body);
+            batch.insert(&journal_key(record.tx_id)[..], body);
             batch.insert(META_NEXT_TX, &(record.tx_id + 1).to_be_bytes());
             db.apply_batch(batch)?;
             replayed += 1;
@@ -149,7 +149,7 @@ impl Wal {
             .metadata()
             .map_err(|error| io("reading", &path, &error))?
             .len();
-        crate::store::sync_dir(data_dir);
+        sync_dir(data_dir);
         let mut wal = Wal {
             path,
             file,

@@ -9,10 +9,9 @@ use crate::boundary::call;
 use crate::error::{KernelError, KernelResult};
 use crate::handles::{HandleKind, HandleTable};
 use crate::kernel::kernel;
-use crate::memory::NativeMemory;
-use crate::proto::BufferStats;
+use crate::memory::{BufferAccounting, NativeMemory};
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Largest single buffer: lengths cross the boundary as u32 and JS indexes
@@ -20,32 +19,6 @@ use std::sync::Arc;
 pub const MAX_BUFFER_BYTES: u32 = i32::MAX as u32;
 
 static BUFFERS: HandleTable<SharedBuffer> = HandleTable::new(HandleKind::Buffer);
-
-/// Per-kernel counters behind `kernel.stats().buffers`.
-#[derive(Default)]
-pub struct BufferAccounting {
-    live_buffers: AtomicU64,
-    live_bytes: AtomicU64,
-    leaked_buffers: AtomicU64,
-    abandoned_buffers: AtomicU64,
-    pub(crate) live_rings: AtomicU64,
-    pub(crate) ring_capacity_bytes: AtomicU64,
-}
-
-impl BufferAccounting {
-    /// Counters of buffers; ring occupancy is added by the ring module.
-    pub fn stats(&self) -> BufferStats {
-        BufferStats {
-            live_buffers: self.live_buffers.load(Ordering::Relaxed),
-            live_bytes: self.live_bytes.load(Ordering::Relaxed),
-            leaked_buffers: self.leaked_buffers.load(Ordering::Relaxed),
-            live_rings: self.live_rings.load(Ordering::Relaxed),
-            ring_capacity_bytes: self.ring_capacity_bytes.load(Ordering::Relaxed),
-            ring_used_bytes: 0,
-            abandoned_buffers: self.abandoned_buffers.load(Ordering::Relaxed),
-        }
-    }
-}
 
 /// A buffer alive in the handle table. Its memory is always the kernel's
 /// own allocation, never memory another component (e.g. the store's cache)
@@ -199,46 +172,6 @@ pub extern "C" fn krepis_buffer_release(buffer: u32, mode: u32) -> i32 {
             _ => return Ok(0),
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        Ok(0)
-    })
-}
-
-/// Diagnostics: sums the bytes `[offset, offset + len)` of a buffer as the
-/// kernel sees them (wrapping u64) into `out[0]`, so tests can prove the
-/// kernel reads what JS wrote in place.
-///
-/// # Safety
-/// `out` must point to one writable, aligned `u64`.
-#[no_mangle]
-pub unsafe extern "C" fn krepis_buffer_debug_sum(
-    buffer: u32,
-    offset: u32,
-    len: u32,
-    out: *mut u64,
-) -> i32 {
-    call("krepis_buffer_debug_sum", || {
-        if out.is_null() || !out.is_aligned() {
-            return Err(KernelError::invalid_argument(
-                "out must point to one aligned u64",
-            ));
-        }
-        let buffer = BUFFERS.get(buffer)?;
-        let end = u64::from(offset) + u64::from(len);
-        if end > buffer.len() as u64 {
-            return Err(KernelError::invalid_argument(format!(
-                "range {offset}..{end} is outside the buffer of {} bytes",
-                buffer.len()
-            )));
-        }
-        // SAFETY: the range lies inside the live allocation (checked above).
-        let bytes = unsafe {
-            std::slice::from_raw_parts(buffer.bytes().add(offset as usize), len as usize)
-        };
-        let sum = bytes
-            .iter()
-            .fold(0u64, |sum, &byte| sum.wrapping_add(u64::from(byte)));
-        // SAFETY: checked non-null and aligned; the caller guarantees one u64.
-        unsafe { out.write(sum) };
         Ok(0)
     })
 }

@@ -1,6 +1,6 @@
 //! The guard: runs a command the application must not trust in a child
 //! process with limits the kernel enforces (timeout, CPU, output, memory,
-//! processes) and, on Linux, the isolation of [`crate::sandbox`]. stdout and
+//! processes) and, on Linux, the isolation of [`sandbox`]. stdout and
 //! stderr stream to JS through kernel → JS rings; the result (exit status,
 //! usage, violations, the isolation actually applied) comes from one
 //! `nonblocking` wait.
@@ -8,6 +8,10 @@
 //! Every guarded process gets its own process group (session), so a kill
 //! reaches its whole tree; on Linux the cgroups catch children that start
 //! their own session, and on Windows a job object holds the tree.
+
+
+#[cfg(target_os = "linux")]
+pub mod sandbox;
 
 use crate::boundary::{call, in_bytes, out_bytes, write_out};
 use crate::error::{KernelError, KernelResult};
@@ -384,7 +388,7 @@ fn spawn(
     #[cfg(target_os = "linux")]
     let sandbox = {
         use std::os::unix::process::CommandExt;
-        let sandbox = Arc::new(crate::sandbox::Sandbox::prepare(&policy, id));
+        let sandbox = Arc::new(sandbox::Sandbox::prepare(&policy, id));
         isolation.applied = sandbox.applied.clone();
         isolation.not_applied = sandbox.not_applied.clone();
         let inside = Arc::clone(&sandbox);
@@ -513,7 +517,7 @@ fn spawn(
                 return Err(error);
             }
         };
-        let child = match crate::sandbox::spawn(&path, &argv, &envp, cwd.as_ref(), &sandbox) {
+        let child = match sandbox::spawn(&path, &argv, &envp, cwd.as_ref(), &sandbox) {
             Ok(child) => child,
             Err(error) => {
                 sandbox.cleanup();
@@ -542,7 +546,7 @@ fn spawn(
         let listener = owned
             .listener_rx
             .take()
-            .and_then(|rx| crate::sandbox::receive_fd(&rx));
+            .and_then(|rx| sandbox::receive_fd(&rx));
         let sandbox = Arc::new(owned);
         if let Some(listener) = listener {
             let (sandbox, violations) = (Arc::clone(&sandbox), Arc::clone(&violations));
@@ -550,7 +554,7 @@ fn spawn(
             // guarded command costs no thread creation.
             kernel
                 .runtime_handle()?
-                .spawn_blocking(move || crate::sandbox::supervise(listener, sandbox, violations));
+                .spawn_blocking(move || sandbox::supervise(listener, sandbox, violations));
         }
         let pid = child.pid;
         let tracked = sandbox
@@ -567,7 +571,7 @@ fn spawn(
             stderr: Some(Box::new(child.stderr)),
             wait: Box::new(move || {
                 let (status, usage, orphans) =
-                    crate::sandbox::wait(pid, tracked.as_deref(), &reaper)?;
+                    sandbox::wait(pid, tracked.as_deref(), &reaper)?;
                 let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
                 let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
                 let cpu =
@@ -612,7 +616,7 @@ fn spawn(
 }
 
 #[cfg(target_os = "linux")]
-type SandboxRef = Option<Arc<crate::sandbox::Sandbox>>;
+type SandboxRef = Option<Arc<sandbox::Sandbox>>;
 #[cfg(not(target_os = "linux"))]
 type SandboxRef = Option<()>;
 
@@ -863,7 +867,7 @@ fn finish_spawn(
 
 /// Removes a command's cgroups when dropped.
 #[cfg(target_os = "linux")]
-struct CleanupOnDrop(Option<Arc<crate::sandbox::Sandbox>>);
+struct CleanupOnDrop(Option<Arc<sandbox::Sandbox>>);
 
 #[cfg(target_os = "linux")]
 impl Drop for CleanupOnDrop {

@@ -2,32 +2,32 @@
 //! in the same atomic batch as the commit's data, under `j <tx id>`.
 //! Records carry the explicit request context, every key touched, its value
 //! before and after. Undo reverts a transaction when nothing touched those
-//! keys since; retention drops the oldest records by count and age.
+//! keys since (it returns the inverse ops; the committer applies them as a
+//! new transaction); retention drops the oldest records by count and age.
 
+use super::db::{self, Store};
+use super::group::Group;
+use super::keys::{data_key, journal_key, prefixes_for, show_key, tx_of, JOURNAL};
+use super::queue::{encode_result, Job};
 use crate::boundary::{call, in_bytes, out_bytes, write_out};
-use crate::commit::{self, show_key, Group, Job};
 use crate::error::{KernelError, KernelResult};
 use crate::proto::{
     self, op::Kind, CommitRequest, ErrorCode, JournalBatch, JournalQuery, JournalRecord, Op,
     UndoRequest,
 };
-use crate::store::{data_key, Store, JOURNAL};
 use prost::Message;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Most records pruned per group (the rest go with the next groups).
 const PRUNE_BATCH: usize = 10_000;
 
-/// `j <tx id big-endian>`: journal keys sort by tx id.
-pub fn key(tx_id: u64) -> [u8; 9] {
-    let mut key = [JOURNAL; 9];
-    key[1..].copy_from_slice(&tx_id.to_be_bytes());
-    key
-}
-
-fn tx_of(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+/// Wall-clock time of a journal record.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
 fn decode(bytes: &[u8]) -> KernelResult<JournalRecord> {
@@ -62,7 +62,7 @@ pub fn prune(store: &Store) -> KernelResult<()> {
     if store.journal_max_records == 0 && store.journal_max_age_ms == 0 {
         return Ok(());
     }
-    let cutoff = commit::now_ms().saturating_sub(store.journal_max_age_ms);
+    let cutoff = now_ms().saturating_sub(store.journal_max_age_ms);
     let mut excess = match store.journal_max_records {
         0 => 0,
         max => count(store).saturating_sub(max),
@@ -89,21 +89,26 @@ pub fn prune(store: &Store) -> KernelResult<()> {
     Ok(())
 }
 
-/// Reverts `tx_id` as a new journaled transaction. Refuses (`CONFLICT`)
-/// when a later transaction touched one of its keys, naming it, or when a
-/// key no longer holds the value the transaction wrote (an unjournaled
-/// `put`/`delete` changed it since).
-pub fn undo(group: &mut Group<'_>, tx_id: u64, ctx: Option<proto::Context>) -> KernelResult<u64> {
+/// The ops that revert `tx_id`, to be applied in `group` as a new journaled
+/// transaction (the stripes of its keys are held from here on). Refuses
+/// (`CONFLICT`) when a later transaction touched one of its keys, naming it,
+/// or when a key no longer holds the value the transaction wrote (an
+/// unjournaled `put`/`delete` changed it since).
+pub fn undo(
+    group: &mut Group<'_>,
+    tx_id: u64,
+    ctx: Option<proto::Context>,
+) -> KernelResult<CommitRequest> {
     let store = group.store();
     // The record may be in sled, or earlier in this very group.
     let record = match group.records.iter().find(|record| record.tx_id == tx_id) {
         Some(record) => record.clone(),
-        None => match store.db.get(key(tx_id))? {
+        None => match store.db.get(journal_key(tx_id))? {
             Some(bytes) => decode(&bytes)?,
             None => return Err(not_found(tx_id)),
         },
     };
-    let prefixes = commit::prefixes_for(record.changes.iter().map(|change| change.tree.as_str()))?;
+    let prefixes = prefixes_for(record.changes.iter().map(|change| change.tree.as_str()))?;
     let keys: Vec<Vec<u8>> = record
         .changes
         .iter()
@@ -138,7 +143,7 @@ pub fn undo(group: &mut Group<'_>, tx_id: u64, ctx: Option<proto::Context>) -> K
         }
         Ok(())
     };
-    for entry in store.db.range(key(tx_id + 1)..key(u64::MAX)) {
+    for entry in store.db.range(journal_key(tx_id + 1)..journal_key(u64::MAX)) {
         let (_, bytes) = entry?;
         conflict_with(&decode(&bytes)?)?;
     }
@@ -173,16 +178,11 @@ pub fn undo(group: &mut Group<'_>, tx_id: u64, ctx: Option<proto::Context>) -> K
             tree: Some(change.tree.clone()),
         })
         .collect();
-    commit::apply(
-        group,
-        &CommitRequest {
-            ops,
-            checks: Vec::new(),
-            ctx,
-        },
-        "",
-        tx_id,
-    )
+    Ok(CommitRequest {
+        ops,
+        checks: Vec::new(),
+        ctx,
+    })
 }
 
 fn not_found(tx_id: u64) -> KernelError {
@@ -221,11 +221,11 @@ pub unsafe extern "C" fn krepis_journal_read(
         let query = JournalQuery::decode(query).map_err(|error| {
             KernelError::invalid_argument(format!("not a krepis.v1.JournalQuery: {error}"))
         })?;
-        let store = crate::kernel::kernel(kernel)?.store()?;
+        let store = db::of(&*crate::kernel::kernel(kernel)?)?;
         let mut batch = JournalBatch::default();
         let mut size = 0usize;
         let budget = (cap as usize).saturating_sub(64).max(1);
-        for entry in store.db.range(key(query.since)..key(u64::MAX)) {
+        for entry in store.db.range(journal_key(query.since)..journal_key(u64::MAX)) {
             let (entry_key, bytes) = entry?;
             let tx_id = tx_of(&entry_key).unwrap_or(0);
             if (query.limit != 0 && batch.records.len() as u32 >= query.limit)
@@ -274,13 +274,13 @@ pub unsafe extern "C" fn krepis_journal_undo(
             let request = UndoRequest::decode(request).map_err(|error| {
                 KernelError::invalid_argument(format!("not a krepis.v1.UndoRequest: {error}"))
             })?;
-            let store = crate::kernel::kernel(kernel)?.store()?;
+            let store = db::of(&*crate::kernel::kernel(kernel)?)?;
             store.committer.run(|reply| Job::Undo {
                 tx_id: request.tx_id,
                 ctx: request.ctx,
                 reply,
             })
         })();
-        write_out(&commit::encode_result(result, "krepis_journal_undo"), out)
+        write_out(&encode_result(result, "krepis_journal_undo"), out)
     })
 }
