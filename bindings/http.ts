@@ -35,10 +35,9 @@ import {
   openHttpRings,
 } from "./_http_bridge.ts";
 import type { KernelOwner } from "./_owner.ts";
-import { requirePermission } from "./_permissions.ts";
-import { checkInteger } from "./_check.ts";
+import { type NetAddr, requireNetPermission } from "./_net.ts";
+import { checkInteger, checkObject, checkOptionalString, invalidArgument } from "./_check.ts";
 import { ClosedError, InvalidArgumentError } from "./errors.ts";
-import type { NetAddr } from "./transport.ts";
 
 export type { HttpErrorHandler, HttpHandler, HttpRequestInfo };
 
@@ -292,28 +291,13 @@ export interface HttpServerStats {
 // ---------------------------------------------------------------------------
 // Option checks
 
-function invalid(field: string, message: string): never {
-  throw new InvalidArgumentError(`${field} ${message}`, { details: { field } });
-}
-
-function optionalString(field: string, value: unknown): string {
-  if (value === undefined) return "";
-  if (typeof value !== "string" || value === "") invalid(field, "must be a non-empty string");
-  return value;
-}
-
-function checkObject(field: string, value: unknown): Record<string, unknown> {
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    invalid(field, "must be an object");
-  }
-  return value as Record<string, unknown>;
-}
-
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 function checkPath(field: string, value: unknown): string {
-  const path = optionalString(field, value);
-  if (path !== "" && !path.startsWith("/")) invalid(field, `must start with "/", got "${path}"`);
+  const path = checkOptionalString(field, value);
+  if (path !== "" && !path.startsWith("/")) {
+    invalidArgument(field, `must start with "/", got "${path}"`);
+  }
   return path;
 }
 
@@ -325,11 +309,11 @@ function checkMatch(field: string, value: unknown) {
     !Array.isArray(methods) ||
     methods.some((method) => typeof method !== "string" || !TOKEN.test(method))
   ) {
-    invalid(`${field}.methods`, "must be an array of HTTP method names");
+    invalidArgument(`${field}.methods`, "must be an array of HTTP method names");
   }
-  const host = optionalString(`${field}.host`, match.host).toLowerCase();
+  const host = checkOptionalString(`${field}.host`, match.host).toLowerCase();
   if (/:\d*$/.test(host) && !/^\[[^\]]*\]$/.test(host)) {
-    invalid(`${field}.host`, `must be a host name without a port, got "${host}"`);
+    invalidArgument(`${field}.host`, `must be a host name without a port, got "${host}"`);
   }
   return {
     methods: (methods as string[]).map((method) => method.toUpperCase()),
@@ -368,14 +352,14 @@ function checkRespond(field: string, value: unknown) {
   }
   const hop = headers.find(({ name }) => HOP_BY_HOP.has(name));
   if (hop !== undefined) {
-    invalid(
+    invalidArgument(
       `${field}.headers`,
       `"${hop.name}" is a connection-level header, which the server sets itself`,
     );
   }
   const body = respond.body ?? "";
   if (typeof body !== "string" && !(body instanceof Uint8Array)) {
-    invalid(`${field}.body`, "must be a string or a Uint8Array");
+    invalidArgument(`${field}.body`, "must be a string or a Uint8Array");
   }
   return {
     status,
@@ -406,14 +390,14 @@ function checkProxy(field: string, value: unknown) {
     !Array.isArray(upstreams) || upstreams.length === 0 ||
     upstreams.some((upstream) => typeof upstream !== "string" || splitHostPort(upstream) === null)
   ) {
-    invalid(
+    invalidArgument(
       `${field}.upstreams`,
       'must be a non-empty array of "host:port" strings (port 1–65535)',
     );
   }
   const mode = proxy.loadBalancing ?? "round_robin";
   if (typeof mode !== "string" || !Object.hasOwn(LOAD_BALANCING, mode)) {
-    invalid(`${field}.loadBalancing`, 'must be "round_robin", "least_conn" or "hash"');
+    invalidArgument(`${field}.loadBalancing`, 'must be "round_robin", "least_conn" or "hash"');
   }
   let healthCheck: { path: string; intervalMs: number } | undefined;
   if (proxy.healthCheck !== undefined) {
@@ -447,10 +431,6 @@ function checkLimits(value: unknown) {
     headerTimeoutMs: limit("headerTimeoutMs", MAX_TIMEOUT_MS),
     bodyTimeoutMs: limit("bodyTimeoutMs", MAX_TIMEOUT_MS),
   };
-}
-
-function netPermission(host: string, action: string): void {
-  requirePermission({ name: "net", host }, action, `--allow-net=${host}`);
 }
 
 // ---------------------------------------------------------------------------
@@ -510,17 +490,17 @@ export class Http {
     const opts = checkObject("serve options", options) as HttpServeOptions;
     const hostname = options.hostname === undefined
       ? "0.0.0.0"
-      : optionalString("hostname", opts.hostname);
+      : checkOptionalString("hostname", opts.hostname);
     const port = checkInteger("port", opts.port ?? 8000, 0, 65535);
     const routesOption = opts.routes ?? [];
-    if (!Array.isArray(routesOption)) invalid("routes", "must be an array");
+    if (!Array.isArray(routesOption)) invalidArgument("routes", "must be an array");
     const upstreams = new Set<string>();
     const routes = routesOption.map((value, index) => {
       const field = `routes[${index}]`;
       const route = checkObject(field, value);
       const match = checkMatch(`${field}.match`, route.match);
       if ((route.respond === undefined) === (route.proxy === undefined)) {
-        invalid(field, "must have exactly one of respond and proxy");
+        invalidArgument(field, "must have exactly one of respond and proxy");
       }
       if (route.respond !== undefined) {
         return { match, respond: checkRespond(`${field}.respond`, route.respond) };
@@ -530,29 +510,29 @@ export class Http {
       return { match, proxy };
     });
     if (opts.handler !== undefined && typeof opts.handler !== "function") {
-      invalid("handler", "must be a function");
+      invalidArgument("handler", "must be a function");
     }
     if (opts.onError !== undefined && typeof opts.onError !== "function") {
-      invalid("onError", "must be a function");
+      invalidArgument("onError", "must be a function");
     }
-    const tenantHeader = optionalString("tenantHeader", opts.tenantHeader).toLowerCase();
+    const tenantHeader = checkOptionalString("tenantHeader", opts.tenantHeader).toLowerCase();
     if (tenantHeader !== "" && !TOKEN.test(tenantHeader)) {
-      invalid("tenantHeader", "must be a header name");
+      invalidArgument("tenantHeader", "must be a header name");
     }
     if (opts.h2c !== undefined && typeof opts.h2c !== "boolean") {
-      invalid("h2c", "must be a boolean");
+      invalidArgument("h2c", "must be a boolean");
     }
     const signal = opts.signal;
     if (signal !== undefined && !(signal instanceof AbortSignal)) {
-      invalid("signal", "must be an AbortSignal");
+      invalidArgument("signal", "must be an AbortSignal");
     }
     const limits = checkLimits(opts.limits);
 
     const bind = port === 0 ? hostname : `${hostname}:${port}`;
-    netPermission(bind, `serving HTTP on ${hostname}:${port}`);
+    requireNetPermission(bind, `serving HTTP on ${hostname}:${port}`);
     for (const upstream of upstreams) {
       const [host, upstreamPort] = splitHostPort(upstream)!;
-      netPermission(
+      requireNetPermission(
         host.includes(":") ? `[${host}]:${upstreamPort}` : upstream,
         `proxying to ${upstream}`,
       );
