@@ -69,19 +69,21 @@ export {
   DEFAULT_MAX_PACKET_BYTES,
   type DevCertificate,
   type DevCertificateOptions,
-  Link,
-  type LinkCloseInfo,
-  type LinkCloseOptions,
-  type LinkStats,
   Listener,
   type ListenerStats,
   type ListenOptions,
   MAX_PACKET_BYTES,
   type NetAddr,
+  Transport,
+} from "./bindings/transport/transport.ts";
+export {
+  Link,
+  type LinkCloseInfo,
+  type LinkCloseOptions,
+  type LinkStats,
   Packet,
   type SendOptions,
-  Transport,
-} from "./bindings/transport.ts";
+} from "./bindings/transport/link.ts";
 export {
   DEFAULT_HTTP_GRACE_MS,
   Http,
