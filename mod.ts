@@ -34,9 +34,6 @@ export {
   type CommitOp,
   type CommitOptions,
   type CommitResult,
-  Journal,
-  type JournalReadOptions,
-  type JournalRecord,
   JsonStore,
   type ScanOptions,
   Store,
@@ -47,7 +44,8 @@ export {
   StoreScan,
   StoreValue,
   StoreWatch,
-} from "./bindings/store.ts";
+} from "./bindings/store/store.ts";
+export { Journal, type JournalReadOptions, type JournalRecord } from "./bindings/store/journal.ts";
 export {
   Buffers,
   type BufferStats,

@@ -11,42 +11,27 @@
  *   the same atomic step, and resolves only once durable. Concurrent commits
  *   share one flush (group commit).
  *
+ * The rest of the store's folder: `_feeds.ts` (scans and watches),
+ * `_commit.ts` (collecting commit results), `_commit_codec.ts` (the commit
+ * request encoder) and `journal.ts` (`kernel.journal`).
+ *
  * @module
  */
 
-import { CommitResult as CommitResultMessage } from "./_gen/proto/krepis/v1/store.ts";
-import {
-  JournalBatch,
-  JournalQuery,
-  ScanOptions as ScanOptionsMessage,
-  UndoRequest,
-} from "./_gen/proto/krepis/v1/store.ts";
-import type { Context as ContextMessage } from "./_gen/proto/krepis/v1/context.ts";
-import { errorFromNative } from "./_native.ts";
-import { encodeCommitRequest, type EncodedContext } from "./_commit_codec.ts";
-import type { KernelOwner } from "./_owner.ts";
-import { openRing, type RingReader } from "./_ring.ts";
-import {
-  adoptKernelBuffer,
-  type Buffers,
-  type ReadonlyBytes,
-  type SharedBuffer,
-} from "./buffers.ts";
-import type { Context } from "./context.ts";
-import {
-  ClosedError,
-  InternalError,
-  InvalidArgumentError,
-  ResourceExhaustedError,
-} from "./errors.ts";
-import {
-  KREPIS_COMPLETION_HEADER_BYTES,
-  KREPIS_SCAN_ENTRY_HEADER_BYTES,
-  KREPIS_WATCH_OVERFLOW,
-  KREPIS_WATCH_PUT,
-  KREPIS_WATCH_VALUE_OMITTED,
-} from "./_gen/symbols.ts";
-import { ErrorCode } from "./_gen/proto/krepis/v1/error.ts";
+import { ScanOptions as ScanOptionsMessage } from "../_gen/proto/krepis/v1/store.ts";
+import type { ReadonlyBytes } from "../_bytes.ts";
+import { encodedContext } from "../_context.ts";
+import type { KernelOwner } from "../_owner.ts";
+import { openRing } from "../_ring.ts";
+import { adoptKernelBuffer, type Buffers, type SharedBuffer } from "../buffers.ts";
+import type { Context } from "../context.ts";
+import { ClosedError, InvalidArgumentError } from "../errors.ts";
+import { encodeCommitRequest } from "./_commit_codec.ts";
+import { CommitPump, type CommitResult, resultCall } from "./_commit.ts";
+import { StoreScan, StoreWatch } from "./_feeds.ts";
+
+export type { CommitResult };
+export { type StoreChange, type StoreEntry, StoreScan, StoreWatch } from "./_feeds.ts";
 
 /** A key: bytes, or a string (stored as UTF-8). */
 export type StoreKey = Uint8Array | string;
@@ -76,12 +61,6 @@ export interface CommitOptions {
   checks?: CommitCheck[];
 }
 
-/** What a durable commit resolves to. */
-export interface CommitResult {
-  /** The transaction id (also the journal record's id). */
-  readonly txId: number;
-}
-
 /** Options of {@linkcode Store.scan}. */
 export interface ScanOptions {
   /** Only keys starting with this. */
@@ -96,58 +75,11 @@ export interface ScanOptions {
   reverse?: boolean;
 }
 
-/** One entry of a scan: read-only views into the batch the kernel filled (no per-entry copy). */
-export interface StoreEntry {
-  /** The key (without the tree). */
-  readonly key: ReadonlyBytes;
-  /** The value. */
-  readonly value: ReadonlyBytes;
-}
-
-/** A change seen by {@linkcode Store.watch}. */
-export interface StoreChange {
-  /** What happened to the key. */
-  readonly type: "put" | "delete";
-  /** The key (a copy). */
-  readonly key: Uint8Array;
-  /** The new value (a copy); `null` for deletes, or when too large for the feed. */
-  readonly value: Uint8Array | null;
-}
-
-/** A record of the transaction journal. */
-export interface JournalRecord {
-  /** Transaction id. */
-  readonly txId: number;
-  /** When it committed. */
-  readonly time: Date;
-  /** The context the commit was made with, if any. */
-  readonly ctx: { requestId: string; tenantId: string | null; traceId: string | null } | null;
-  /** Every key touched, with its value before and after (`null` = absent). */
-  readonly changes: readonly {
-    tree: string;
-    key: Uint8Array;
-    previous: Uint8Array | null;
-    value: Uint8Array | null;
-  }[];
-  /** The transaction this one undid, if it is an undo. */
-  readonly undoOf: number | null;
-}
-
-/** Options of {@linkcode Journal.read}. */
-export interface JournalReadOptions {
-  /** First transaction id (inclusive). Default 1. */
-  since?: number;
-  /** Only records whose context has this tenant. */
-  tenantId?: string;
-}
-
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 /** Values up to `LARGE_VALUE_BYTES` are copied into a shared slab; larger ones into a buffer of their own. */
 const SLAB_BYTES = 256 * 1024;
 const LARGE_VALUE_BYTES = 16 * 1024;
-const SCAN_BATCH_BYTES = 64 * 1024;
-const RESULT_BYTES = 16 * 1024;
 
 function toBytes(field: string, value: unknown): Uint8Array<ArrayBuffer> {
   if (typeof value === "string") return encoder.encode(value);
@@ -158,26 +90,6 @@ function toBytes(field: string, value: unknown): Uint8Array<ArrayBuffer> {
   );
 }
 
-function contextMessage(ctx: Context | undefined): ContextMessage | undefined {
-  if (ctx === undefined) return undefined;
-  if (
-    typeof ctx !== "object" || ctx === null || typeof ctx.requestId !== "string" ||
-    !Number.isInteger(ctx.priority) || ctx.priority < 0 || ctx.priority > 255 ||
-    (ctx.deadline !== null && !Number.isSafeInteger(ctx.deadline))
-  ) {
-    throw new InvalidArgumentError("ctx must be a Context from createContext()", {
-      details: { field: "ctx" },
-    });
-  }
-  return {
-    requestId: ctx.requestId,
-    tenantId: ctx.tenantId ?? "",
-    traceId: ctx.traceId ?? "",
-    priority: ctx.priority,
-    deadlineUnixMs: BigInt(ctx.deadline ?? 0),
-  };
-}
-
 const EMPTY = new Uint8Array(0);
 
 function treeBytes(field: string, tree: unknown): Uint8Array | null {
@@ -186,135 +98,6 @@ function treeBytes(field: string, tree: unknown): Uint8Array | null {
     throw new InvalidArgumentError(`${field} must be a string`, { details: { field } });
   }
   return encoder.encode(tree);
-}
-
-function encodedContext(ctx: Context | undefined): EncodedContext | null {
-  const message = contextMessage(ctx);
-  if (message === undefined) return null;
-  return {
-    requestId: encoder.encode(message.requestId),
-    tenantId: encoder.encode(message.tenantId),
-    traceId: encoder.encode(message.traceId),
-    priority: message.priority,
-    deadlineUnixMs: Number(message.deadlineUnixMs),
-  };
-}
-
-function commitResult(bytes: Uint8Array): CommitResult {
-  const result = CommitResultMessage.decode(bytes);
-  if (result.error) throw errorFromNative(result.error);
-  return { txId: Number(result.txId) };
-}
-
-/** Runs a nonblocking export that writes a CommitResult into an output buffer. */
-async function resultCall(
-  call: (out: Uint8Array<ArrayBuffer>, cap: number) => Promise<number>,
-  check: (status: number) => number,
-): Promise<CommitResult> {
-  // Each call owns its buffer: commits run concurrently.
-  const out = new Uint8Array(RESULT_BYTES);
-  const length = check(await call(out, out.length));
-  if (length > out.length) {
-    // The operation already happened; only an absurdly long error message
-    // could get here (the kernel bounds them), so this is a bug.
-    throw new InternalError(`a kernel result of ${length} bytes exceeded ${RESULT_BYTES}`);
-  }
-  return commitResult(out.subarray(0, length));
-}
-
-/**
- * Collects the results of submitted commits: one `nonblocking` wait per
- * batch of finished commits (never one blocked thread per commit), running
- * only while commits are pending.
- */
-class CommitPump {
-  readonly #owner: KernelOwner;
-  readonly #pending = new Map<
-    number,
-    { resolve(r: CommitResult): void; reject(e: unknown): void }
-  >();
-  readonly #ticket = new BigUint64Array(1);
-  #out = new Uint8Array(64 * 1024);
-  #running = false;
-
-  constructor(owner: KernelOwner) {
-    this.#owner = owner;
-  }
-
-  submit(tree: number, request: Uint8Array<ArrayBuffer>): Promise<CommitResult> {
-    const { native } = this.#owner;
-    native.check(
-      native.symbols.krepis_store_commit_submit(tree, request, request.length, this.#ticket),
-    );
-    const ticket = Number(this.#ticket[0]);
-    const promise = new Promise<CommitResult>((resolve, reject) => {
-      this.#pending.set(ticket, { resolve, reject });
-    });
-    if (!this.#running) {
-      this.#running = true;
-      void this.#run();
-    }
-    return promise;
-  }
-
-  async #run(): Promise<void> {
-    const { native, handle } = this.#owner;
-    try {
-      while (this.#pending.size > 0) {
-        const length = await native.symbols.krepis_store_completions(
-          handle,
-          this.#out,
-          this.#out.length,
-          1_000,
-        );
-        if (length < 0) {
-          // A nonblocking call cannot read the kernel's last error (it ran on
-          // another thread): the status code is all there is.
-          this.#failAll(
-            length === -ErrorCode.ERROR_CODE_CLOSED
-              ? new ClosedError("the kernel closed before the commit finished")
-              : new InternalError(`collecting commit results failed with status ${length}`),
-          );
-          return;
-        }
-        const words = new DataView(this.#out.buffer, 0, length);
-        let offset = 0;
-        while (offset < length) {
-          const ticket = Number(words.getBigUint64(offset, true));
-          const size = words.getUint32(offset + 8, true);
-          const body = this.#out.subarray(
-            offset + KREPIS_COMPLETION_HEADER_BYTES,
-            offset + KREPIS_COMPLETION_HEADER_BYTES + size,
-          );
-          offset += Math.ceil((KREPIS_COMPLETION_HEADER_BYTES + size) / 8) * 8;
-          const waiter = this.#pending.get(ticket);
-          if (waiter === undefined) continue;
-          this.#pending.delete(ticket);
-          try {
-            waiter.resolve(commitResult(body));
-          } catch (error) {
-            waiter.reject(error);
-          }
-        }
-      }
-    } catch (error) {
-      this.#failAll(error);
-    } finally {
-      this.#running = false;
-    }
-  }
-
-  /** Resolves once every submitted commit has settled. */
-  async idle(): Promise<void> {
-    while (this.#running || this.#pending.size > 0) {
-      await new Promise((resolve) => setTimeout(resolve, 1));
-    }
-  }
-
-  #failAll(error: unknown): void {
-    for (const waiter of this.#pending.values()) waiter.reject(error);
-    this.#pending.clear();
-  }
 }
 
 /** Bump allocator of shared slabs that small values are copied into. */
@@ -419,178 +202,6 @@ interface StoreShared {
   keyScratch: Uint8Array<ArrayBuffer>;
   bufferOut: BigUint64Array<ArrayBuffer>;
   commits: CommitPump;
-}
-
-/**
- * A streaming scan: entries arrive in batches of up to 64 KiB (one FFI call
- * per batch), so a scan of any size never loads everything. Close it early
- * with `using` or `break`.
- */
-export class StoreScan implements IterableIterator<StoreEntry>, Disposable {
-  readonly #shared: StoreShared;
-  readonly #handle: number;
-  #batch = new Uint8Array(SCAN_BATCH_BYTES);
-  #words = new Uint32Array(this.#batch.buffer);
-  #filled = this.#batch;
-  #filledWords = this.#words;
-  readonly #info = new Uint32Array(2);
-  #count = 0;
-  #index = 0;
-  #offset = 0;
-  #done = false;
-
-  /** @internal */
-  constructor(shared: StoreShared, handle: number) {
-    this.#shared = shared;
-    this.#handle = handle;
-  }
-
-  #fill(): boolean {
-    const { native } = this.#shared.owner;
-    this.#shared.owner.assertOpen("store.scan");
-    for (;;) {
-      native.check(
-        native.symbols.krepis_store_scan_next(
-          this.#handle,
-          this.#batch,
-          this.#batch.length,
-          this.#info,
-        ),
-      );
-      if (this.#info[0] > 0) {
-        // The filled batch now belongs to the entries handed out from it; the
-        // next batch gets fresh memory, so entries stay valid after iteration.
-        this.#filled = this.#batch;
-        this.#filledWords = this.#words;
-        this.#batch = new Uint8Array(this.#batch.length);
-        this.#words = new Uint32Array(this.#batch.buffer);
-        this.#count = this.#info[0];
-        this.#index = 0;
-        this.#offset = 0;
-        return true;
-      }
-      if (this.#info[1] === 0) return false;
-      // One entry larger than the batch: grow the batch to hold it.
-      this.#batch = new Uint8Array(Math.ceil(this.#info[1] / 8) * 8);
-      this.#words = new Uint32Array(this.#batch.buffer);
-    }
-  }
-
-  /** The next entry. */
-  next(): IteratorResult<StoreEntry, undefined> {
-    if (this.#done) return { done: true, value: undefined };
-    if (this.#index === this.#count && !this.#fill()) {
-      this.close();
-      return { done: true, value: undefined };
-    }
-    const offset = this.#offset;
-    const keyLength = this.#filledWords[offset >> 2];
-    const valueLength = this.#filledWords[(offset >> 2) + 1];
-    const keyAt = offset + KREPIS_SCAN_ENTRY_HEADER_BYTES;
-    const batch = this.#filled;
-    const entry = {
-      key: batch.subarray(keyAt, keyAt + keyLength) as ReadonlyBytes,
-      value: batch.subarray(
-        keyAt + keyLength,
-        keyAt + keyLength + valueLength,
-      ) as ReadonlyBytes,
-    };
-    // Entries are padded to 8 bytes (the header's u32 pair stays aligned).
-    this.#offset += Math.ceil((KREPIS_SCAN_ENTRY_HEADER_BYTES + keyLength + valueLength) / 8) * 8;
-    this.#index++;
-    return { done: false, value: entry };
-  }
-
-  /** Ends the scan (also called when it is exhausted). Idempotent. */
-  close(): void {
-    if (this.#done) return;
-    this.#done = true;
-    if (!this.#shared.owner.closed) {
-      this.#shared.owner.native.symbols.krepis_store_scan_close(this.#handle);
-    }
-  }
-
-  /** Ends the scan early. */
-  return(): IteratorResult<StoreEntry, undefined> {
-    this.close();
-    return { done: true, value: undefined };
-  }
-
-  /** The scan itself (it is its own iterator). */
-  [Symbol.iterator](): StoreScan {
-    return this;
-  }
-
-  /** Ends the scan (for `using`). */
-  [Symbol.dispose](): void {
-    this.close();
-  }
-}
-
-/**
- * A live feed of changes under a prefix (`for await`), carried through a
- * kernel → JS ring: a slow consumer slows the feed, nothing is dropped.
- */
-export class StoreWatch implements AsyncIterableIterator<StoreChange>, Disposable {
-  readonly #ring: RingReader;
-  readonly #iterator: AsyncIterator<{ tag: number; data: ReadonlyBytes }>;
-
-  /** @internal */
-  constructor(ring: RingReader) {
-    // Changes are visible to watchers when applied, slightly before the
-    // commit's promise resolves (see `Store.commit`).
-    this.#ring = ring;
-    this.#iterator = ring[Symbol.asyncIterator]() as AsyncIterator<
-      { tag: number; data: ReadonlyBytes }
-    >;
-  }
-
-  /** The next change (waits for one). */
-  async next(): Promise<IteratorResult<StoreChange, undefined>> {
-    const step = await this.#iterator.next();
-    if (step.done) return { done: true, value: undefined };
-    const { tag, data } = step.value;
-    if ((tag & 0xff) === KREPIS_WATCH_OVERFLOW) {
-      this.close();
-      throw new ResourceExhaustedError(
-        "store.watch fell more than 64 MiB of changes behind; the feed ended and changes were " +
-          "dropped: re-read the data and watch again (and consume faster)",
-      );
-    }
-    const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
-    const keyLength = view.getUint32(0, true);
-    const key = (data as Uint8Array).slice(4, 4 + keyLength);
-    const hasValue = (tag & 0xff) === KREPIS_WATCH_PUT && (tag & KREPIS_WATCH_VALUE_OMITTED) === 0;
-    return {
-      done: false,
-      value: {
-        type: (tag & 0xff) === KREPIS_WATCH_PUT ? "put" : "delete",
-        key,
-        value: hasValue ? (data as Uint8Array).slice(4 + keyLength) : null,
-      },
-    };
-  }
-
-  /** Stops watching. */
-  close(): void {
-    this.#ring.close();
-  }
-
-  /** Stops watching (for `break` in `for await`). */
-  return(): Promise<IteratorResult<StoreChange, undefined>> {
-    this.close();
-    return Promise.resolve({ done: true, value: undefined });
-  }
-
-  /** The watch itself (it is its own async iterator). */
-  [Symbol.asyncIterator](): StoreWatch {
-    return this;
-  }
-
-  /** Stops watching (for `using`). */
-  [Symbol.dispose](): void {
-    this.close();
-  }
 }
 
 /**
@@ -792,7 +403,7 @@ export class Store {
     const { native } = this.#shared.owner;
     const out = new Uint32Array(1);
     native.check(native.symbols.krepis_store_scan(this.#handle, message, message.length, out));
-    return new StoreScan(this.#shared, out[0]);
+    return new StoreScan(this.#shared.owner, out[0]);
   }
 
   /**
@@ -926,106 +537,6 @@ export class JsonStore<T> {
     return this.#store.commit(
       ops.map((op) => op.type === "put" ? { ...op, value: JSON.stringify(op.value) } : op),
       options,
-    );
-  }
-}
-
-/**
- * The transaction journal of the kernel's store: `kernel.journal`.
- *
- * @example
- * ```ts
- * import { Kernel } from "@krepis/sdk";
- * await using kernel = await Kernel.open({ dataDir: "./data" });
- * const { txId } = await kernel.store.commit([{ type: "put", key: "k", value: "v" }]);
- * for (const record of kernel.journal.read({ since: txId })) console.log(record.changes);
- * await kernel.journal.undo(txId);
- * ```
- */
-export class Journal {
-  readonly #owner: KernelOwner;
-
-  /** @internal Use `kernel.journal`. */
-  constructor(owner: KernelOwner) {
-    this.#owner = owner;
-  }
-
-  /** Streams records from `since` on (in batches, never all at once). */
-  *read(options: JournalReadOptions = {}): Generator<JournalRecord, void, undefined> {
-    let since = options.since ?? 1;
-    if (!Number.isSafeInteger(since) || since < 0) {
-      throw new InvalidArgumentError(`since must be a transaction id, got ${since}`, {
-        details: { field: "since" },
-      });
-    }
-    const { native } = this.#owner;
-    let out = new Uint8Array(256 * 1024);
-    while (since !== 0) {
-      this.#owner.assertOpen("journal.read");
-      const query = JournalQuery.encode({
-        since: BigInt(since),
-        tenantId: options.tenantId ?? "",
-        limit: 0,
-      }).finish();
-      const read = () =>
-        native.check(
-          native.symbols.krepis_journal_read(
-            this.#owner.handle,
-            query,
-            query.length,
-            out,
-            out.length,
-          ),
-        );
-      let length = read();
-      if (length > out.length) {
-        // The kernel reported the size it needs: grow once and ask again.
-        out = new Uint8Array(length);
-        length = read();
-      }
-      const batch = JournalBatch.decode(out.subarray(0, length));
-      for (const record of batch.records) {
-        yield {
-          txId: Number(record.txId),
-          time: new Date(Number(record.timeUnixMs)),
-          ctx: record.ctx
-            ? {
-              requestId: record.ctx.requestId,
-              tenantId: record.ctx.tenantId || null,
-              traceId: record.ctx.traceId || null,
-            }
-            : null,
-          changes: record.changes.map((change) => ({
-            tree: change.tree,
-            key: change.key,
-            previous: change.previous ?? null,
-            value: change.value ?? null,
-          })),
-          undoOf: record.undoOf === 0n ? null : Number(record.undoOf),
-        };
-      }
-      since = Number(batch.next);
-    }
-  }
-
-  /**
-   * Reverts transaction `txId` as a new durable, journaled transaction.
-   * Refuses with `ConflictError` (naming the later transaction) when a later
-   * change touched one of its keys; `NotFoundError` when it is not in the journal.
-   */
-  async undo(txId: number, options: { ctx?: Context } = {}): Promise<CommitResult> {
-    this.#owner.assertOpen("journal.undo");
-    if (!Number.isSafeInteger(txId) || txId <= 0) {
-      throw new InvalidArgumentError(`txId must be a positive integer, got ${txId}`, {
-        details: { field: "txId" },
-      });
-    }
-    const request = UndoRequest.encode({ txId: BigInt(txId), ctx: contextMessage(options.ctx) })
-      .finish();
-    const { native, handle } = this.#owner;
-    return await resultCall(
-      (out, cap) => native.symbols.krepis_journal_undo(handle, request, request.length, out, cap),
-      (status) => native.check(status),
     );
   }
 }
