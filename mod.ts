@@ -100,7 +100,7 @@ export {
   type HttpServerStats,
   type HttpShutdownOptions,
   type HttpUpstreamStats,
-} from "./bindings/http.ts";
+} from "./bindings/http/http.ts";
 export {
   type Context,
   type ContextInit,

@@ -14,7 +14,7 @@ import { Store } from "./store/store.ts";
 import { Journal } from "./store/journal.ts";
 import { Guard } from "./guard.ts";
 import { Transport } from "./transport/transport.ts";
-import { Http } from "./http.ts";
+import { Http } from "./http/http.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
 import { checkInteger, checkOptions } from "./_check.ts";
