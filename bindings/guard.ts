@@ -23,7 +23,7 @@ import { ErrorCode } from "./_gen/proto/krepis/v1/error.ts";
 import type { KernelOwner } from "./_owner.ts";
 import { requirePermission } from "./_permissions.ts";
 import { openRing, type RingReader } from "./_ring.ts";
-import { checkStringList } from "./_check.ts";
+import { checkStringList, invalidArgument } from "./_check.ts";
 import { ClosedError, InternalError, InvalidArgumentError } from "./errors.ts";
 
 /** Limits and isolation of a guarded command. */
@@ -182,9 +182,7 @@ function checkPaths(field: string, value: unknown): string[] {
   const paths = checkStringList(field, value);
   const relative = paths.find((path) => !/^(\/|[A-Za-z]:[\\/])/.test(path));
   if (relative !== undefined) {
-    throw new InvalidArgumentError(`${field} must hold absolute paths, got "${relative}"`, {
-      details: { field },
-    });
+    invalidArgument(field, `must hold absolute paths, got "${relative}"`);
   }
   return paths;
 }
@@ -192,7 +190,7 @@ function checkPaths(field: string, value: unknown): string[] {
 function checkLimit(field: string, value: unknown): number {
   if (value === undefined) return 0;
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0) {
-    throw new InvalidArgumentError(`${field} must be a positive integer`, { details: { field } });
+    invalidArgument(field, "must be a positive integer");
   }
   return value;
 }

@@ -20,6 +20,7 @@
 
 import { ScanOptions as ScanOptionsMessage } from "../_gen/proto/krepis/v1/store.ts";
 import type { ReadonlyBytes } from "../_bytes.ts";
+import { checkOptions, invalidArgument } from "../_check.ts";
 import { encodedContext } from "../_context.ts";
 import type { KernelOwner } from "../_owner.ts";
 import { openRing } from "../_ring.ts";
@@ -84,9 +85,9 @@ const LARGE_VALUE_BYTES = 16 * 1024;
 function toBytes(field: string, value: unknown): Uint8Array<ArrayBuffer> {
   if (typeof value === "string") return encoder.encode(value);
   if (value instanceof Uint8Array) return value as Uint8Array<ArrayBuffer>;
-  throw new InvalidArgumentError(
-    `${field} must be a Uint8Array or a string, got ${value === null ? "null" : typeof value}`,
-    { details: { field } },
+  invalidArgument(
+    field,
+    `must be a Uint8Array or a string, got ${value === null ? "null" : typeof value}`,
   );
 }
 
@@ -94,9 +95,7 @@ const EMPTY = new Uint8Array(0);
 
 function treeBytes(field: string, tree: unknown): Uint8Array | null {
   if (tree === undefined) return null;
-  if (typeof tree !== "string") {
-    throw new InvalidArgumentError(`${field} must be a string`, { details: { field } });
-  }
+  if (typeof tree !== "string") invalidArgument(field, "must be a string");
   return encoder.encode(tree);
 }
 
@@ -384,9 +383,7 @@ export class Store {
   /** Streams entries in key order (see {@linkcode ScanOptions}). */
   scan(options: ScanOptions = {}): StoreScan {
     this.#shared.owner.assertOpen("store.scan");
-    if (typeof options !== "object" || options === null) {
-      throw new InvalidArgumentError("scan options must be an object");
-    }
+    checkOptions("scan", options);
     const limit = options.limit ?? 0;
     if (!Number.isInteger(limit) || limit < 0 || limit > 0xffffffff) {
       throw new InvalidArgumentError(`scan limit must be a non-negative integer, got ${limit}`, {

@@ -14,7 +14,7 @@ import {
 } from "../_gen/symbols.ts";
 import { type LinkInfo, LinkStatus } from "../_gen/proto/krepis/v1/transport.ts";
 import type { ReadonlyBytes } from "../_bytes.ts";
-import { checkInteger, checkOptions } from "../_check.ts";
+import { checkInteger, checkOptions, invalidArgument } from "../_check.ts";
 import { EventKind, type TransportEvents } from "../_events.ts";
 import { errorFromNative } from "../_native.ts";
 import type { NetAddr } from "../_net.ts";
@@ -581,9 +581,7 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
         checkOptions("link.close", options);
         code = checkInteger("code", options.code ?? KREPIS_CLOSE_NORMAL, 0, 0xffff);
         if (options.reason !== undefined && typeof options.reason !== "string") {
-          throw new InvalidArgumentError("reason must be a string", {
-            details: { field: "reason" },
-          });
+          invalidArgument("reason", "must be a string");
         }
         reason = encoder.encode(options.reason ?? "");
       } catch (error) {
