@@ -18,7 +18,7 @@ import { InvalidArgumentError } from "../errors.ts";
 import type { HttpErrorHandler, HttpHandler } from "./_bridge.ts";
 
 /** Longest timeout or interval any option accepts, in ms (one day). */
-export const MAX_TIMEOUT_MS = 86_400_000;
+export const MAX_TIMEOUT_MS: number = 86_400_000;
 /** The kernel's limits (ffi/src/http): retries beyond the first attempt, head bytes. */
 const MAX_RETRIES = 15;
 const MAX_HEADER_BYTES = (1 << 20) - 1;
