@@ -34,9 +34,6 @@ export {
   type CommitOp,
   type CommitOptions,
   type CommitResult,
-  Journal,
-  type JournalReadOptions,
-  type JournalRecord,
   JsonStore,
   type ScanOptions,
   Store,
@@ -47,7 +44,8 @@ export {
   StoreScan,
   StoreValue,
   StoreWatch,
-} from "./bindings/store.ts";
+} from "./bindings/store/store.ts";
+export { Journal, type JournalReadOptions, type JournalRecord } from "./bindings/store/journal.ts";
 export {
   Buffers,
   type BufferStats,
@@ -69,19 +67,21 @@ export {
   DEFAULT_MAX_PACKET_BYTES,
   type DevCertificate,
   type DevCertificateOptions,
-  Link,
-  type LinkCloseInfo,
-  type LinkCloseOptions,
-  type LinkStats,
   Listener,
   type ListenerStats,
   type ListenOptions,
   MAX_PACKET_BYTES,
   type NetAddr,
+  Transport,
+} from "./bindings/transport/transport.ts";
+export {
+  Link,
+  type LinkCloseInfo,
+  type LinkCloseOptions,
+  type LinkStats,
   Packet,
   type SendOptions,
-  Transport,
-} from "./bindings/transport.ts";
+} from "./bindings/transport/link.ts";
 export {
   DEFAULT_HTTP_GRACE_MS,
   Http,
@@ -100,7 +100,7 @@ export {
   type HttpServerStats,
   type HttpShutdownOptions,
   type HttpUpstreamStats,
-} from "./bindings/http.ts";
+} from "./bindings/http/http.ts";
 export {
   type Context,
   type ContextInit,

@@ -1,19 +1,61 @@
 /**
- * Wire form of {@linkcode Context} for kernel calls.
+ * The wire forms of a {@linkcode Context} for kernel calls: the protobuf
+ * message (journal undo, and the commit record through the next form) and the
+ * pre-encoded bytes the store's hand-written commit encoder takes. A context
+ * travels in a KNUL packet header differently (tenant hash and trace id
+ * bytes): that encoding is part of the header codec, `transport/_knul.ts`.
  *
  * @module
  */
 
 import type { Context } from "./context.ts";
-import { Context as ContextMessage } from "./_gen/proto/krepis/v1/context.ts";
+import type { Context as ContextMessage } from "./_gen/proto/krepis/v1/context.ts";
+import { InvalidArgumentError } from "./errors.ts";
 
-/** The protobuf form of a context, for kernel calls (internal). */
-export function encodeContext(ctx: Context): Uint8Array {
-  return ContextMessage.encode({
+/** A context, already as bytes (for `store/_commit_codec.ts`). */
+export interface EncodedContext {
+  requestId: Uint8Array;
+  tenantId: Uint8Array;
+  traceId: Uint8Array;
+  priority: number;
+  deadlineUnixMs: number;
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * The protobuf form of `ctx` (`undefined` stays `undefined`). Checks the
+ * shape, since a context may be hand-made rather than from `createContext()`.
+ */
+export function contextMessage(ctx: Context | undefined): ContextMessage | undefined {
+  if (ctx === undefined) return undefined;
+  if (
+    typeof ctx !== "object" || ctx === null || typeof ctx.requestId !== "string" ||
+    !Number.isInteger(ctx.priority) || ctx.priority < 0 || ctx.priority > 255 ||
+    (ctx.deadline !== null && !Number.isSafeInteger(ctx.deadline))
+  ) {
+    throw new InvalidArgumentError("ctx must be a Context from createContext()", {
+      details: { field: "ctx" },
+    });
+  }
+  return {
     requestId: ctx.requestId,
     tenantId: ctx.tenantId ?? "",
     traceId: ctx.traceId ?? "",
     priority: ctx.priority,
     deadlineUnixMs: BigInt(ctx.deadline ?? 0),
-  }).finish();
+  };
+}
+
+/** `ctx` as the commit encoder takes it (`null` without a context), checked as above. */
+export function encodedContext(ctx: Context | undefined): EncodedContext | null {
+  const message = contextMessage(ctx);
+  if (message === undefined) return null;
+  return {
+    requestId: encoder.encode(message.requestId),
+    tenantId: encoder.encode(message.tenantId),
+    traceId: encoder.encode(message.traceId),
+    priority: message.priority,
+    deadlineUnixMs: Number(message.deadlineUnixMs),
+  };
 }

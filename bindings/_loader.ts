@@ -37,7 +37,7 @@ import {
   type ReleaseOs,
   sha256Hex,
   SUFFIXES,
-} from "../release/artifact.ts";
+} from "./_artifact.ts";
 import manifestJson from "../release/manifest.json" with { type: "json" };
 
 /** Where releases are downloaded from unless overridden. */

@@ -1,5 +1,5 @@
 /**
- * What the kernel's sub-APIs (buffers, rings, and later store, transport…)
+ * What the kernel's sub-APIs (buffers, rings, store, transport, http, guard)
  * need from the kernel that owns them: the library, the kernel handle, the
  * open/closed state, and the registry of JS views over kernel memory that must
  * be detached before that memory is freed.

@@ -25,7 +25,7 @@ import {
 } from "./_gen/symbols.ts";
 import { RingStats } from "./_gen/proto/krepis/v1/buffers.ts";
 import type { KernelOwner } from "./_owner.ts";
-import type { ReadonlyBytes } from "./buffers.ts";
+import type { ReadonlyBytes } from "./_bytes.ts";
 import { ClosedError, InvalidArgumentError } from "./errors.ts";
 
 const HEAD = KREPIS_RING_HEAD >> 2;

@@ -25,21 +25,7 @@ import { ClosedError, InvalidArgumentError } from "./errors.ts";
 /** Largest buffer `alloc` accepts, in bytes (2 GiB − 1). */
 export const MAX_BUFFER_BYTES: number = KREPIS_MAX_BUFFER_BYTES;
 
-/**
- * A read-only view of bytes the kernel produced: a `Uint8Array` without the
- * methods that write. Writing through a cast is a bug; the kernel may be
- * reading or reusing that memory.
- */
-export interface ReadonlyBytes extends
-  Omit<
-    Uint8Array<ArrayBuffer>,
-    "set" | "fill" | "copyWithin" | "reverse" | "sort" | "subarray" | number
-  > {
-  /** Byte at `index`. */
-  readonly [index: number]: number;
-  /** A read-only view of a range (no copy). */
-  subarray(begin?: number, end?: number): ReadonlyBytes;
-}
+export type { ReadonlyBytes } from "./_bytes.ts";
 
 /** Counters of a kernel's data plane, in {@linkcode KernelStats.buffers}. */
 export interface BufferStats {

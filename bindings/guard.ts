@@ -23,6 +23,7 @@ import { ErrorCode } from "./_gen/proto/krepis/v1/error.ts";
 import type { KernelOwner } from "./_owner.ts";
 import { requirePermission } from "./_permissions.ts";
 import { openRing, type RingReader } from "./_ring.ts";
+import { checkStringList, invalidArgument } from "./_check.ts";
 import { ClosedError, InternalError, InvalidArgumentError } from "./errors.ts";
 
 /** Limits and isolation of a guarded command. */
@@ -177,21 +178,11 @@ async function waitFor(
   }
 }
 
-function checkList(field: string, value: unknown): string[] {
-  if (value === undefined) return [];
-  if (!Array.isArray(value) || value.some((item) => typeof item !== "string")) {
-    throw new InvalidArgumentError(`${field} must be an array of strings`, { details: { field } });
-  }
-  return value;
-}
-
 function checkPaths(field: string, value: unknown): string[] {
-  const paths = checkList(field, value);
+  const paths = checkStringList(field, value);
   const relative = paths.find((path) => !/^(\/|[A-Za-z]:[\\/])/.test(path));
   if (relative !== undefined) {
-    throw new InvalidArgumentError(`${field} must hold absolute paths, got "${relative}"`, {
-      details: { field },
-    });
+    invalidArgument(field, `must hold absolute paths, got "${relative}"`);
   }
   return paths;
 }
@@ -199,7 +190,7 @@ function checkPaths(field: string, value: unknown): string[] {
 function checkLimit(field: string, value: unknown): number {
   if (value === undefined) return 0;
   if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0) {
-    throw new InvalidArgumentError(`${field} must be a positive integer`, { details: { field } });
+    invalidArgument(field, "must be a positive integer");
   }
   return value;
 }
@@ -299,7 +290,7 @@ export class Guard {
     }
     const request = GuardRequest.encode({
       cmd: options.cmd,
-      args: checkList("args", options.args),
+      args: checkStringList("args", options.args),
       cwd: options.cwd ?? "",
       env,
       stdin: typeof options.stdin === "string"
@@ -314,8 +305,8 @@ export class Guard {
         maxProcesses: checkLimit("policy.maxProcesses", policy.maxProcesses),
         timeoutMs: BigInt(checkLimit("policy.timeoutMs", policy.timeoutMs)),
         maxOutputBytes: BigInt(checkLimit("policy.maxOutputBytes", policy.maxOutputBytes)),
-        envAllow: checkList("policy.env", policy.env),
-        require: checkList("policy.require", policy.require),
+        envAllow: checkStringList("policy.env", policy.env),
+        require: checkStringList("policy.require", policy.require),
       },
       collectOutput: collect,
     }).finish();

@@ -10,13 +10,14 @@ import type { NativeLibrary } from "./_native.ts";
 import { KernelOwner, registerOwner, warnEscaped } from "./_owner.ts";
 import { KREPIS_BUFFER_ABANDONED } from "./_gen/symbols.ts";
 import { Buffers, type BufferStats } from "./buffers.ts";
-import { Journal, Store } from "./store.ts";
+import { Store } from "./store/store.ts";
+import { Journal } from "./store/journal.ts";
 import { Guard } from "./guard.ts";
-import { Transport } from "./transport.ts";
-import { Http } from "./http.ts";
+import { Transport } from "./transport/transport.ts";
+import { Http } from "./http/http.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
-import { checkInteger } from "./_check.ts";
+import { checkInteger, checkOptions } from "./_check.ts";
 
 /** Most worker threads a kernel accepts. */
 export const MAX_WORKER_THREADS = 256;
@@ -214,9 +215,7 @@ export class Kernel implements AsyncDisposable {
    * ```
    */
   static async open(options: KernelOptions = {}): Promise<Kernel> {
-    if (typeof options !== "object" || options === null) {
-      throw new InvalidArgumentError("Kernel.open options must be an object");
-    }
+    checkOptions("Kernel.open", options);
     const workerThreads = options.workerThreads === undefined
       ? 0
       : checkInteger("workerThreads", options.workerThreads, 1, MAX_WORKER_THREADS);

@@ -19,7 +19,7 @@ import {
   type ReleaseOs,
   RUST_TARGETS,
   sha256Hex,
-} from "./artifact.ts";
+} from "../bindings/_artifact.ts";
 
 /** OS/arch of a Rust target triple this project releases. */
 export function platformOfTarget(target: string): { os: ReleaseOs; arch: ReleaseArch } {

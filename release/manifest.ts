@@ -9,7 +9,7 @@
  * @module
  */
 
-import { type Manifest, parseManifest, sha256Hex } from "./artifact.ts";
+import { type Manifest, parseManifest, sha256Hex } from "../bindings/_artifact.ts";
 import { VERSION } from "../bindings/_version.ts";
 
 /** Builds the manifest for every artifact in `dir`. */

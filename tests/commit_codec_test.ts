@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { encodeCommitRequest } from "../bindings/_commit_codec.ts";
+import { encodeCommitRequest } from "../bindings/store/_commit_codec.ts";
 import { CommitRequest, Op_Kind } from "../bindings/_gen/proto/krepis/v1/store.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);

@@ -4,7 +4,7 @@ import {
   encodeKnulHeader,
   KnulHeaderError,
   tenantHash,
-} from "../bindings/_knul.ts";
+} from "../bindings/transport/_knul.ts";
 
 interface Vectors {
   maxPacketBytes: number;

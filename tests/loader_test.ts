@@ -9,7 +9,7 @@ import {
 } from "../mod.ts";
 import { type DownloadRequest, openLibrary, resolveLibraryPath } from "../bindings/_loader.ts";
 import { ABI_HASH } from "../bindings/_gen/symbols.ts";
-import { artifactName, type Manifest, sha256Hex } from "../release/artifact.ts";
+import { artifactName, type Manifest, sha256Hex } from "../bindings/_artifact.ts";
 import { libraryPath, openInChild, patchBytes, tempDir, writeLibraryCopy } from "./_helpers.ts";
 
 const noEnv = (): undefined => undefined;
@@ -259,7 +259,7 @@ Deno.test({
 });
 
 Deno.test("the shipped manifest parses and names this package version", async () => {
-  const { parseManifest } = await import("../release/artifact.ts");
+  const { parseManifest } = await import("../bindings/_artifact.ts");
   const manifest = parseManifest(
     JSON.parse(Deno.readTextFileSync(new URL("../release/manifest.json", import.meta.url))),
   );

@@ -8,7 +8,7 @@ import {
   type ReleaseOs,
   RUST_TARGETS,
   sha256Hex,
-} from "../release/artifact.ts";
+} from "../bindings/_artifact.ts";
 import { packageArtifact, platformOfTarget } from "../release/build.ts";
 import { collectManifest, sha256sums } from "../release/manifest.ts";
 import { checkLockstep, compareVersions } from "../release/lockstep.ts";

@@ -13,7 +13,7 @@ import {
   ProtocolError,
   type ReadonlyBytes,
 } from "../mod.ts";
-import { encodeKnulHeader, KnulKind, tenantHash } from "../bindings/_knul.ts";
+import { encodeKnulHeader, KnulKind, tenantHash } from "../bindings/transport/_knul.ts";
 import { connectRawPeer, listenRawPeer, type RawBiStream, type RawPeer } from "./_quic_peer.ts";
 import { fixture, libraryPath } from "./_helpers.ts";
 

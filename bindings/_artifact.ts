@@ -1,7 +1,9 @@
 /**
  * Artifact naming and the checksum manifest, shared by the loader (which asks
  * plug for a file) and the release build (which produces that file). One
- * function decides the name so the two cannot drift.
+ * function decides the name so the two cannot drift. It lives with the
+ * bindings because the loader runs it in every application; the release
+ * tooling (`release/build.ts`, `release/manifest.ts`) imports it from here.
  *
  * plug assembles `${prefix}${name}${suffix}.${extension}` from a directory URL;
  * it keys files by OS and architecture only (no libc), so the architecture is
@@ -44,7 +46,7 @@ export const RUST_TARGETS: Record<`${ReleaseOs}-${ReleaseArch}`, string> = {
  *
  * @example
  * ```ts
- * import { artifactName } from "./artifact.ts";
+ * import { artifactName } from "./_artifact.ts";
  * artifactName("linux", "x86_64"); // "libkrepis-x86_64.so"
  * ```
  */
@@ -78,7 +80,7 @@ export interface Manifest {
  *
  * @example
  * ```ts
- * import { parseManifest } from "./artifact.ts";
+ * import { parseManifest } from "./_artifact.ts";
  * parseManifest({ version: "0.1.0", artifacts: {} });
  * ```
  */
@@ -109,7 +111,7 @@ export function parseManifest(value: unknown): Manifest {
  *
  * @example
  * ```ts
- * import { sha256Hex } from "./artifact.ts";
+ * import { sha256Hex } from "./_artifact.ts";
  * await sha256Hex(new Uint8Array([1, 2, 3]));
  * ```
  */

@@ -1,27 +1,8 @@
 /**
- * KNUL: encrypted packet links between kernels, over QUIC (TLS 1.3, ALPN
- * `knul/1`), with packets delivered to JS through shared-memory rings
- * (zero-copy, no callback per packet). The wire protocol is in
- * `docs/knul.md`.
- *
- * ```ts
- * import { Kernel } from "@krepis/sdk";
- * await using kernel = await Kernel.open({ dataDir: null });
- * const { cert, key } = kernel.transport.createDevCertificate();
- * await using listener = await kernel.transport.listen({ port: 0, cert, key });
- * await using link = await kernel.transport.connect({
- *   hostname: "127.0.0.1",
- *   port: listener.addr.port,
- *   serverName: "localhost",
- *   caCerts: [cert],
- * });
- * await link.send(new TextEncoder().encode("hello"));
- * await using peer = (await listener.accept())!;
- * for await (const packet of peer) {
- *   console.log(new TextDecoder().decode(packet.data)); // "hello"
- *   break;
- * }
- * ```
+ * A KNUL link: packets sent through its send ring (the header written in
+ * place by the KNUL codec, `_knul.ts`), received packets read in place from
+ * its receive ring ({@linkcode Packet}), and a close that confirms delivery.
+ * Links are made by `transport.ts` (connect, accept).
  *
  * @module
  */
@@ -29,126 +10,30 @@
 import {
   KREPIS_CLOSE_NORMAL,
   KREPIS_FLAG_RELIABLE,
-  KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES,
-  KREPIS_KNUL_HEADER_BYTES,
-  KREPIS_KNUL_MAX_PACKET_BYTES,
-  KREPIS_KNUL_VERSION,
   KREPIS_RING_MAX_CAPACITY,
-} from "./_gen/symbols.ts";
-import {
-  ConnectRequest,
-  DevCertificate as DevCertificateMessage,
-  DevCertificateRequest,
-  LinkInfo,
-  LinkStatus,
-  ListenerInfo,
-  ListenerStats as ListenerStatsMessage,
-  ListenRequest,
-} from "./_gen/proto/krepis/v1/transport.ts";
-import { EventKind, TransportEvents } from "./_events.ts";
-import { errorFromNative } from "./_native.ts";
-import type { KernelOwner } from "./_owner.ts";
-import { requirePermission } from "./_permissions.ts";
-import { openRing, recordSize, type RingReader, type RingWriter } from "./_ring.ts";
-import type { ReadonlyBytes } from "./buffers.ts";
-import { type Context, Priority } from "./context.ts";
-import { ClosedError, InvalidArgumentError, type KrepisError } from "./errors.ts";
-import { checkInteger } from "./_check.ts";
+} from "../_gen/symbols.ts";
+import { type LinkInfo, LinkStatus } from "../_gen/proto/krepis/v1/transport.ts";
+import type { ReadonlyBytes } from "../_bytes.ts";
+import { checkInteger, checkOptions, invalidArgument } from "../_check.ts";
+import { EventKind, type TransportEvents } from "../_events.ts";
+import { errorFromNative } from "../_native.ts";
+import type { NetAddr } from "../_net.ts";
+import type { KernelOwner } from "../_owner.ts";
+import { openRing, recordSize, type RingReader, type RingWriter } from "../_ring.ts";
+import { type Context, Priority } from "../context.ts";
+import { ClosedError, InvalidArgumentError, type KrepisError } from "../errors.ts";
+import { KNUL_HEADER_BYTES, knulContextWords, KnulOffset, writeKnulDataHeader } from "./_knul.ts";
 
-/**
- * Largest `maxPacketBytes` a listener or connect may set (256 MiB).
- *
- * @example
- * ```ts
- * import { MAX_PACKET_BYTES } from "@krepis/sdk";
- * console.log(MAX_PACKET_BYTES); // 268435456
- * ```
- */
-export const MAX_PACKET_BYTES: number = KREPIS_KNUL_MAX_PACKET_BYTES;
-/**
- * Default `maxPacketBytes` (1 MiB).
- *
- * @example
- * ```ts
- * import { DEFAULT_MAX_PACKET_BYTES } from "@krepis/sdk";
- * console.log(DEFAULT_MAX_PACKET_BYTES); // 1048576
- * ```
- */
-export const DEFAULT_MAX_PACKET_BYTES: number = KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES;
 /** KNUL header bytes in front of every packet (on the wire and in the rings). */
-const HEADER = KREPIS_KNUL_HEADER_BYTES;
-/** "KNUL" as a little-endian u32. */
-const MAGIC_WORD = 0x4c554e4b;
+const HEADER = KNUL_HEADER_BYTES;
+/** Where a received packet's fields sit (read in place, per packet). */
+const FLAGS_AT = KnulOffset.flags;
+const PRIORITY_AT = KnulOffset.priority;
+const TENANT_AT = KnulOffset.tenant;
+const TRACE_ID_AT = KnulOffset.traceId;
 /** Smallest ring a link gets. */
 const MIN_RING_BYTES = 64 * 1024;
-
-/** A network address. */
-export interface NetAddr {
-  /** IP address (as the kernel bound or saw it). */
-  hostname: string;
-  /** Port (UDP for KNUL, TCP for HTTP). */
-  port: number;
-}
-
-/** A certificate and its private key, PEM-encoded. */
-export interface DevCertificate {
-  /** The certificate (`-----BEGIN CERTIFICATE-----`). */
-  cert: string;
-  /** The private key (PKCS#8 PEM). */
-  key: string;
-}
-
-/** Options of {@linkcode Transport.createDevCertificate}. */
-export interface DevCertificateOptions {
-  /**
-   * DNS names and IP addresses the certificate is valid for.
-   * Default: `localhost`, `127.0.0.1`, `::1`.
-   */
-  names?: string[];
-}
-
-/** Options of {@linkcode Transport.listen}. */
-export interface ListenOptions {
-  /** Address to bind. Default `"127.0.0.1"`; `"0.0.0.0"` / `"::"` for all. */
-  hostname?: string;
-  /** UDP port; 0 (default) picks a free one (see {@linkcode Listener.addr}). */
-  port?: number;
-  /** PEM certificate chain the listener presents. */
-  cert: string;
-  /** PEM private key of `cert`. */
-  key: string;
-  /**
-   * Largest payload a peer may send (and this side may send back), in bytes.
-   * A packet of exactly this size is accepted; a larger one closes the link
-   * with close code 4. Default 1 MiB, at most 256 MiB. Each link's two rings
-   * are sized from it (about 4× each).
-   */
-  maxPacketBytes?: number;
-  /**
-   * When given, packets whose context names another tenant (or none) are
-   * refused in the kernel, before JS sees them: the link closes with code 5.
-   */
-  tenants?: string[];
-  /** Established links waiting for `accept()` at most (more are refused). Default 1024. */
-  backlog?: number;
-}
-
-/** Options of {@linkcode Transport.connect}. */
-export interface ConnectOptions {
-  /** Host name or IP address of the listener. */
-  hostname: string;
-  /** Its UDP port. */
-  port: number;
-  /** The name the server's certificate must carry. Default: `hostname`. */
-  serverName?: string;
-  /**
-   * PEM certificates trusted to be or to sign the server's certificate.
-   * Required: KNUL does not use a system trust store.
-   */
-  caCerts: string[];
-  /** As {@linkcode ListenOptions.maxPacketBytes}. */
-  maxPacketBytes?: number;
-}
+const encoder = new TextEncoder();
 
 /** Options of {@linkcode Link.send}. */
 export interface SendOptions {
@@ -212,28 +97,10 @@ export interface LinkStats {
   udpDatagramsReceived: number;
 }
 
-/** Counters of a listener. */
-export interface ListenerStats {
-  /** Links handed to `accept()`. */
-  accepted: number;
-  /** Connections refused before they became links (TLS, hello, version, backlog). */
-  refused: number;
-  /** Why the last one was refused ("" when none was). */
-  lastRefusal: string;
-}
-
-function checkString(field: string, value: unknown): string {
-  if (typeof value !== "string" || value === "") {
-    throw new InvalidArgumentError(`${field} must be a non-empty string`, { details: { field } });
-  }
-  return value;
-}
-
-function checkOptions<T>(what: string, options: T): T {
-  if (typeof options !== "object" || options === null) {
-    throw new InvalidArgumentError(`${what} options must be an object`);
-  }
-  return options;
+/** The two rings of a link (the kernel claims them when it connects or accepts). */
+export interface LinkRings {
+  receive: RingReader;
+  send: RingWriter;
 }
 
 /** Ring bytes for packets up to `maxPacketBytes`: room for about four. */
@@ -244,272 +111,8 @@ function ringBytes(maxPacketBytes: number): number {
   return capacity;
 }
 
-function netPermission(hostname: string, port: number, action: string): void {
-  const host = port === 0 ? hostname : `${hostname}:${port}`;
-  requirePermission({ name: "net", host }, action, `--allow-net=${host}`);
-}
-
-/** The tenant hash as the header carries it (two u32 halves), memoized per context. */
-const contextWords = new WeakMap<Context, Uint32Array>();
-const encoder = new TextEncoder();
-
-/** Header words 4–9 of a context: tenant (FNV-1a 64) and trace id. */
-function wordsOf(ctx: Context): Uint32Array {
-  let words = contextWords.get(ctx);
-  if (words !== undefined) return words;
-  words = new Uint32Array(6);
-  if (ctx.tenantId !== null) {
-    let hash = 0xcbf29ce484222325n;
-    for (const byte of encoder.encode(ctx.tenantId)) {
-      hash = ((hash ^ BigInt(byte)) * 0x100000001b3n) & 0xffffffffffffffffn;
-    }
-    words[0] = Number(hash & 0xffffffffn);
-    words[1] = Number(hash >> 32n);
-  }
-  if (ctx.traceId !== null) {
-    if (!/^[0-9a-f]{32}$/i.test(ctx.traceId)) {
-      throw new InvalidArgumentError(
-        "ctx.traceId must be a W3C trace id (32 hex digits) to travel in a KNUL header",
-        { details: { field: "ctx.traceId" } },
-      );
-    }
-    const bytes = new Uint8Array(words.buffer, 8, 16);
-    for (let index = 0; index < 16; index++) {
-      bytes[index] = parseInt(ctx.traceId.slice(index * 2, index * 2 + 2), 16);
-    }
-  }
-  contextWords.set(ctx, words);
-  return words;
-}
-
-/**
- * The kernel's KNUL transport: listen for and connect links. Get it from
- * {@linkcode Kernel.transport}.
- *
- * @example
- * ```ts
- * import { Kernel } from "@krepis/sdk";
- * await using kernel = await Kernel.open({ dataDir: null });
- * const { cert, key } = kernel.transport.createDevCertificate();
- * await using listener = await kernel.transport.listen({ cert, key });
- * console.log(listener.addr.port);
- * ```
- */
-export class Transport {
-  readonly #owner: KernelOwner;
-  #events: TransportEvents | undefined;
-
-  /** @internal Created by the kernel. */
-  constructor(owner: KernelOwner) {
-    this.#owner = owner;
-  }
-
-  #transport(): TransportEvents {
-    if (this.#events !== undefined) return this.#events;
-    const out = new Uint32Array(1);
-    this.#owner.native.check(
-      this.#owner.native.symbols.krepis_transport_open(this.#owner.handle, out),
-    );
-    return this.#events = new TransportEvents(this.#owner, out[0]);
-  }
-
-  /**
-   * Creates a self-signed certificate for development and tests: an
-   * end-entity certificate (`CA:FALSE`) for `names`, which a client trusts by
-   * passing the same `cert` in `caCerts`. Never use it in production.
-   *
-   * @example
-   * ```ts
-   * import { Kernel } from "@krepis/sdk";
-   * await using kernel = await Kernel.open({ dataDir: null });
-   * const { cert, key } = kernel.transport.createDevCertificate({ names: ["localhost"] });
-   * console.log(cert.startsWith("-----BEGIN CERTIFICATE-----"), key.length > 0);
-   * ```
-   */
-  createDevCertificate(options: DevCertificateOptions = {}): DevCertificate {
-    this.#owner.assertOpen("transport.createDevCertificate");
-    checkOptions("createDevCertificate", options);
-    const names = options.names ?? [];
-    if (!Array.isArray(names) || names.some((name) => typeof name !== "string" || name === "")) {
-      throw new InvalidArgumentError("names must be an array of non-empty strings", {
-        details: { field: "names" },
-      });
-    }
-    const request = DevCertificateRequest.encode({ names }).finish();
-    const native = this.#owner.native;
-    const message = DevCertificateMessage.decode(
-      native.readOutput((out, cap) =>
-        native.symbols.krepis_transport_dev_certificate(request, request.length, out, cap)
-      ),
-    );
-    return { cert: message.certPem, key: message.keyPem };
-  }
-
-  /**
-   * Listens for links on a UDP address. Needs `--allow-net` for it.
-   *
-   * @throws {PermissionError} without net permission for the address.
-   * @throws {InvalidArgumentError} a bad option, certificate or key (`details.field`).
-   * @throws {IoError} the address is in use or cannot be bound.
-   *
-   * @example
-   * ```ts
-   * import { Kernel } from "@krepis/sdk";
-   * await using kernel = await Kernel.open({ dataDir: null });
-   * const { cert, key } = kernel.transport.createDevCertificate();
-   * await using listener = await kernel.transport.listen({ hostname: "127.0.0.1", port: 0, cert, key });
-   * for await (const link of listener) {
-   *   await link.close();
-   *   break;
-   * }
-   * ```
-   */
-  listen(options: ListenOptions): Promise<Listener> {
-    try {
-      return Promise.resolve(this.#listen(options));
-    } catch (error) {
-      return Promise.reject(error);
-    }
-  }
-
-  #listen(options: ListenOptions): Listener {
-    this.#owner.assertOpen("transport.listen");
-    checkOptions("listen", options);
-    const hostname = options.hostname === undefined
-      ? "127.0.0.1"
-      : checkString("hostname", options.hostname);
-    const port = checkInteger("port", options.port ?? 0, 0, 65535);
-    const maxPacketBytes = checkInteger(
-      "maxPacketBytes",
-      options.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES,
-      0,
-      MAX_PACKET_BYTES,
-    );
-    const backlog = checkInteger("backlog", options.backlog ?? 1024, 1, 1 << 20);
-    const tenants = options.tenants ?? [];
-    if (!Array.isArray(tenants) || tenants.some((tenant) => typeof tenant !== "string")) {
-      throw new InvalidArgumentError("tenants must be an array of strings", {
-        details: { field: "tenants" },
-      });
-    }
-    netPermission(hostname, port, `listening on ${hostname}:${port}`);
-    const request = ListenRequest.encode({
-      hostname,
-      port,
-      certPem: checkString("cert", options.cert),
-      keyPem: checkString("key", options.key),
-      maxPacketBytes,
-      tenants,
-      backlog,
-    }).finish();
-    const events = this.#transport();
-    const native = this.#owner.native;
-    const info = ListenerInfo.decode(
-      native.readOutput((out, cap) =>
-        native.symbols.krepis_transport_listen(events.handle, request, request.length, out, cap)
-      ),
-    );
-    return new Listener(this.#owner, events, info, maxPacketBytes);
-  }
-
-  /**
-   * Connects a link to a listener. Needs `--allow-net` for the address.
-   *
-   * @throws {PermissionError} without net permission for the address.
-   * @throws {InvalidArgumentError} a bad option or CA certificate.
-   * @throws {ConnectionError} unreachable, refused by TLS (certificate, server name), or timed out.
-   * @throws {ProtocolError} the server does not speak KNUL version 1.
-   *
-   * @example
-   * ```ts
-   * import { Kernel } from "@krepis/sdk";
-   * await using kernel = await Kernel.open({ dataDir: null });
-   * const { cert, key } = kernel.transport.createDevCertificate();
-   * await using listener = await kernel.transport.listen({ cert, key });
-   * await using link = await kernel.transport.connect({
-   *   hostname: "127.0.0.1",
-   *   port: listener.addr.port,
-   *   serverName: "localhost",
-   *   caCerts: [cert],
-   * });
-   * await link.send(new Uint8Array([1, 2, 3]));
-   * ```
-   */
-  async connect(options: ConnectOptions): Promise<Link> {
-    this.#owner.assertOpen("transport.connect");
-    checkOptions("connect", options);
-    const hostname = checkString("hostname", options.hostname);
-    const port = checkInteger("port", options.port, 1, 65535);
-    const serverName = options.serverName === undefined
-      ? ""
-      : checkString("serverName", options.serverName);
-    const caCerts = options.caCerts;
-    if (
-      !Array.isArray(caCerts) || caCerts.length === 0 ||
-      caCerts.some((cert) => typeof cert !== "string")
-    ) {
-      throw new InvalidArgumentError(
-        "caCerts must be a non-empty array of PEM strings (KNUL trusts only the certificates you name)",
-        { details: { field: "caCerts" } },
-      );
-    }
-    const maxPacketBytes = checkInteger(
-      "maxPacketBytes",
-      options.maxPacketBytes ?? DEFAULT_MAX_PACKET_BYTES,
-      0,
-      MAX_PACKET_BYTES,
-    );
-    netPermission(hostname, port, `connecting to ${hostname}:${port}`);
-    const request = ConnectRequest.encode({
-      hostname,
-      port,
-      serverName,
-      caPems: caCerts,
-      maxPacketBytes,
-    }).finish();
-    const events = this.#transport();
-    const rings = openLinkRings(this.#owner, maxPacketBytes);
-    const native = this.#owner.native;
-    let operation: number;
-    try {
-      operation = native.check(
-        native.symbols.krepis_transport_connect(
-          events.handle,
-          request,
-          request.length,
-          rings.receive.nativeHandle,
-          rings.send.nativeHandle,
-        ),
-      );
-    } catch (error) {
-      rings.receive.close();
-      rings.send.close();
-      throw error;
-    }
-    await events.wait(EventKind.connect, operation);
-    this.#owner.assertOpen("transport.connect");
-    let info: LinkInfo;
-    try {
-      info = LinkInfo.decode(
-        native.readOutput((out, cap) =>
-          native.symbols.krepis_transport_connect_result(events.handle, operation, out, cap)
-        ),
-      );
-    } catch (error) {
-      rings.receive.close();
-      rings.send.close();
-      throw error;
-    }
-    return new Link(this.#owner, events, info, rings, maxPacketBytes);
-  }
-}
-
-interface LinkRings {
-  receive: RingReader;
-  send: RingWriter;
-}
-
-function openLinkRings(owner: KernelOwner, maxPacketBytes: number): LinkRings {
+/** Opens a link's rings, sized for packets up to `maxPacketBytes`. */
+export function openLinkRings(owner: KernelOwner, maxPacketBytes: number): LinkRings {
   const capacity = ringBytes(maxPacketBytes);
   const receive = openRing(owner, { capacity, direction: "toJs" });
   try {
@@ -521,166 +124,14 @@ function openLinkRings(owner: KernelOwner, maxPacketBytes: number): LinkRings {
 }
 
 /**
- * A bound KNUL listener: accepts links (`accept()` or `for await`).
- *
- * @example
- * ```ts
- * import { Kernel } from "@krepis/sdk";
- * await using kernel = await Kernel.open({ dataDir: null });
- * const { cert, key } = kernel.transport.createDevCertificate();
- * await using listener = await kernel.transport.listen({ cert, key });
- * console.log(listener.addr); // { hostname: "127.0.0.1", port: … }
- * ```
- */
-export class Listener implements AsyncIterable<Link>, AsyncDisposable {
-  /** The bound address (the real port when 0 was asked for). */
-  readonly addr: NetAddr;
-  readonly #owner: KernelOwner;
-  readonly #events: TransportEvents;
-  readonly #handle: number;
-  readonly #maxPacketBytes: number;
-  #spare: LinkRings | null = null;
-  #closed = false;
-
-  /** @internal Created by {@linkcode Transport.listen}. */
-  constructor(
-    owner: KernelOwner,
-    events: TransportEvents,
-    info: ListenerInfo,
-    maxPacketBytes: number,
-  ) {
-    this.#owner = owner;
-    this.#events = events;
-    this.#handle = info.handle;
-    this.#maxPacketBytes = maxPacketBytes;
-    this.addr = { hostname: info.hostname, port: info.port };
-    listenerLeaks.register(this, { owner, handle: info.handle }, this);
-  }
-
-  /** True once closed (by `close()` or the kernel). */
-  get closed(): boolean {
-    return this.#closed || this.#owner.closed;
-  }
-
-  /**
-   * The next link that completed its handshake, or `null` once the listener
-   * is closed.
-   *
-   * @example
-   * ```ts
-   * import { Kernel } from "@krepis/sdk";
-   * await using kernel = await Kernel.open({ dataDir: null });
-   * const { cert, key } = kernel.transport.createDevCertificate();
-   * const listener = await kernel.transport.listen({ cert, key });
-   * setTimeout(() => listener.close(), 10);
-   * console.log(await listener.accept()); // null
-   * ```
-   */
-  async accept(): Promise<Link | null> {
-    const native = this.#owner.native;
-    while (!this.closed) {
-      const rings = this.#spare ??= openLinkRings(this.#owner, this.#maxPacketBytes);
-      let length: number;
-      try {
-        length = native.check(
-          native.symbols.krepis_listener_accept(
-            this.#handle,
-            rings.receive.nativeHandle,
-            rings.send.nativeHandle,
-            scratch,
-            scratch.length,
-          ),
-        );
-      } catch (error) {
-        // The kernel may have claimed the rings before failing: never reuse them.
-        this.#spare = null;
-        rings.receive.close();
-        rings.send.close();
-        throw error;
-      }
-      if (length > 0) {
-        this.#spare = null;
-        const info = LinkInfo.decode(scratch.subarray(0, length));
-        return new Link(this.#owner, this.#events, info, rings, this.#maxPacketBytes);
-      }
-      await this.#events.wait(EventKind.listener, this.#handle);
-    }
-    return null;
-  }
-
-  /** Links as they arrive, until the listener closes. */
-  async *[Symbol.asyncIterator](): AsyncGenerator<Link> {
-    while (true) {
-      const link = await this.accept();
-      if (link === null) return;
-      yield link;
-    }
-  }
-
-  /**
-   * Connection counters (accepted, refused and why).
-   *
-   * @example
-   * ```ts
-   * import { Kernel } from "@krepis/sdk";
-   * await using kernel = await Kernel.open({ dataDir: null });
-   * const { cert, key } = kernel.transport.createDevCertificate();
-   * await using listener = await kernel.transport.listen({ cert, key });
-   * console.log(listener.stats().refused); // 0
-   * ```
-   */
-  stats(): ListenerStats {
-    if (this.closed) throw new ClosedError("listener.stats: the listener is closed");
-    const native = this.#owner.native;
-    const stats = ListenerStatsMessage.decode(
-      native.readOutput((out, cap) => native.symbols.krepis_listener_stats(this.#handle, out, cap)),
-    );
-    return {
-      accepted: Number(stats.accepted),
-      refused: Number(stats.refused),
-      lastRefusal: stats.lastRefusal,
-    };
-  }
-
-  /**
-   * Stops listening. Links already accepted stay open; links waiting for
-   * `accept()` are closed with "going away". Idempotent.
-   */
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
-    if (this.#owner.closed) return;
-    this.#spare?.receive.close();
-    this.#spare?.send.close();
-    this.#spare = null;
-    listenerLeaks.unregister(this);
-    this.#owner.native.check(this.#owner.native.symbols.krepis_listener_close(this.#handle));
-  }
-
-  /** Closes the listener (for `await using`). */
-  [Symbol.asyncDispose](): Promise<void> {
-    this.close();
-    return Promise.resolve();
-  }
-}
-
-/**
- * Safety nets: a link or listener the application dropped without closing
- * is closed when it is garbage-collected (its rings have their own nets).
+ * Safety net: a link the application dropped without closing is freed when
+ * it is garbage-collected (its rings have their own nets).
  */
 const linkLeaks = new FinalizationRegistry<{ owner: KernelOwner; handle: number }>(
   ({ owner, handle }) => {
     if (!owner.closed) owner.native.symbols.krepis_link_free(handle);
   },
 );
-const listenerLeaks = new FinalizationRegistry<{ owner: KernelOwner; handle: number }>(
-  ({ owner, handle }) => {
-    if (!owner.closed) owner.native.symbols.krepis_listener_close(handle);
-  },
-);
-
-/** Output buffer for LinkInfo (the kernel asks for at least 256 bytes). */
-const scratch = new Uint8Array(1024);
 
 /**
  * A received packet: a zero-copy view into the link's receive ring, valid
@@ -716,8 +167,9 @@ export class Packet {
     this.#offset = offset;
     this.length = recordLength - HEADER;
     const data = reader.data;
-    this.reliable = ((data[offset + 6] | (data[offset + 7] << 8)) & KREPIS_FLAG_RELIABLE) !== 0;
-    this.priority = data[offset + 8];
+    const flags = data[offset + FLAGS_AT] | (data[offset + FLAGS_AT + 1] << 8);
+    this.reliable = (flags & KREPIS_FLAG_RELIABLE) !== 0;
+    this.priority = data[offset + PRIORITY_AT];
   }
 
   /** True until the next packet is taken or `release()`. */
@@ -746,13 +198,15 @@ export class Packet {
   /** FNV-1a 64 of the sender's `ctx.tenantId` (0n = none). @throws {ClosedError} once released. */
   get tenantHash(): bigint {
     const data = this.#check("tenantHash");
-    return new DataView(data.buffer, data.byteOffset + this.#offset + 16, 8).getBigUint64(0, true);
+    const at = data.byteOffset + this.#offset + TENANT_AT;
+    return new DataView(data.buffer, at, 8).getBigUint64(0, true);
   }
 
   /** The sender's W3C trace id (hex), or `null`. @throws {ClosedError} once released. */
   get traceId(): string | null {
     const data = this.#check("traceId");
-    const bytes = data.subarray(this.#offset + 24, this.#offset + 40);
+    const at = this.#offset + TRACE_ID_AT;
+    const bytes = data.subarray(at, at + 16);
     if (bytes.every((byte) => byte === 0)) return null;
     return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
   }
@@ -900,23 +354,11 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
     }
     priority |= 0;
     const reliable = options?.reliable ?? true;
-    const context = ctx === undefined ? null : wordsOf(ctx);
+    const context = ctx === undefined ? null : knulContextWords(ctx);
     const send = this.#send;
     const offset = send.reserve(HEADER + bytes.length, 0);
     if (offset < 0) return false;
-    const words = this.#sendWords;
-    const word = offset >> 2;
-    words[word] = MAGIC_WORD;
-    // version | kind (data = 1) << 8 | flags << 16
-    words[word + 1] = KREPIS_KNUL_VERSION | (1 << 8) |
-      ((reliable ? KREPIS_FLAG_RELIABLE : 0) << 16);
-    words[word + 2] = priority;
-    words[word + 3] = bytes.length;
-    if (context === null) {
-      words.fill(0, word + 4, word + 10);
-    } else {
-      words.set(context, word + 4);
-    }
+    writeKnulDataHeader(this.#sendWords, offset >> 2, reliable, priority, bytes.length, context);
     send.data.set(bytes, offset + HEADER);
     send.flush();
     return true;
@@ -1139,9 +581,7 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
         checkOptions("link.close", options);
         code = checkInteger("code", options.code ?? KREPIS_CLOSE_NORMAL, 0, 0xffff);
         if (options.reason !== undefined && typeof options.reason !== "string") {
-          throw new InvalidArgumentError("reason must be a string", {
-            details: { field: "reason" },
-          });
+          invalidArgument("reason", "must be a string");
         }
         reason = encoder.encode(options.reason ?? "");
       } catch (error) {

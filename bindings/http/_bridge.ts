@@ -5,16 +5,14 @@
  * `nonblocking` wait, drains everything available, then dispatches: one
  * wake-up per batch, never a callback per request. Responses written in the
  * same microtask wave are published with one store (and at most one notify).
+ * An exchange's state and the `Request` subclass are in `_exchange.ts`; the
+ * ordered JS → kernel writer is `_record_writer.ts`.
  *
  * @module
  */
 
 import {
-  KREPIS_HTTP_ABORT_CLIENT_GONE,
   KREPIS_HTTP_ABORT_STOPPING,
-  KREPIS_HTTP_ABORT_TIMEOUT,
-  KREPIS_HTTP_ABORT_TOO_LARGE,
-  KREPIS_HTTP_BODY_WINDOW,
   KREPIS_HTTP_FLAG_END,
   KREPIS_HTTP_FLAG_HAS_BODY,
   KREPIS_HTTP_FLAG_HTTP2,
@@ -27,11 +25,13 @@ import {
   KREPIS_HTTP_TO_KERNEL_BODY,
   KREPIS_HTTP_TO_KERNEL_CREDIT,
   KREPIS_HTTP_TO_KERNEL_RESPONSE,
-} from "./_gen/symbols.ts";
-import type { KernelOwner } from "./_owner.ts";
-import { openRing, recordSize, type RingReader, type RingWriter } from "./_ring.ts";
-import { type Context, Priority } from "./context.ts";
-import { ClosedError, ConnectionError } from "./errors.ts";
+} from "../_gen/symbols.ts";
+import type { KernelOwner } from "../_owner.ts";
+import { openRing, type RingReader, type RingWriter } from "../_ring.ts";
+import { type Context, Priority } from "../context.ts";
+import { ClosedError } from "../errors.ts";
+import { abortError, Exchange, HttpRequest } from "./_exchange.ts";
+import { RecordWriter } from "./_record_writer.ts";
 
 /** What a handler gets besides the `Request` (re-exported by http.ts). */
 export interface HttpRequestInfo {
@@ -72,7 +72,6 @@ export function openHttpRings(owner: KernelOwner): HttpRings {
   }
 }
 
-const WINDOW = KREPIS_HTTP_BODY_WINDOW;
 /** Longest single native wait: the pump re-checks the kernel's state this often when idle. */
 const WAIT_SLICE_MS = 1000;
 
@@ -87,89 +86,6 @@ const BAD_REQUEST_BODY = encoder.encode("Bad Request");
 /** Status codes whose responses never carry a body (and no content-length of 0). */
 function isBodyless(status: number): boolean {
   return status < 200 || status === 204 || status === 304;
-}
-
-const ABORT_REASONS: Record<number, [string, string]> = {
-  [KREPIS_HTTP_ABORT_CLIENT_GONE]: ["client_gone", "the client went away"],
-  [KREPIS_HTTP_ABORT_TIMEOUT]: ["timeout", "the client was too slow (bodyTimeoutMs)"],
-  [KREPIS_HTTP_ABORT_TOO_LARGE]: [
-    "too_large",
-    "the request body exceeded maxBodyBytes (the client got 413)",
-  ],
-  [KREPIS_HTTP_ABORT_STOPPING]: ["stopping", "the server is stopping"],
-};
-
-function abortError(reason: number): Error {
-  const [code, message] = ABORT_REASONS[reason] ?? ["unknown", `aborted (reason ${reason})`];
-  if (reason === KREPIS_HTTP_ABORT_STOPPING) {
-    return new ClosedError(`http: ${message}`, { details: { reason: code } });
-  }
-  return new ConnectionError(`http: ${message}`, { details: { reason: code } });
-}
-
-/**
- * The `Request` handed to handlers. Its `signal` is created on first use
- * (following an external signal costs ~3.5 µs per request in Deno 2.9, a
- * third of the JS budget of a hello-world request) and aborts when the kernel
- * reports the exchange over (client gone, timeout, shutdown).
- */
-class HttpRequest extends Request {
-  readonly _exchange: Exchange;
-
-  constructor(url: string, init: RequestInit, exchange: Exchange) {
-    super(url, init);
-    this._exchange = exchange;
-  }
-}
-const requestSignal = Object.getOwnPropertyDescriptor(Request.prototype, "signal")!.get!;
-Object.defineProperty(HttpRequest.prototype, "signal", {
-  configurable: true,
-  enumerable: true,
-  get(this: Request): AbortSignal {
-    const exchange = (this as HttpRequest)._exchange;
-    if (exchange === undefined) return requestSignal.call(this);
-    if (exchange.signalController === null) {
-      exchange.signalController = new AbortController();
-      if (exchange.abortReason !== null) exchange.signalController.abort(exchange.abortReason);
-    }
-    return exchange.signalController.signal;
-  },
-});
-
-/** One request/response exchange in flight. */
-class Exchange {
-  readonly id: number;
-  readonly head: boolean;
-  /** Response body bytes JS may still send before the kernel credits more. */
-  window = WINDOW;
-  creditWaiter: (() => void) | null = null;
-  /** Set once the kernel aborted the exchange or the server stopped. */
-  abortReason: Error | null = null;
-  /** Set once the response was completely written (or aborted). */
-  over = false;
-  signalController: AbortController | null = null;
-  /** The response body being sent (cancelled at once when the exchange is aborted). */
-  responseReader: ReadableStreamDefaultReader<Uint8Array> | null = null;
-  // Request body (null controller: no body, or the body is being discarded).
-  controller: ReadableByteStreamController | null = null;
-  chunks: Uint8Array[] | null = null;
-  bodyEnded = true;
-  pulling = false;
-
-  constructor(id: number, head: boolean) {
-    this.id = id;
-    this.head = head;
-  }
-}
-
-/** A response head or body record waiting for ring space. */
-interface Pending {
-  tag: number;
-  id: number;
-  word1: number;
-  word2: number;
-  headWords: number;
-  payload: Uint8Array;
 }
 
 interface Fresh {
@@ -190,9 +106,8 @@ export interface HttpBridgeOptions {
 export class HttpBridge {
   readonly #owner: KernelOwner;
   readonly #reader: RingReader;
-  readonly #writer: RingWriter;
+  readonly #records: RecordWriter;
   readonly #readWords: Uint32Array;
-  readonly #writeWords: Uint32Array;
   readonly #handler: HttpHandler | null;
   readonly #onError: HttpErrorHandler | null;
   readonly #fallbackHost: string;
@@ -201,38 +116,23 @@ export class HttpBridge {
   #fresh: Fresh[] = [];
   /** ABORTs of the current batch (their `abort` events run user code: after the drain). */
   #aborts: [Exchange, number][] = [];
-  /** Records waiting for ring space, in order: nothing may overtake them. */
-  readonly #backlog: Pending[] = [];
-  #backlogDraining = false;
-  #flushQueued = false;
   /** The last Host that passed the authority check (clients repeat theirs). */
   #validHost = "";
   #stopped = false;
   /** Scratch for encoding response heads (grown when a head is larger). */
   #scratch = new Uint8Array(16 * 1024);
   readonly #visit: (data: Uint8Array, offset: number, length: number, tag: number) => void;
-  readonly #flushTask: () => void;
 
   constructor(owner: KernelOwner, rings: HttpRings, options: HttpBridgeOptions) {
     this.#owner = owner;
     this.#reader = rings.toJs;
-    this.#writer = rings.toKernel;
+    this.#records = new RecordWriter(rings.toKernel);
     const readData = this.#reader.data;
     this.#readWords = new Uint32Array(readData.buffer, readData.byteOffset, readData.length >> 2);
-    const writeData = this.#writer.data;
-    this.#writeWords = new Uint32Array(
-      writeData.buffer,
-      writeData.byteOffset,
-      writeData.length >> 2,
-    );
     this.#handler = options.handler;
     this.#onError = options.onError;
     this.#fallbackHost = options.fallbackHost;
     this.#visit = (data, offset, length, tag) => this.#record(data, offset, length, tag);
-    this.#flushTask = () => {
-      this.#flushQueued = false;
-      if (!this.#writer.detached) this.#writer.flush();
-    };
   }
 
   /** Requests whose response is not complete yet (JS side). */
@@ -735,7 +635,7 @@ export class HttpBridge {
   }
 
   #credit(id: number, bytes: number): void {
-    this.#putRaw(KREPIS_HTTP_TO_KERNEL_CREDIT, id, bytes, 0, 2, EMPTY);
+    this.#records.put(KREPIS_HTTP_TO_KERNEL_CREDIT, id, bytes, 0, 2, EMPTY);
   }
 
   /** Writes (or queues) a record of `exchange`; RESPONSE has three head words. */
@@ -748,85 +648,14 @@ export class HttpBridge {
     response = false,
   ): void {
     if (exchange.abortReason !== null) return;
-    this.#putRaw(tag, exchange.id, word1, word2, response ? 3 : 2, payload);
-  }
-
-  #putRaw(
-    tag: number,
-    id: number,
-    word1: number,
-    word2: number,
-    headWords: number,
-    payload: Uint8Array,
-  ): void {
-    const writer = this.#writer;
-    if (this.#stopped || writer.detached) return;
-    if (this.#backlog.length === 0 && this.#tryPut(tag, id, word1, word2, headWords, payload)) {
-      this.#scheduleFlush();
-      return;
-    }
-    // Keep the order: everything after a waiting record waits too.
-    this.#backlog.push({ tag, id, word1, word2, headWords, payload: payload.slice() });
-    if (!this.#backlogDraining) void this.#drainBacklog();
-  }
-
-  #tryPut(
-    tag: number,
-    id: number,
-    word1: number,
-    word2: number,
-    headWords: number,
-    payload: Uint8Array,
-  ): boolean {
-    const writer = this.#writer;
-    const head = headWords * 4;
-    const offset = writer.reserve(head + payload.length, tag);
-    if (offset < 0) return false;
-    const words = this.#writeWords;
-    const word = offset >> 2;
-    words[word] = id;
-    words[word + 1] = word1;
-    if (headWords === 3) words[word + 2] = word2;
-    if (payload.length > 0) writer.data.set(payload, offset + head);
-    return true;
-  }
-
-  async #drainBacklog(): Promise<void> {
-    this.#backlogDraining = true;
-    const backlog = this.#backlog;
-    try {
-      while (backlog.length > 0 && !this.#stopped) {
-        const next = backlog[0];
-        if (
-          this.#tryPut(next.tag, next.id, next.word1, next.word2, next.headWords, next.payload)
-        ) {
-          backlog.shift();
-          continue;
-        }
-        const need = recordSize(next.headWords * 4 + next.payload.length);
-        if (!(await this.#writer.waitForSpace(need))) break;
-      }
-      if (!this.#writer.detached) this.#writer.flush();
-    } catch {
-      // The ring closed under us: the server is stopping.
-    } finally {
-      this.#backlogDraining = false;
-      if (this.#stopped) backlog.length = 0;
-    }
-  }
-
-  /** Publishes the records of this microtask wave with one store. */
-  #scheduleFlush(): void {
-    if (this.#flushQueued) return;
-    this.#flushQueued = true;
-    queueMicrotask(this.#flushTask);
+    this.#records.put(tag, exchange.id, word1, word2, response ? 3 : 2, payload);
   }
 
   /** The kernel stopped the server (or closed): fail what is still open. */
   #stop(): void {
     if (this.#stopped) return;
     this.#stopped = true;
-    this.#backlog.length = 0;
+    this.#records.stop();
     const error = abortError(KREPIS_HTTP_ABORT_STOPPING);
     const open = [...this.#exchanges.values()];
     this.#exchanges.clear();

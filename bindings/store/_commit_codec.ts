@@ -8,6 +8,8 @@
  * @module
  */
 
+import type { EncodedContext } from "../_context.ts";
+
 /** One op, already as bytes. */
 export interface EncodedOp {
   put: boolean;
@@ -21,15 +23,6 @@ export interface EncodedCheck {
   key: Uint8Array;
   value: Uint8Array | null;
   tree: Uint8Array | null;
-}
-
-/** A context, already as bytes. */
-export interface EncodedContext {
-  requestId: Uint8Array;
-  tenantId: Uint8Array;
-  traceId: Uint8Array;
-  priority: number;
-  deadlineUnixMs: number;
 }
 
 const LEN = 2;

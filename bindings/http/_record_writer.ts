@@ -1,0 +1,124 @@
+/**
+ * The HTTP bridge's JS → kernel records (response heads and bodies, credits,
+ * aborts) in order: straight into the ring when it has room, else into a
+ * backlog that drains as the kernel frees space, so nothing overtakes a
+ * waiting record. Records of one microtask wave are published with one store.
+ *
+ * @module
+ */
+
+import { recordSize, type RingWriter } from "../_ring.ts";
+
+/** A record waiting for ring space. */
+interface Pending {
+  tag: number;
+  id: number;
+  word1: number;
+  word2: number;
+  headWords: number;
+  payload: Uint8Array;
+}
+
+/** Writes one server's JS → kernel ring (the ring has a single producer: this). */
+export class RecordWriter {
+  readonly #ring: RingWriter;
+  readonly #words: Uint32Array;
+  /** Records waiting for ring space, in order: nothing may overtake them. */
+  readonly #backlog: Pending[] = [];
+  #backlogDraining = false;
+  #flushQueued = false;
+  #stopped = false;
+  readonly #flushTask: () => void;
+
+  constructor(ring: RingWriter) {
+    this.#ring = ring;
+    const data = ring.data;
+    this.#words = new Uint32Array(data.buffer, data.byteOffset, data.length >> 2);
+    this.#flushTask = () => {
+      this.#flushQueued = false;
+      if (!this.#ring.detached) this.#ring.flush();
+    };
+  }
+
+  /**
+   * Writes one record: `id`, `word1` and (with `headWords` 3) `word2`, then
+   * `payload` (copied). Queued behind earlier records still waiting for space;
+   * dropped once stopped or once the ring is gone.
+   */
+  put(
+    tag: number,
+    id: number,
+    word1: number,
+    word2: number,
+    headWords: number,
+    payload: Uint8Array,
+  ): void {
+    const writer = this.#ring;
+    if (this.#stopped || writer.detached) return;
+    if (this.#backlog.length === 0 && this.#tryPut(tag, id, word1, word2, headWords, payload)) {
+      this.#scheduleFlush();
+      return;
+    }
+    // Keep the order: everything after a waiting record waits too.
+    this.#backlog.push({ tag, id, word1, word2, headWords, payload: payload.slice() });
+    if (!this.#backlogDraining) void this.#drainBacklog();
+  }
+
+  #tryPut(
+    tag: number,
+    id: number,
+    word1: number,
+    word2: number,
+    headWords: number,
+    payload: Uint8Array,
+  ): boolean {
+    const writer = this.#ring;
+    const head = headWords * 4;
+    const offset = writer.reserve(head + payload.length, tag);
+    if (offset < 0) return false;
+    const words = this.#words;
+    const word = offset >> 2;
+    words[word] = id;
+    words[word + 1] = word1;
+    if (headWords === 3) words[word + 2] = word2;
+    if (payload.length > 0) writer.data.set(payload, offset + head);
+    return true;
+  }
+
+  async #drainBacklog(): Promise<void> {
+    this.#backlogDraining = true;
+    const backlog = this.#backlog;
+    try {
+      while (backlog.length > 0 && !this.#stopped) {
+        const next = backlog[0];
+        if (
+          this.#tryPut(next.tag, next.id, next.word1, next.word2, next.headWords, next.payload)
+        ) {
+          backlog.shift();
+          continue;
+        }
+        const need = recordSize(next.headWords * 4 + next.payload.length);
+        if (!(await this.#ring.waitForSpace(need))) break;
+      }
+      if (!this.#ring.detached) this.#ring.flush();
+    } catch {
+      // The ring closed under us: the server is stopping.
+    } finally {
+      this.#backlogDraining = false;
+      if (this.#stopped) backlog.length = 0;
+    }
+  }
+
+  /** Publishes the records of this microtask wave with one store. */
+  #scheduleFlush(): void {
+    if (this.#flushQueued) return;
+    this.#flushQueued = true;
+    queueMicrotask(this.#flushTask);
+  }
+
+  /** The server stopped: drop what waits and every later record. */
+  stop(): void {
+    this.#stopped = true;
+    this.#backlog.length = 0;
+  }
+}
