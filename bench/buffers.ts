@@ -20,6 +20,7 @@
 import { Kernel } from "../mod.ts";
 import { ownerOf } from "../bindings/_owner.ts";
 import { openRing, type RingReader } from "../bindings/_ring.ts";
+import { diagnostics } from "../tests/_diagnostics.ts";
 import { libraryPath, median, ratio, report } from "./_harness.ts";
 
 await using kernel = await Kernel.open({
@@ -34,7 +35,7 @@ const RUNS = 5;
 const handleOf = (ring: RingReader) => (ring as unknown as { handle: number }).handle;
 
 function produce(ring: RingReader, count: number, length: number): void {
-  native.check(native.symbols.krepis_ring_debug_produce(handleOf(ring), count, length, 0));
+  native.check(diagnostics().krepis_ring_debug_produce(handleOf(ring), count, length, 0));
 }
 
 /** Records/s: the kernel produces `count` records, JS drains them all with `visit`. */
@@ -93,7 +94,7 @@ async function callbackRun(count: number, length: number): Promise<number> {
     },
   );
   const start = performance.now();
-  native.check(native.symbols.krepis_debug_callback_per_record(callback.pointer, count, length));
+  native.check(diagnostics().krepis_debug_callback_per_record(callback.pointer, count, length));
   await finished;
   const seconds = (performance.now() - start) / 1000;
   callback.close();

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { ClosedError, InvalidArgumentError, Kernel, MAX_BUFFER_BYTES } from "../mod.ts";
 import { ownerOf } from "../bindings/_owner.ts";
+import { diagnostics } from "./_diagnostics.ts";
 import { libraryPath } from "./_helpers.ts";
 
 const open = (options: Record<string, unknown> = {}) =>
@@ -9,7 +10,7 @@ const open = (options: Record<string, unknown> = {}) =>
 function kernelSum(kernel: Kernel, handle: number, offset: number, length: number): bigint {
   const { native } = ownerOf(kernel);
   const out = new BigUint64Array(1);
-  native.check(native.symbols.krepis_buffer_debug_sum(handle, offset, length, out));
+  native.check(diagnostics().krepis_buffer_debug_sum(handle, offset, length, out));
   return out[0];
 }
 

@@ -12,6 +12,7 @@ import { loadLibrary } from "../bindings/_loader.ts";
 import { ABI_HASH } from "../bindings/_gen/symbols.ts";
 import { KernelConfig } from "../bindings/_gen/proto/krepis/v1/kernel.ts";
 import { libraryPath, tempDir } from "./_helpers.ts";
+import { diagnostics } from "./_diagnostics.ts";
 
 const libraryOptions = { libraryPath: libraryPath() };
 
@@ -168,13 +169,13 @@ Deno.test("forged and closed handles give error statuses, never a crash", async 
 Deno.test("a native panic becomes NativePanicError and the process survives", async () => {
   const native = await loadLibrary(libraryOptions);
   for (let i = 0; i < 3; i++) {
-    const status = native.symbols.krepis_debug_panic();
+    const status = diagnostics().krepis_debug_panic();
     const error = native.lastError(status);
     assert.ok(error instanceof NativePanicError);
     assert.ok(error instanceof KrepisError);
     assert.equal(error.code, "PANIC");
     assert.match(error.message, /deliberate panic/);
-    assert.match(error.details.location ?? "", /boundary\.rs/);
+    assert.match(error.details.location ?? "", /diagnostics\.rs/);
   }
   // The kernel still works afterwards.
   await using kernel = await Kernel.open({ ...libraryOptions, dataDir: null });

@@ -3,14 +3,15 @@ import { ClosedError, InvalidArgumentError, Kernel } from "../mod.ts";
 import { ownerOf } from "../bindings/_owner.ts";
 import { openRing, recordSize, type RingReader, type RingWriter } from "../bindings/_ring.ts";
 import {
+  diagnostics,
   KREPIS_RING_DIAG_CLOSE_WHEN_DONE,
   KREPIS_RING_DIAG_FILL,
-} from "../bindings/_gen/symbols.ts";
+} from "./_diagnostics.ts";
 import { libraryPath } from "./_helpers.ts";
 
 const open = () => Kernel.open({ libraryPath: libraryPath(), dataDir: null, workerThreads: 2 });
 
-/** The kernel's diagnostics pattern (ffi/src/ring.rs `pattern_byte`). */
+/** The kernel's diagnostics pattern (ffi/src/diagnostics.rs `pattern_byte`). */
 const patternByte = (sequence: number, index: number) =>
   Math.imul(((sequence & 0xff) + index) & 0xff, 31) & 0xff;
 
@@ -25,7 +26,7 @@ function writer(kernel: Kernel, capacity: number): RingWriter {
 function produce(kernel: Kernel, ring: RingReader, count: number, length: number, flags: number) {
   const { native } = ownerOf(kernel);
   native.check(
-    native.symbols.krepis_ring_debug_produce(
+    diagnostics().krepis_ring_debug_produce(
       (ring as unknown as { handle: number }).handle,
       count,
       length,
@@ -37,7 +38,7 @@ function produce(kernel: Kernel, ring: RingReader, count: number, length: number
 function consume(kernel: Kernel, ring: RingWriter, flags: number) {
   const { native } = ownerOf(kernel);
   native.check(
-    native.symbols.krepis_ring_debug_consume((ring as unknown as { handle: number }).handle, flags),
+    diagnostics().krepis_ring_debug_consume((ring as unknown as { handle: number }).handle, flags),
   );
 }
 

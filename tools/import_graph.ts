@@ -1,6 +1,16 @@
 /**
- * Checks that the imports among `bindings/` only point down (part of
- * `deno task check`; exits 1 and names the offending imports otherwise):
+ * Checks that imports only point down, on both sides of the boundary (part
+ * of `deno task check`; exits 1 and names the offending imports otherwise).
+ *
+ * The kernel (`ffi/src`, graph from `tools/_rust_imports.ts`):
+ *
+ * - no import cycle among its source files (a folder's `mod.rs` counts as a
+ *   file: its children may not import it back);
+ * - foundation modules (listed below) import no capability, and no
+ *   capability imports `lifecycle` or `diagnostics` (the two modules that
+ *   sit on top).
+ *
+ * The bindings (`bindings/`):
  *
  * - no import cycle among `bindings/` modules (type-only imports count too);
  * - foundation modules (the other top-level `bindings/*.ts` files: boundary,
@@ -21,6 +31,23 @@
  *
  * @module
  */
+
+import { rustImportGraph } from "./_rust_imports.ts";
+
+/** The kernel's foundation modules: below every capability folder. */
+const RUST_FOUNDATION = [
+  "boundary",
+  "error",
+  "events",
+  "handles",
+  "identity",
+  "kernel",
+  "memory",
+  "proto",
+  "ring",
+];
+/** The kernel's top: they may import anything, nothing may import them. */
+const RUST_TOP = ["crate", "lifecycle", "diagnostics"];
 
 /** Capabilities that are one file at the top of `bindings/`. */
 const SINGLE_FILE_CAPABILITIES = ["buffers.ts", "guard.ts"];
@@ -143,8 +170,31 @@ for (const cycle of findCycles(edges)) {
   problems.push(`import cycle: ${cycle.map(relative).join(" → ")}`);
 }
 
+const rust = rustImportGraph(rootUrl);
+const rustLayer = (module: string) =>
+  RUST_TOP.includes(module)
+    ? "top"
+    : RUST_FOUNDATION.includes(module)
+    ? "foundation"
+    : "capability";
+const rustFile = (module: string) => rust.modules.find(({ name }) => name === module)?.file;
+for (const [from, targets] of rust.edges) {
+  for (const to of targets) {
+    const [fromLayer, toLayer] = [rustLayer(from), rustLayer(to)];
+    if (toLayer === "top" || (fromLayer === "foundation" && toLayer === "capability")) {
+      problems.push(`${fromLayer} module ${rustFile(from)} imports ${toLayer} ${rustFile(to)}`);
+    }
+  }
+}
+for (const cycle of findCycles(rust.edges)) {
+  problems.push(`import cycle: ${cycle.map(rustFile).join(" → ")}`);
+}
+
 if (problems.length > 0) {
   for (const problem of problems) console.error(`import_graph: ${problem}`);
   Deno.exit(1);
 }
-console.log(`import_graph: ${modules.length} bindings modules, no cycles, imports point down`);
+console.log(
+  `import_graph: ${rust.modules.length} kernel and ${modules.length} bindings modules, ` +
+    "no cycles, imports point down",
+);

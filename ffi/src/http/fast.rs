@@ -6,7 +6,7 @@
 //! left to Pingora, which knows every corner of the protocol.
 
 use super::engine::{Engine, StaticResponse};
-use super::is_hop_by_hop;
+use super::headers::is_hop_by_hop;
 use super::js_http1::JsRequestHead;
 use super::relay::ProxyRequest;
 use super::routes::{host_without_port, Action};

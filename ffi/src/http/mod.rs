@@ -3,6 +3,8 @@
 //! proxying) never enter JS; the rest reaches one JS handler through two
 //! rings (docs/http.md).
 //!
+//! - [`protocol`]: the record tags, flags and limits of the rings to JS (ABI).
+//! - [`headers`]: which headers are about the connection, not the message.
 //! - [`routes`]: the route table and matching.
 //! - [`upstream`]: upstream pools, load balancing, health.
 //! - [`fast`]: requests recognized from the raw HTTP/1 head (static routes, simple proxying).
@@ -18,6 +20,9 @@
 
 #[cfg(unix)]
 mod bridge;
+#[cfg(unix)]
+mod headers;
+pub mod protocol;
 #[cfg(unix)]
 mod engine;
 #[cfg(unix)]
@@ -43,60 +48,8 @@ use crate::proto::ErrorCode;
 use crate::proto::HttpServerInfo;
 use prost::Message;
 
-/// Kernel → JS record: a request (`[id][flags]` + head text).
-pub const HTTP_TO_JS_REQUEST: u32 = 1;
-/// Kernel → JS record: request body bytes (`[id][flags]` + bytes).
-pub const HTTP_TO_JS_BODY: u32 = 2;
-/// Kernel → JS record: response body bytes written (`[id][bytes]`).
-pub const HTTP_TO_JS_CREDIT: u32 = 3;
-/// Kernel → JS record: the request is over (`[id][reason]`).
-pub const HTTP_TO_JS_ABORT: u32 = 4;
-/// JS → kernel record: the response head (`[id][status][flags]` + header lines).
-pub const HTTP_TO_KERNEL_RESPONSE: u32 = 1;
-/// JS → kernel record: response body bytes (`[id][flags]` + bytes).
-pub const HTTP_TO_KERNEL_BODY: u32 = 2;
-/// JS → kernel record: request body bytes consumed (`[id][bytes]`).
-pub const HTTP_TO_KERNEL_CREDIT: u32 = 3;
-/// JS → kernel record: abort the response (`[id][0]`).
-pub const HTTP_TO_KERNEL_ABORT: u32 = 4;
-/// Flag of BODY, RESPONSE_BODY and RESPONSE records: nothing follows.
-pub const HTTP_FLAG_END: u32 = 1;
-/// Flag of REQUEST records: BODY records follow.
-pub const HTTP_FLAG_HAS_BODY: u32 = 1;
-/// Flag of REQUEST records: the request came over HTTP/2.
-pub const HTTP_FLAG_HTTP2: u32 = 2;
-/// Body bytes either side may send ahead of the other side's credit, per request.
-pub const HTTP_BODY_WINDOW: u32 = 65536;
-/// ABORT reason: the client went away.
-pub const HTTP_ABORT_CLIENT_GONE: u32 = 1;
-/// ABORT reason: the client was too slow (bodyTimeoutMs).
-pub const HTTP_ABORT_TIMEOUT: u32 = 2;
-/// ABORT reason: the request body exceeded maxBodyBytes (the kernel answered 413).
-pub const HTTP_ABORT_TOO_LARGE: u32 = 3;
-/// ABORT reason: the server is stopping.
-pub const HTTP_ABORT_STOPPING: u32 = 4;
-/// Default capacity of each bridge ring.
-pub const HTTP_RING_BYTES: u32 = 4194304;
-
 #[cfg(unix)]
 type Server = server::HttpServer;
-
-/// Whether a header is about the connection rather than the message
-/// (RFC 9112 §7.6.1, §9.6, and the non-standard `keep-alive` and
-/// `proxy-connection`): never configured by a route, never forwarded.
-#[cfg(unix)]
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP_BY_HOP: [&[u8]; 7] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ];
-    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
-}
 
 /// Windows: nothing is ever registered.
 #[cfg(not(unix))]

@@ -294,7 +294,7 @@ fn static_response(
     for pair in &respond.headers {
         let name = http::HeaderName::from_bytes(pair.name.as_bytes());
         let value = http::HeaderValue::from_str(&pair.value);
-        if super::is_hop_by_hop(pair.name.as_bytes()) {
+        if super::headers::is_hop_by_hop(pair.name.as_bytes()) {
             return Err(KernelError::invalid_argument(format!(
                 "{}: {:?} is a connection-level header, which the server sets itself",
                 field("headers"),
