@@ -168,7 +168,10 @@ impl Kernel {
     /// Takes the runtime out of the kernel: from here on `spawn` reports
     /// `Closed`. `None` when it was taken already (close is idempotent).
     pub fn take_runtime(&self) -> Option<tokio::runtime::Runtime> {
-        self.runtime.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Stops a runtime taken with [`Kernel::take_runtime`], waiting up to the

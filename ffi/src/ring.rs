@@ -710,7 +710,11 @@ mod tests {
                     .expect("an empty ring has room for any record that fits");
                 for index in 0..len as usize {
                     // SAFETY: `len` bytes were reserved at `payload`.
-                    unsafe { payload.add(index).write(crate::diagnostics::pattern_byte(sequence, index)) };
+                    unsafe {
+                        payload
+                            .add(index)
+                            .write(crate::diagnostics::pattern_byte(sequence, index))
+                    };
                 }
                 producer.publish();
                 consumer

@@ -9,7 +9,6 @@
 //! reaches its whole tree; on Linux the cgroups catch children that start
 //! their own session, and on Windows a job object holds the tree.
 
-
 #[cfg(target_os = "linux")]
 pub mod sandbox;
 
@@ -570,8 +569,7 @@ fn spawn(
             stdout: Some(Box::new(child.stdout)),
             stderr: Some(Box::new(child.stderr)),
             wait: Box::new(move || {
-                let (status, usage, orphans) =
-                    sandbox::wait(pid, tracked.as_deref(), &reaper)?;
+                let (status, usage, orphans) = sandbox::wait(pid, tracked.as_deref(), &reaper)?;
                 let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
                 let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
                 let cpu =

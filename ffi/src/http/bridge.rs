@@ -5,7 +5,8 @@
 //! reader task drains the incoming ring and hands each record to its
 //! request's task.
 
-use super::protocol::{    HTTP_ABORT_STOPPING, HTTP_FLAG_END, HTTP_TO_JS_ABORT, HTTP_TO_JS_BODY, HTTP_TO_JS_CREDIT,
+use super::protocol::{
+    HTTP_ABORT_STOPPING, HTTP_FLAG_END, HTTP_TO_JS_ABORT, HTTP_TO_JS_BODY, HTTP_TO_JS_CREDIT,
     HTTP_TO_JS_REQUEST, HTTP_TO_KERNEL_ABORT, HTTP_TO_KERNEL_BODY, HTTP_TO_KERNEL_CREDIT,
     HTTP_TO_KERNEL_RESPONSE,
 };

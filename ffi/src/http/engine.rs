@@ -3,11 +3,12 @@
 //! retries and connection reuse), or one from JS through the bridge.
 
 use super::bridge::{response_header_lines, Bridge, FromJs, JsRequest};
-use super::routes::{host_without_port, Action, RouteTable};
-use super::upstream::{client_key, Pool};
-use super::protocol::{    HTTP_ABORT_CLIENT_GONE, HTTP_ABORT_TIMEOUT, HTTP_ABORT_TOO_LARGE, HTTP_BODY_WINDOW,
+use super::protocol::{
+    HTTP_ABORT_CLIENT_GONE, HTTP_ABORT_TIMEOUT, HTTP_ABORT_TOO_LARGE, HTTP_BODY_WINDOW,
     HTTP_FLAG_HAS_BODY, HTTP_FLAG_HTTP2,
 };
+use super::routes::{host_without_port, Action, RouteTable};
+use super::upstream::{client_key, Pool};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;

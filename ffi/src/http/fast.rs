@@ -155,3 +155,186 @@ fn upstream_head(method: &str, target: &str, headers: &[httparse::Header<'_>]) -
     head.extend_from_slice(b"\r\n");
     head
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::engine::{Counters, Limits};
+    use crate::http::routes::RouteTable;
+    use crate::http::upstream::Pool;
+    use crate::proto::{http_route, HttpMatch, HttpProxy, HttpRespond, HttpRoute};
+    use bytes::Bytes;
+    use pingora_http::ResponseHeader;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// An engine with a static route `/health` and a proxy route under
+    /// `/api/` (upstream never contacted), and no JS handler.
+    fn engine() -> Engine {
+        let routes = [
+            HttpRoute {
+                r#match: Some(HttpMatch {
+                    path: "/health".into(),
+                    ..Default::default()
+                }),
+                action: Some(http_route::Action::Respond(HttpRespond {
+                    status: 200,
+                    body: b"ok".to_vec(),
+                    ..Default::default()
+                })),
+            },
+            HttpRoute {
+                r#match: Some(HttpMatch {
+                    path_prefix: "/api/".into(),
+                    ..Default::default()
+                }),
+                action: Some(http_route::Action::Proxy(HttpProxy {
+                    upstreams: vec!["127.0.0.1:9".into()],
+                    ..Default::default()
+                })),
+            },
+        ];
+        Engine {
+            routes: RouteTable::new(&routes, false).unwrap(),
+            responses: vec![StaticResponse::new(
+                ResponseHeader::build(200, None).unwrap(),
+                Bytes::from_static(b"ok"),
+            )],
+            pools: vec![Arc::new(
+                Pool::from_proto(
+                    match &routes[1].action {
+                        Some(http_route::Action::Proxy(proxy)) => proxy,
+                        _ => unreachable!(),
+                    },
+                    1,
+                )
+                .unwrap(),
+            )],
+            bridge: None,
+            limits: Limits {
+                max_header_bytes: 1024,
+                max_body_bytes: 1 << 20,
+                header_timeout: Duration::from_secs(1),
+                body_timeout: Duration::from_secs(1),
+            },
+            tenant_header: "x-tenant-id".into(),
+            counters: Counters::default(),
+            id_nonce: 1,
+            id_sequence: Default::default(),
+        }
+    }
+
+    fn peer() -> std::net::SocketAddr {
+        "127.0.0.1:5555".parse().unwrap()
+    }
+
+    /// What `parse` made of `bytes`, in a form tests can compare.
+    fn kind(bytes: &[u8]) -> String {
+        match parse(bytes, &engine(), peer()) {
+            Parsed::Static {
+                head,
+                close,
+                length,
+                ..
+            } => format!("static head={head} close={close} length={length}"),
+            Parsed::Proxy {
+                request, length, ..
+            } => format!(
+                "proxy head_only={} close={} idempotent={} length={length}",
+                request.head_only, request.close, request.idempotent
+            ),
+            Parsed::Js { .. } => "js".into(),
+            Parsed::Partial => "partial".into(),
+            Parsed::Other => "other".into(),
+        }
+    }
+
+    #[test]
+    fn static_routes_are_answered_from_the_head() {
+        let get = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(
+            kind(get),
+            format!("static head=false close=false length={}", get.len())
+        );
+        let head =
+            b"HEAD /health?x=1 HTTP/1.1\r\nHost: a:80\r\nConnection: keep-alive, Close\r\n\r\n";
+        assert_eq!(
+            kind(head),
+            format!("static head=true close=true length={}", head.len())
+        );
+        // A static route answers GET and HEAD only; POST goes to Pingora.
+        assert_eq!(kind(b"POST /health HTTP/1.1\r\nHost: a\r\n\r\n"), "other");
+        // An empty body is no body.
+        let empty = b"GET /health HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n";
+        assert!(kind(empty).starts_with("static"));
+    }
+
+    #[test]
+    fn a_head_cut_short_waits_and_pipelined_requests_are_taken_one_at_a_time() {
+        let full = b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n";
+        for end in 0..full.len() {
+            assert_eq!(kind(&full[..end]), "partial", "{end} bytes");
+        }
+        let mut two = full.to_vec();
+        two.extend_from_slice(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(
+            kind(&two),
+            format!("static head=false close=false length={}", full.len())
+        );
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_pingora() {
+        for request in [
+            &b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"[..],
+            b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /api/x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            b"GET /api/x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /health HTTP/1.0\r\nHost: a\r\n\r\n",
+            b"GET /health HTTP/1.1\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: user@a\r\n\r\n",
+            b"GET http://a/health HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+            b"GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(
+                kind(request),
+                "other",
+                "{}",
+                String::from_utf8_lossy(request)
+            );
+        }
+        let long = format!(
+            "GET /health HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "y".repeat(1100)
+        );
+        assert_eq!(kind(long.as_bytes()), "other", "over maxHeaderBytes");
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        let many = format!("GET /health HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+        assert_eq!(kind(many.as_bytes()), "other", "over MAX_HEADERS");
+    }
+
+    #[test]
+    fn proxied_heads_lose_their_hop_by_hop_headers() {
+        let request = b"GET /api/x?q=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Id: 7\r\n\r\n";
+        assert_eq!(
+            kind(request),
+            format!(
+                "proxy head_only=false close=true idempotent=true length={}",
+                request.len()
+            )
+        );
+        let Parsed::Proxy { request, .. } = parse(request, &engine(), peer()) else {
+            unreachable!()
+        };
+        assert_eq!(
+            String::from_utf8(request.head).unwrap(),
+            "GET /api/x?q=1 HTTP/1.1\r\nHost: a\r\nX-Id: 7\r\n\r\n"
+        );
+        assert!(kind(b"PATCH /api/x HTTP/1.1\r\nHost: a\r\n\r\n").contains("idempotent=false"));
+    }
+}

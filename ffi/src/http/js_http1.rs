@@ -6,9 +6,9 @@
 
 use super::bridge::{response_header_lines, Bridge, FromJs};
 use super::engine::Engine;
+use super::protocol::{HTTP_ABORT_CLIENT_GONE, HTTP_ABORT_TIMEOUT};
 use super::relay::Next;
 use super::stream::GatheredStream;
-use super::protocol::{HTTP_ABORT_CLIENT_GONE, HTTP_ABORT_TIMEOUT};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;

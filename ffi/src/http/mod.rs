@@ -21,14 +21,14 @@
 #[cfg(unix)]
 mod bridge;
 #[cfg(unix)]
-mod headers;
-pub mod protocol;
-#[cfg(unix)]
 mod engine;
 #[cfg(unix)]
 mod fast;
 #[cfg(unix)]
+mod headers;
+#[cfg(unix)]
 mod js_http1;
+pub mod protocol;
 #[cfg(unix)]
 mod relay;
 #[cfg(unix)]

@@ -143,7 +143,10 @@ pub fn undo(
         }
         Ok(())
     };
-    for entry in store.db.range(journal_key(tx_id + 1)..journal_key(u64::MAX)) {
+    for entry in store
+        .db
+        .range(journal_key(tx_id + 1)..journal_key(u64::MAX))
+    {
         let (_, bytes) = entry?;
         conflict_with(&decode(&bytes)?)?;
     }
@@ -225,7 +228,10 @@ pub unsafe extern "C" fn krepis_journal_read(
         let mut batch = JournalBatch::default();
         let mut size = 0usize;
         let budget = (cap as usize).saturating_sub(64).max(1);
-        for entry in store.db.range(journal_key(query.since)..journal_key(u64::MAX)) {
+        for entry in store
+            .db
+            .range(journal_key(query.since)..journal_key(u64::MAX))
+        {
             let (entry_key, bytes) = entry?;
             let tx_id = tx_of(&entry_key).unwrap_or(0);
             if (query.limit != 0 && batch.records.len() as u32 >= query.limit)

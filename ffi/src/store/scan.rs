@@ -5,12 +5,12 @@
 //! Batch layout: entries back to back, each `[key_len u32][value_len u32]
 //! [key][value]` padded to 8 bytes (little-endian), keys without the tree prefix.
 
+use super::keys::data_key;
+use super::tree::tree;
 use crate::boundary::{call, in_bytes};
 use crate::error::{KernelError, KernelResult};
 use crate::handles::{HandleKind, HandleTable};
 use crate::proto::ScanOptions;
-use super::keys::data_key;
-use super::tree::tree;
 use prost::Message;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};

@@ -26,10 +26,10 @@
 //! file can be trusted, so the store refuses further commits until it is
 //! reopened (and recovered).
 
-use crate::error::{KernelError, KernelResult};
-use crate::proto::{ErrorCode, JournalRecord};
 use super::dir::{sync_dir, COMMIT_LOG};
 use super::keys::{data_key, journal_key, tree_prefix, META_NEXT_TX};
+use crate::error::{KernelError, KernelResult};
+use crate::proto::{ErrorCode, JournalRecord};
 use prost::Message;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -220,5 +220,137 @@ impl Wal {
         emptied.map_err(|error| io("truncating", &self.path, &error))?;
         self.size = 0;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Change;
+
+    /// A fresh sled database whose next tx id is `next_tx`, in its own dir.
+    fn store(next_tx: u64) -> (sled::Db, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "krepis-wal-test-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        db.insert(META_NEXT_TX, &next_tx.to_be_bytes()).unwrap();
+        (db, dir)
+    }
+
+    static NEXT_DIR: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    fn record(tx_id: u64) -> Vec<u8> {
+        JournalRecord {
+            tx_id,
+            changes: vec![Change {
+                tree: String::new(),
+                key: format!("k{tx_id}").into_bytes(),
+                previous: None,
+                value: Some(format!("v{tx_id}").into_bytes()),
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn log(tx_ids: impl IntoIterator<Item = u64>) -> Vec<u8> {
+        let mut framed = Vec::new();
+        for tx_id in tx_ids {
+            frame(&record(tx_id), &mut framed);
+        }
+        framed
+    }
+
+    fn value(db: &sled::Db, tx_id: u64) -> Option<Vec<u8>> {
+        let key = data_key(&tree_prefix("").unwrap(), format!("k{tx_id}").as_bytes());
+        db.get(key).unwrap().map(|value| value.to_vec())
+    }
+
+    fn next_tx(db: &sled::Db) -> u64 {
+        u64::from_be_bytes(
+            db.get(META_NEXT_TX)
+                .unwrap()
+                .unwrap()
+                .as_ref()
+                .try_into()
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn records_at_or_past_the_next_tx_are_replayed_in_order() {
+        let (db, dir) = store(3);
+        std::fs::write(dir.join(COMMIT_LOG), log(1..=5)).unwrap();
+        let (_wal, replayed) = Wal::recover(&db, &dir).unwrap();
+        assert_eq!(replayed, 3);
+        assert_eq!(value(&db, 2), None, "sled had tx 2 already: not replayed");
+        assert_eq!(value(&db, 5).as_deref(), Some(&b"v5"[..]));
+        assert!(db.get(journal_key(4)).unwrap().is_some());
+        assert_eq!(next_tx(&db), 6);
+        // The log was emptied: a second recovery replays nothing.
+        let (_wal, replayed) = Wal::recover(&db, &dir).unwrap();
+        assert_eq!(replayed, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_torn_last_record_ends_the_log() {
+        let (db, dir) = store(1);
+        let mut bytes = log(1..=2);
+        let whole = bytes.len();
+        frame(&record(3), &mut bytes);
+        bytes.truncate(whole + 10); // header and a few bytes of record 3
+        std::fs::write(dir.join(COMMIT_LOG), &bytes).unwrap();
+        let (_wal, replayed) = Wal::recover(&db, &dir).unwrap();
+        assert_eq!(replayed, 2);
+        assert_eq!(next_tx(&db), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_missing_or_preallocated_log_replays_nothing() {
+        let (db, dir) = store(1);
+        let (_wal, replayed) = Wal::recover(&db, &dir).unwrap();
+        assert_eq!(replayed, 0);
+        std::fs::write(dir.join(COMMIT_LOG), vec![0u8; 4096]).unwrap();
+        let (_wal, replayed) = Wal::recover(&db, &dir).unwrap();
+        assert_eq!(replayed, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_gap_in_tx_ids_or_an_undecodable_record_is_corruption() {
+        let (db, dir) = store(1);
+        std::fs::write(dir.join(COMMIT_LOG), log([1, 3])).unwrap();
+        let error = Wal::recover(&db, &dir).err().unwrap();
+        assert_eq!(error.code, ErrorCode::Corrupt);
+        assert!(error.message.contains("skips from transaction 2 to 3"));
+
+        let (db, dir2) = store(1);
+        let mut bytes = Vec::new();
+        frame(&[0xff, 0xff, 0xff], &mut bytes); // a valid frame, not a record
+        std::fs::write(dir2.join(COMMIT_LOG), bytes).unwrap();
+        let error = Wal::recover(&db, &dir2).err().unwrap();
+        assert_eq!(error.code, ErrorCode::Corrupt);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&dir2);
+    }
+
+    #[test]
+    fn appends_survive_recovery() {
+        let (db, dir) = store(1);
+        let (mut wal, _) = Wal::recover(&db, &dir).unwrap();
+        wal.append_durably(&log(1..=2)).unwrap();
+        wal.append_durably(&log([3])).unwrap();
+        assert_eq!(wal.size(), log(1..=3).len() as u64);
+        drop(wal);
+        let (_wal, replayed) = Wal::recover(&db, &dir).unwrap();
+        assert_eq!(replayed, 3);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

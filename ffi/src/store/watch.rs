@@ -10,11 +10,11 @@
 //! behind gets one overflow record (tag 3) and the feed ends: a typed error,
 //! never a stalled store.
 
+use super::keys::data_key;
+use super::tree::tree;
 use crate::boundary::{call, in_bytes};
 use crate::error::KernelError;
 use crate::ring::{ring, Producer, Ring, RING_RECORD_HEADER_BYTES};
-use super::keys::data_key;
-use super::tree::tree;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -12,10 +12,10 @@
 //! - The control stream carries `close`; a graceful close delivers every
 //!   reliable packet sent before it.
 
-use crate::error::{KernelError, KernelResult};
-use crate::events::{EventQueue, EVENT_LINK_CLOSED};
 use super::knul::{Header, HeaderError, Kind, KNUL_HEADER_BYTES, KNUL_VERSION};
 use super::lease::LeasingConsumer;
+use crate::error::{KernelError, KernelResult};
+use crate::events::{EventQueue, EVENT_LINK_CLOSED};
 use crate::proto::{ErrorCode, LinkStats, LinkStatus};
 use crate::ring::{Producer, Ring};
 use bytes::{Bytes, BytesMut};

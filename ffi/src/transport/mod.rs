@@ -6,7 +6,6 @@
 //! `connect` returns an operation id whose completion arrives as an event,
 //! and links report readiness through the transport's event queue.
 
-
 pub mod knul;
 pub mod lease;
 pub mod link;
@@ -17,16 +16,16 @@ use crate::error::{KernelError, KernelResult};
 use crate::events::{EventQueue, EVENT_CONNECT, EVENT_LISTENER};
 use crate::handles::{HandleKind, HandleTable};
 use crate::kernel::kernel;
-use knul::{tenant_hash, KNUL_HEADER_BYTES, KNUL_VERSION};
-use link::{
-    client_hello, connection_error, server_hello, Established, Link, LinkSetup, CLOSE_GOING_AWAY,
-    HELLO_TIMEOUT,
-};
 use crate::proto::{
     ConnectRequest, DevCertificateRequest, ErrorCode, LinkInfo, ListenRequest, ListenerInfo,
     ListenerStats,
 };
 use crate::ring::{record_size, ring, Direction, Ring};
+use knul::{tenant_hash, KNUL_HEADER_BYTES, KNUL_VERSION};
+use link::{
+    client_hello, connection_error, server_hello, Established, Link, LinkSetup, CLOSE_GOING_AWAY,
+    HELLO_TIMEOUT,
+};
 
 use prost::Message;
 use std::collections::{HashMap, HashSet, VecDeque};
