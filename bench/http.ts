@@ -4,17 +4,25 @@
  *
  * - `Deno.serve` hello world: the anchor.
  * - A krepis native static route (answered without entering JS).
- *   Target: ≥ 1.5× `Deno.serve` req/s.
  * - A krepis JS route (`handler: () => new Response(...)`).
- *   Target: ≥ 1× `Deno.serve` req/s with a p99 no worse.
  * - A krepis proxy route to an upstream (`Deno.serve` hello world), next to
  *   nginx (1 worker, upstream keep-alive) proxying to the same upstream.
- *   Target: ≥ 1× nginx's req/s.
- * - nginx (1 worker) answering `return 200` itself: no target, a yardstick.
- *   It shows what an optimized single-worker C server reaches on this machine
- *   with this client; when `Deno.serve` already matches it, the machine (its
- *   loopback TCP and the cores `wrk` leaves over), not the server, sets the
- *   ceiling of the static comparison.
+ * - nginx (1 worker) answering `return 200` itself: a yardstick. It shows
+ *   what an optimized single-worker C server reaches on this machine.
+ *
+ * Each server is measured twice per run:
+ * - unpinned: req/s and p99 (on a machine with few cores this mostly
+ *   measures the client and the loopback stack);
+ * - pinned (Linux, `taskset`): the server's threads on one core, `wrk` on
+ *   another: req/s, and the server's CPU time per request (utime + stime of
+ *   every thread ÷ requests), in all and on its main thread (the JS thread
+ *   of a Deno server). CPU per request holds on any machine.
+ *
+ * Goals (each a `ratio` line, > 1 means krepis wins; the table says met or
+ * missed): JS route total CPU per request ≤ 1.5× `Deno.serve`'s, its JS
+ * thread's CPU per request ≤ 0.5× `Deno.serve`'s thread, pinned req/s ≥
+ * 0.67× and p99 ≤ 2× `Deno.serve`'s; static route CPU per request within
+ * 1.1× of `Deno.serve`'s and nginx's; proxy route ≥ nginx's req/s.
  *
  * Every server runs in its own process (`bench/_http_server.ts`, or nginx), so
  * the process measured only serves; this process only drives `wrk`. Each run
@@ -34,6 +42,7 @@
  */
 
 import { libraryPath, median, ratio, report } from "./_harness.ts";
+import { cpuAccountingAvailable, cpuCount, pin, processTree, snapshot, spent } from "./_cpu.ts";
 
 const RUNS = Number(Deno.env.get("HTTP_BENCH_RUNS") ?? 5);
 const SECONDS = Number(Deno.env.get("HTTP_BENCH_SECONDS") ?? 3);
@@ -57,13 +66,25 @@ const LABELS: Record<Name, string> = {
 interface Sample {
   rps: number;
   p99Ms: number;
+  /** Requests completed. */
+  requests: number;
   /** Socket errors, timeouts and non-2xx/3xx responses. */
   errors: number;
+}
+
+/** One pinned run: wrk's result and the server's CPU. */
+interface PinnedSample extends Sample {
+  /** Server CPU µs per request, all threads. */
+  cpuUs: number;
+  /** Server CPU µs per request on its main (JS) thread. */
+  mainThreadCpuUs: number;
 }
 
 /** A server under test, stopped by `stop()`. */
 interface Server {
   port: number;
+  /** The server's process (its descendants are measured too). */
+  pid: number;
   stop(): Promise<void>;
 }
 
@@ -167,7 +188,7 @@ async function startDenoChild(mode: string, ...args: string[]): Promise<Server> 
       })`,
     );
   }
-  return { port: Number(port), stop };
+  return { port: Number(port), pid: child.pid, stop };
 }
 
 function freePort(): number {
@@ -246,7 +267,7 @@ ${location}
   while (true) {
     try {
       (await Deno.connect({ hostname: HOSTNAME, port })).close();
-      return { port, stop };
+      return { port, pid: child.pid, stop };
     } catch { /* not yet */ }
     if (exited || Date.now() > deadline) {
       const log = await Deno.readTextFile(`${dir}/error.log`).catch(() => "");
@@ -279,7 +300,8 @@ function wrkMs(value: string, unit: string): number {
 export function parseWrk(output: string): Sample {
   const rps = /^Requests\/sec:\s+([\d.]+)/m.exec(output);
   const p99 = /^\s+99%\s+([\d.]+)(us|ms|s|m|h)\s*$/m.exec(output);
-  if (rps === null || p99 === null) {
+  const requests = /^\s*(\d+) requests in /m.exec(output);
+  if (rps === null || p99 === null || requests === null) {
     throw new Error(`bench/http: cannot read wrk's output:\n${output}`);
   }
   let errors = 0;
@@ -289,12 +311,25 @@ export function parseWrk(output: string): Sample {
   if (socket) errors += socket.slice(1).reduce((sum, count) => sum + Number(count), 0);
   const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(output);
   if (non2xx) errors += Number(non2xx[1]);
-  return { rps: Number(rps[1]), p99Ms: wrkMs(p99[1], p99[2]), errors };
+  return {
+    rps: Number(rps[1]),
+    p99Ms: wrkMs(p99[1], p99[2]),
+    requests: Number(requests[1]),
+    errors,
+  };
 }
 
-async function runWrk(wrk: string, port: number, seconds: number): Promise<Sample> {
-  const output = await new Deno.Command(wrk, {
+/** Runs wrk against `port`; on `cpu` (e.g. "1") when given. */
+async function runWrk(
+  wrk: string,
+  port: number,
+  seconds: number,
+  cpu?: string,
+): Promise<Sample> {
+  const command = cpu === undefined ? wrk : "taskset";
+  const output = await new Deno.Command(command, {
     args: [
+      ...(cpu === undefined ? [] : ["-c", cpu, wrk]),
       "-t1",
       `-c${CONNECTIONS}`,
       `-d${seconds}s`,
@@ -309,6 +344,27 @@ async function runWrk(wrk: string, port: number, seconds: number): Promise<Sampl
     throw new Error(`bench/http: wrk failed:\n${text}${new TextDecoder().decode(output.stderr)}`);
   }
   return parseWrk(text);
+}
+
+/**
+ * One pinned run: the server's processes on CPU 0, wrk on CPU 1, the
+ * server's CPU per request from its threads' times; unpinned afterwards.
+ */
+async function runPinned(wrk: string, server: Server, seconds: number): Promise<PinnedSample> {
+  const pids = processTree(server.pid);
+  await pin(pids, "0");
+  try {
+    const before = snapshot(pids);
+    const sample = await runWrk(wrk, server.port, seconds, "1");
+    const { totalUs, mainThreadUs } = spent(before, snapshot(pids), server.pid);
+    return {
+      ...sample,
+      cpuUs: totalUs / sample.requests,
+      mainThreadCpuUs: mainThreadUs / sample.requests,
+    };
+  } finally {
+    await pin(pids, `0-${cpuCount() - 1}`);
+  }
 }
 
 async function main(): Promise<number> {
@@ -370,23 +426,54 @@ async function main(): Promise<number> {
     }
 
     const names = (Object.keys(LABELS) as Name[]).filter((name) => ports[name] !== undefined);
+    const byName = Object.fromEntries(
+      servers.flatMap((server) => {
+        const name = names.find((n) => ports[n] === server.port);
+        return name === undefined ? [] : [[name, server]];
+      }),
+    ) as Record<Name, Server>;
+    const pinning = cpuAccountingAvailable() && cpuCount() >= 2;
+    if (!pinning) {
+      console.log("# pinned runs skipped: they need Linux, taskset and at least 2 CPUs");
+    }
     for (const name of names) await runWrk(wrk, ports[name]!, 1); // warm up (JIT, pools)
     const samples = Object.fromEntries(names.map((name) => [name, [] as Sample[]])) as Record<
       Name,
       Sample[]
     >;
+    const pinned = Object.fromEntries(names.map((name) => [name, [] as PinnedSample[]])) as Record<
+      Name,
+      PinnedSample[]
+    >;
     for (let run = 0; run < RUNS; run++) {
       // Alternate the order so that drift during a run favours no one.
       const order = run % 2 === 0 ? names : [...names].reverse();
-      for (const name of order) samples[name].push(await runWrk(wrk, ports[name]!, SECONDS));
+      for (const name of order) {
+        samples[name].push(await runWrk(wrk, ports[name]!, SECONDS));
+        if (pinning) pinned[name].push(await runPinned(wrk, byName[name], SECONDS));
+      }
     }
 
-    const m: Partial<Record<Name, Sample>> = {};
+    interface Figures {
+      rps: number;
+      p99Ms: number;
+      errors: number;
+      pinnedRps?: number;
+      cpuUs?: number;
+      mainThreadCpuUs?: number;
+    }
+    const m: Partial<Record<Name, Figures>> = {};
     for (const name of names) {
+      const p = pinned[name];
       m[name] = {
         rps: median(samples[name].map((s) => s.rps)),
         p99Ms: median(samples[name].map((s) => s.p99Ms)),
-        errors: samples[name].reduce((sum, s) => sum + s.errors, 0),
+        errors: [...samples[name], ...p].reduce((sum, s) => sum + s.errors, 0),
+        ...(p.length === 0 ? {} : {
+          pinnedRps: median(p.map((s) => s.rps)),
+          cpuUs: median(p.map((s) => s.cpuUs)),
+          mainThreadCpuUs: median(p.map((s) => s.mainThreadCpuUs)),
+        }),
       };
     }
 
@@ -399,70 +486,93 @@ async function main(): Promise<number> {
       krepisProxy: "krepis_proxy_route",
     };
     for (const name of names) {
-      report(`${metric[name]}_rps`, m[name]!.rps, "req/s");
-      report(`${metric[name]}_p99`, m[name]!.p99Ms, "ms");
-      if (m[name]!.errors > 0) report(`${metric[name]}_errors`, m[name]!.errors, "errors");
+      const f = m[name]!;
+      report(`${metric[name]}_rps`, f.rps, "req/s");
+      report(`${metric[name]}_p99`, f.p99Ms, "ms");
+      if (f.pinnedRps !== undefined) {
+        report(`${metric[name]}_pinned_rps`, f.pinnedRps, "req/s");
+        report(`${metric[name]}_cpu_per_request`, f.cpuUs!, "us");
+        report(`${metric[name]}_main_thread_cpu_per_request`, f.mainThreadCpuUs!, "us");
+      }
+      if (f.errors > 0) report(`${metric[name]}_errors`, f.errors, "errors");
     }
 
-    // Comparisons: [ours, anchor, min rps ratio, p99 must be no worse].
-    const comparisons: [Name, Name, number, boolean][] = [
-      ["krepisStatic", "deno", 1.5, false],
-      ["krepisJs", "deno", 1, true],
-      ["krepisProxy", "nginxProxy", 1, false],
+    // Goals: [ours, anchor, figure, minimum ratio]; every ratio is > 1 when
+    // krepis wins (for CPU and p99: anchor ÷ ours).
+    type Figure = "rps" | "pinnedRps" | "cpu" | "mainThreadCpu" | "p99";
+    const goals: [Name, Name, Figure, number][] = [
+      ["krepisJs", "deno", "cpu", 1 / 1.5],
+      ["krepisJs", "deno", "mainThreadCpu", 2],
+      ["krepisJs", "deno", "pinnedRps", 0.67],
+      ["krepisJs", "deno", "p99", 0.5],
+      ["krepisStatic", "deno", "cpu", 1 / 1.1],
+      ["krepisStatic", "nginxStatic", "cpu", 1 / 1.1],
+      ["krepisProxy", "nginxProxy", "rps", 1],
     ];
-    const verdicts: Partial<Record<Name, string>> = {};
-    // The yardstick: how close each hello world comes to a C server's.
+    const value = (f: Figures, figure: Figure): number | undefined =>
+      ({
+        rps: f.rps,
+        pinnedRps: f.pinnedRps,
+        cpu: f.cpuUs === undefined ? undefined : 1 / f.cpuUs,
+        mainThreadCpu: f.mainThreadCpuUs === undefined ? undefined : 1 / f.mainThreadCpuUs,
+        p99: 1 / f.p99Ms,
+      })[figure];
+    const figureName: Record<Figure, string> = {
+      rps: "rps",
+      pinnedRps: "pinned_rps",
+      cpu: "cpu_per_request",
+      mainThreadCpu: "main_thread_cpu_per_request",
+      p99: "p99",
+    };
+    const verdicts: Partial<Record<Name, string[]>> = {};
     const yardstick = m.nginxStatic;
     if (yardstick !== undefined) {
       for (const name of ["deno", "krepisStatic"] as const) {
         const s = m[name];
         if (s !== undefined) ratio(`${metric[name]}_vs_nginx_return_200_rps`, s.rps, yardstick.rps);
       }
-      verdicts.nginxStatic = `yardstick: Deno.serve does ${
-        m.deno === undefined ? "?" : (m.deno.rps / yardstick.rps).toFixed(2)
-      }× this`;
     }
-    for (const [ours, anchor, target, p99NoWorse] of comparisons) {
-      const a = m[anchor];
-      const o = m[ours];
-      if (a === undefined || o === undefined) continue;
-      ratio(`${metric[ours]}_vs_${metric[anchor]}_rps`, o.rps, a.rps);
-      ratio(`${metric[ours]}_vs_${metric[anchor]}_p99`, 1 / o.p99Ms, 1 / a.p99Ms);
-      const met = o.rps / a.rps >= target && (!p99NoWorse || o.p99Ms <= a.p99Ms) &&
-        o.errors === 0;
-      verdicts[ours] = `${(o.rps / a.rps).toFixed(2)}× ${LABELS[anchor]}; target ≥ ${target}×${
-        p99NoWorse ? ", p99 no worse" : ""
-      }: ${met ? "met" : "MISSED"}${o.errors > 0 ? ` (${o.errors} errors)` : ""}`;
+    for (const [ours, anchor, figure, target] of goals) {
+      const [o, a] = [m[ours], m[anchor]];
+      if (o === undefined || a === undefined) continue;
+      const [ov, av] = [value(o, figure), value(a, figure)];
+      if (ov === undefined || av === undefined) continue;
+      ratio(`${metric[ours]}_vs_${metric[anchor]}_${figureName[figure]}`, ov, av);
+      const met = ov / av >= target && o.errors === 0;
+      (verdicts[ours] ??= []).push(
+        `${figureName[figure]} ${(ov / av).toFixed(2)} vs ${LABELS[anchor]} (goal ≥ ${
+          target.toFixed(2)
+        }): ${met ? "met" : "MISSED"}`,
+      );
     }
 
     // The table: `# `-prefixed so scripts reading `<metric> <value> <unit>` skip it.
     console.log(
-      `# wrk -t1 -c${CONNECTIONS} -d${SECONDS}s --latency, median of ${RUNS} interleaved runs`,
+      `# wrk -t1 -c${CONNECTIONS} -d${SECONDS}s --latency, median of ${RUNS} interleaved runs` +
+        (pinning ? "; pinned: server on CPU 0, wrk on CPU 1" : ""),
     );
-    const kilo = (rps: number) => (rps / 1000).toFixed(0);
     const row = (cells: string[]) =>
       console.log(
-        `# ${cells[0].padEnd(24)} ${cells[1].padStart(9)} ${cells[2].padStart(13)} ${
+        `# ${cells[0].padEnd(24)} ${cells[1].padStart(8)} ${cells[2].padStart(7)} ${
           cells[3].padStart(8)
-        }  ${cells[4]}`,
+        } ${cells[4].padStart(8)} ${cells[5].padStart(8)}`,
       );
-    row(["server", "req/s", "runs (k req/s)", "p99 ms", "ratio and target"]);
+    row(["server", "req/s", "p99 ms", "pinned", "CPU µs", "main µs"]);
     for (const name of Object.keys(LABELS) as Name[]) {
-      const s = m[name];
-      if (s === undefined) {
-        row([LABELS[name], "-", "-", "-", `not measured (${unavailable[name] ?? "?"})`]);
+      const f = m[name];
+      if (f === undefined) {
+        console.log(`# ${LABELS[name].padEnd(24)} not measured (${unavailable[name] ?? "?"})`);
         continue;
       }
-      const anchor = name === "deno" || name === "nginxProxy" ? "anchor" : "";
       row([
         LABELS[name],
-        Math.round(s.rps).toString(),
-        `${kilo(Math.min(...samples[name].map((x) => x.rps)))}–${
-          kilo(Math.max(...samples[name].map((x) => x.rps)))
-        }`,
-        s.p99Ms.toFixed(2),
-        verdicts[name] ?? (anchor || "no anchor to compare with"),
+        Math.round(f.rps).toString(),
+        f.p99Ms.toFixed(2),
+        f.pinnedRps === undefined ? "-" : Math.round(f.pinnedRps).toString(),
+        f.cpuUs === undefined ? "-" : f.cpuUs.toFixed(2),
+        f.mainThreadCpuUs === undefined ? "-" : f.mainThreadCpuUs.toFixed(2),
       ]);
+      for (const verdict of verdicts[name] ?? []) console.log(`#     ${verdict}`);
     }
   } finally {
     for (const server of servers.reverse()) await server.stop();

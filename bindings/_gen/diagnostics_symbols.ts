@@ -5,7 +5,12 @@
 export const diagnosticsSymbols = {
   krepis_buffer_debug_sum: { parameters: ["u32", "u32", "u32", "buffer"], result: "i32" },
   krepis_debug_callback_per_record: { parameters: ["function", "u32", "u32"], result: "i32" },
+  krepis_debug_clock: { parameters: ["buffer"], result: "i32" },
   krepis_debug_panic: { parameters: [], result: "i32" },
+  krepis_debug_wake_lab_ping: { parameters: [], result: "i32" },
+  krepis_debug_wake_lab_start: { parameters: ["u32", "function", "u32"], result: "i32" },
+  krepis_debug_wake_lab_stop: { parameters: [], result: "i32" },
+  krepis_debug_wake_lab_wait: { parameters: ["u32", "u32"], result: "i32", nonblocking: true },
   krepis_ring_debug_consume: { parameters: ["u32", "u32"], result: "i32" },
   krepis_ring_debug_produce: { parameters: ["u32", "u32", "u32", "u32"], result: "i32" },
 } as const;
@@ -13,3 +18,8 @@ export const diagnosticsSymbols = {
 /** Constants of the diagnostics exports. */
 export const KREPIS_RING_DIAG_FILL = 1;
 export const KREPIS_RING_DIAG_CLOSE_WHEN_DONE = 2;
+export const KREPIS_WAKE_LAB_NONBLOCKING = 1;
+export const KREPIS_WAKE_LAB_CALLBACK_THREAD = 2;
+export const KREPIS_WAKE_LAB_CALLBACK_DIRECT = 3;
+export const KREPIS_WAKE_LAB_SOCKET = 4;
+export const KREPIS_WAKE_LAB_SIGNAL = 5;

@@ -12,8 +12,33 @@
 // Diagnostics flag: close the ring after the last record.
 #define KREPIS_RING_DIAG_CLOSE_WHEN_DONE 2
 
+// The wake benchmark (`bench/wake.ts`): ways a kernel thread can wake the
+// JS event loop, compared on one JS → kernel → JS echo. JS pings the lab
+// thread (a fast call and a condition variable, the same in every mode);
+// the lab thread stamps the time and wakes JS with `mode`:
+//
+// 1. a `nonblocking` call JS keeps pending, parked on a condition variable
+//    (a Deno blocking-pool thread wakes, then the event loop);
+// 2. a thread-safe callback called by a notifier thread the lab signals;
+// 3. a thread-safe callback called by the lab thread itself (it blocks
+//    until JS ran the callback);
+// 4. one byte on a loopback TCP connection JS reads with Deno's async I/O;
+// 5. a signal to the process (`SIGUSR2`) JS listens for.
+#define KREPIS_WAKE_LAB_NONBLOCKING 1
+
+#define KREPIS_WAKE_LAB_CALLBACK_THREAD 2
+
+#define KREPIS_WAKE_LAB_CALLBACK_DIRECT 3
+
+#define KREPIS_WAKE_LAB_SOCKET 4
+
+#define KREPIS_WAKE_LAB_SIGNAL 5
+
 // A JS `Deno.UnsafeCallback.threadSafe` taking `(sequence, length)`.
 typedef void (*KREPIS_RecordCallback)(uint32_t sequence, uint32_t length);
+
+// A JS `Deno.UnsafeCallback.threadSafe` taking nothing.
+typedef void (*KREPIS_WakeCallback)(void);
 
 #ifdef __cplusplus
 extern "C" {
@@ -34,10 +59,33 @@ int32_t krepis_debug_callback_per_record(KREPIS_RecordCallback callback,
                                          uint32_t count,
                                          uint32_t payload_len);
 
+// Diagnostics: writes the kernel's monotonic clock (ns) to `out[0]` and
+// the time the wake lab last decided to wake JS to `out[1]`.
+//
+// # Safety
+// `out` must point to two writable, aligned `u64`s.
+int32_t krepis_debug_clock(uint64_t *out);
+
 // Diagnostics: panics on purpose inside the boundary, so an application (and
 // the SDK's tests) can verify that a native panic becomes a typed error and
 // the process survives. Always returns a negative status.
 int32_t krepis_debug_panic(void);
+
+// Diagnostics: JS asks the wake lab thread to wake it (a fast call).
+int32_t krepis_debug_wake_lab_ping(void);
+
+// Diagnostics: starts the wake lab in `mode` (see [`WAKE_LAB_NONBLOCKING`]
+// and the modes after it), stopping a previous one. `callback` is JS's
+// thread-safe callback (modes 2 and 3), `port` the loopback port JS listens
+// on (mode 4).
+int32_t krepis_debug_wake_lab_start(uint32_t mode, KREPIS_WakeCallback callback, uint32_t port);
+
+// Diagnostics: stops the wake lab's threads.
+int32_t krepis_debug_wake_lab_stop(void);
+
+// [nonblocking] Diagnostics: mode 1's wait: returns once the lab woke JS
+// more than `seen` times (the new count, low 31 bits), or 0 after `timeout_ms`.
+int32_t krepis_debug_wake_lab_wait(uint32_t seen, uint32_t timeout_ms);
 
 // Diagnostics: starts a kernel task that drains a JS → kernel ring until it
 // closes, counting records and bytes and summing payload bytes (see

@@ -16,7 +16,7 @@ use crate::boundary::call;
 use crate::error::KernelError;
 use crate::kernel::kernel_by_id;
 use crate::ring::{self, record_size, record_too_large, Consumer, Direction, Producer, Ring};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Diagnostics: panics on purpose inside the boundary, so an application (and
@@ -217,6 +217,228 @@ pub extern "C" fn krepis_ring_debug_consume(ring: u32, flags: u32) -> i32 {
         let owner = kernel_by_id(ring.kernel_id())?;
         ring.claim()?;
         owner.spawn(consume_pattern(ring, flags))?;
+        Ok(0)
+    })
+}
+
+/// The wake benchmark (`bench/wake.ts`): ways a kernel thread can wake the
+/// JS event loop, compared on one JS → kernel → JS echo. JS pings the lab
+/// thread (a fast call and a condition variable, the same in every mode);
+/// the lab thread stamps the time and wakes JS with `mode`:
+///
+/// 1. a `nonblocking` call JS keeps pending, parked on a condition variable
+///    (a Deno blocking-pool thread wakes, then the event loop);
+/// 2. a thread-safe callback called by a notifier thread the lab signals;
+/// 3. a thread-safe callback called by the lab thread itself (it blocks
+///    until JS ran the callback);
+/// 4. one byte on a loopback TCP connection JS reads with Deno's async I/O;
+/// 5. a signal to the process (`SIGUSR2`) JS listens for.
+pub const WAKE_LAB_NONBLOCKING: u32 = 1;
+pub const WAKE_LAB_CALLBACK_THREAD: u32 = 2;
+pub const WAKE_LAB_CALLBACK_DIRECT: u32 = 3;
+pub const WAKE_LAB_SOCKET: u32 = 4;
+pub const WAKE_LAB_SIGNAL: u32 = 5;
+
+/// A JS `Deno.UnsafeCallback.threadSafe` taking nothing.
+pub type WakeCallback = Option<unsafe extern "C" fn()>;
+
+/// A counter and its condition variable: one side bumps, the other waits.
+#[derive(Default)]
+struct Signal {
+    count: std::sync::Mutex<u64>,
+    changed: std::sync::Condvar,
+}
+
+impl Signal {
+    fn bump(&self) {
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *count += 1;
+        self.changed.notify_one();
+    }
+
+    /// Waits until the count differs from `seen` (or `timeout`); returns it.
+    fn wait_past(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        let count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        let (count, _) = self
+            .changed
+            .wait_timeout_while(count, timeout, |count| *count == seen)
+            .unwrap_or_else(|p| p.into_inner());
+        *count
+    }
+}
+
+struct WakeLab {
+    ping: Signal,
+    woken: Signal,
+    notify: Signal,
+    stamp: AtomicU64,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+static WAKE_LAB: std::sync::Mutex<Option<Arc<WakeLab>>> = std::sync::Mutex::new(None);
+
+fn monotonic_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
+
+fn wake_lab() -> Result<Arc<WakeLab>, KernelError> {
+    WAKE_LAB
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .ok_or_else(|| KernelError::invalid_argument("the wake lab is not started"))
+}
+
+/// Diagnostics: starts the wake lab in `mode` (see [`WAKE_LAB_NONBLOCKING`]
+/// and the modes after it), stopping a previous one. `callback` is JS's
+/// thread-safe callback (modes 2 and 3), `port` the loopback port JS listens
+/// on (mode 4).
+#[no_mangle]
+pub extern "C" fn krepis_debug_wake_lab_start(mode: u32, callback: WakeCallback, port: u32) -> i32 {
+    call("krepis_debug_wake_lab_start", || {
+        let _ = krepis_debug_wake_lab_stop();
+        let wake: Box<dyn FnMut(&WakeLab) + Send> = match mode {
+            WAKE_LAB_NONBLOCKING => Box::new(|lab: &WakeLab| lab.woken.bump()),
+            WAKE_LAB_CALLBACK_THREAD | WAKE_LAB_CALLBACK_DIRECT => {
+                let callback =
+                    callback.ok_or_else(|| KernelError::invalid_argument("callback is null"))?;
+                if mode == WAKE_LAB_CALLBACK_DIRECT {
+                    // SAFETY: JS keeps the thread-safe callback open while the lab runs.
+                    Box::new(move |_: &WakeLab| unsafe { callback() })
+                } else {
+                    Box::new(|lab: &WakeLab| lab.notify.bump())
+                }
+            }
+            WAKE_LAB_SOCKET => {
+                let mut socket = std::net::TcpStream::connect(("127.0.0.1", port as u16))
+                    .map_err(|error| KernelError::io("connecting to JS", &error))?;
+                let _ = socket.set_nodelay(true);
+                Box::new(move |_: &WakeLab| {
+                    let _ = std::io::Write::write_all(&mut socket, &[1]);
+                })
+            }
+            #[cfg(unix)]
+            WAKE_LAB_SIGNAL => Box::new(|_: &WakeLab| {
+                // SAFETY: kill(2) on our own pid with a signal JS listens for.
+                unsafe { libc::kill(libc::getpid(), libc::SIGUSR2) };
+            }),
+            other => {
+                return Err(KernelError::invalid_argument(format!(
+                    "unknown or unsupported wake lab mode {other}"
+                )))
+            }
+        };
+        let lab = Arc::new(WakeLab {
+            ping: Signal::default(),
+            woken: Signal::default(),
+            notify: Signal::default(),
+            stamp: AtomicU64::new(0),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        });
+        if mode == WAKE_LAB_CALLBACK_THREAD {
+            let callback =
+                callback.ok_or_else(|| KernelError::invalid_argument("callback is null"))?;
+            let notifier = Arc::clone(&lab);
+            std::thread::Builder::new()
+                .name("krepis-wake-notifier".into())
+                .spawn(move || {
+                    let mut seen = 0;
+                    while !notifier.stopped.load(Ordering::SeqCst) {
+                        let now = notifier
+                            .notify
+                            .wait_past(seen, std::time::Duration::from_millis(50));
+                        if now != seen {
+                            seen = now;
+                            // SAFETY: JS keeps the thread-safe callback open while the lab runs.
+                            unsafe { callback() };
+                        }
+                    }
+                })
+                .map_err(|error| KernelError::io("starting the notifier", &error))?;
+        }
+        let worker = Arc::clone(&lab);
+        let mut wake = wake;
+        std::thread::Builder::new()
+            .name("krepis-wake-lab".into())
+            .spawn(move || {
+                let mut seen = 0;
+                while !worker.stopped.load(Ordering::SeqCst) {
+                    let now = worker
+                        .ping
+                        .wait_past(seen, std::time::Duration::from_millis(50));
+                    if now != seen {
+                        seen = now;
+                        worker.stamp.store(monotonic_ns(), Ordering::SeqCst);
+                        wake(&worker);
+                    }
+                }
+            })
+            .map_err(|error| KernelError::io("starting the wake lab", &error))?;
+        *WAKE_LAB.lock().unwrap_or_else(|p| p.into_inner()) = Some(lab);
+        Ok(0)
+    })
+}
+
+/// Diagnostics: JS asks the wake lab thread to wake it (a fast call).
+#[no_mangle]
+pub extern "C" fn krepis_debug_wake_lab_ping() -> i32 {
+    call("krepis_debug_wake_lab_ping", || {
+        wake_lab()?.ping.bump();
+        Ok(0)
+    })
+}
+
+/// [nonblocking] Diagnostics: mode 1's wait: returns once the lab woke JS
+/// more than `seen` times (the new count, low 31 bits), or 0 after `timeout_ms`.
+#[no_mangle]
+pub extern "C" fn krepis_debug_wake_lab_wait(seen: u32, timeout_ms: u32) -> i32 {
+    call("krepis_debug_wake_lab_wait", || {
+        let lab = wake_lab()?;
+        let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
+        let now = lab.woken.wait_past(u64::from(seen), timeout);
+        Ok((now & 0x7fff_ffff) as i32)
+    })
+}
+
+/// Diagnostics: stops the wake lab's threads.
+#[no_mangle]
+pub extern "C" fn krepis_debug_wake_lab_stop() -> i32 {
+    call("krepis_debug_wake_lab_stop", || {
+        if let Some(lab) = WAKE_LAB.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            lab.stopped.store(true, Ordering::SeqCst);
+            lab.woken.bump();
+        }
+        Ok(0)
+    })
+}
+
+/// Diagnostics: writes the kernel's monotonic clock (ns) to `out[0]` and
+/// the time the wake lab last decided to wake JS to `out[1]`.
+///
+/// # Safety
+/// `out` must point to two writable, aligned `u64`s.
+#[no_mangle]
+pub unsafe extern "C" fn krepis_debug_clock(out: *mut u64) -> i32 {
+    call("krepis_debug_clock", || {
+        if out.is_null() || !out.is_aligned() {
+            return Err(KernelError::invalid_argument(
+                "out must point to two aligned u64",
+            ));
+        }
+        let stamp = WAKE_LAB
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |lab| lab.stamp.load(Ordering::SeqCst));
+        // SAFETY: checked non-null and aligned; the caller guarantees two u64.
+        unsafe {
+            out.write(monotonic_ns());
+            out.add(1).write(stamp);
+        }
         Ok(0)
     })
 }
