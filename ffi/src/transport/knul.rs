@@ -1,7 +1,7 @@
 //! The KNUL packet header (docs/knul.md): a fixed 40-byte, little-endian
 //! header carrying the explicit request context. This codec is the Rust half;
-//! `bindings/_knul.ts` is the TypeScript half, and both are tested against the
-//! same vectors (`tests/vectors/knul_header.json`).
+//! `bindings/transport/_knul.ts` is the TypeScript half, and both are tested
+//! against the same vectors (`tests/vectors/knul_header.json`).
 
 /// Header size in bytes.
 pub const KNUL_HEADER_BYTES: usize = 40;

@@ -5,33 +5,45 @@
 //! Asynchronous work never blocks a JS call: `listen` binds at once,
 //! `connect` returns an operation id whose completion arrives as an event,
 //! and links report readiness through the transport's event queue.
+//!
+//! Files, from the bottom up (a file imports only files listed before it):
+//! - [`knul`]: the 40-byte packet header codec;
+//! - [`lease`]: ring records lent to quinn without a copy;
+//! - [`tls`]: rustls for quinn, ALPN `knul/1`, dev certificates;
+//! - [`link`]: one link — hello, framing, pumps, close handshake;
+//! - [`endpoint`]: a kernel's `Transport` and the UDP endpoints it binds;
+//! - [`setup`]: checking a link's rings, registering and starting it;
+//! - [`listener`]: listeners, their accept loop and backlog;
+//! - [`connect`]: connects, run on the runtime, outcomes left for JS;
+//! - this file: the exports (decoding and checking requests), a kernel's
+//!   transport stats and its release on kernel close.
 
+// cbindgen writes the ABI constants in the order it meets them: this file's
+// first, then its modules' in the order declared here (`knul` before `link`).
+pub mod connect;
+pub mod endpoint;
 pub mod knul;
 pub mod lease;
 pub mod link;
+pub mod listener;
+pub mod setup;
 pub mod tls;
 
 use crate::boundary::{call, in_bytes, out_bytes, write_out};
 use crate::error::{KernelError, KernelResult};
-use crate::events::{EventQueue, EVENT_CONNECT, EVENT_LISTENER};
-use crate::handles::{HandleKind, HandleTable};
+use crate::events::EventQueue;
 use crate::kernel::kernel;
-use crate::proto::{
-    ConnectRequest, DevCertificateRequest, ErrorCode, LinkInfo, ListenRequest, ListenerInfo,
-    ListenerStats,
-};
-use crate::ring::{record_size, ring, Direction, Ring};
-use knul::{tenant_hash, KNUL_HEADER_BYTES, KNUL_VERSION};
-use link::{
-    client_hello, connection_error, server_hello, Established, Link, LinkSetup, CLOSE_GOING_AWAY,
-    HELLO_TIMEOUT,
-};
+use crate::proto::{ConnectRequest, DevCertificateRequest, ErrorCode, ListenRequest, ListenerInfo};
+use endpoint::{Transport, TRANSPORTS};
+use link::CLOSE_GOING_AWAY;
+use listener::{ListenOptions, LISTENERS};
+use setup::LINKS;
 
 use prost::Message;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Default and largest `maxPacketBytes`.
@@ -40,85 +52,6 @@ pub const KNUL_MAX_PACKET_BYTES: u32 = 256 << 20;
 /// Room `krepis_listener_accept` needs for a `LinkInfo` (an IPv6 address
 /// and a few varints fit with plenty to spare).
 pub const LINK_INFO_MAX_BYTES: usize = 256;
-/// Concurrent handshakes per listener.
-const MAX_HANDSHAKES: usize = 64;
-/// Default number of established links waiting for `accept`.
-const DEFAULT_BACKLOG: usize = 1024;
-/// UDP socket buffers asked for (the OS may cap them, e.g. Linux at
-/// `net.core.rmem_max`). The default ~200 KiB overflows when many links
-/// handshake at once or a fast link bursts, and each drop costs a QUIC
-/// retransmission timeout.
-const SOCKET_BUFFER_BYTES: usize = 4 << 20;
-
-/// A UDP endpoint on `address` with large socket buffers.
-fn endpoint(
-    runtime: &tokio::runtime::Handle,
-    address: SocketAddr,
-    server: Option<quinn::ServerConfig>,
-) -> std::io::Result<quinn::Endpoint> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    if address.is_ipv6() {
-        // Dual-stack when the OS allows it ("::" then also takes IPv4).
-        let _ = socket.set_only_v6(false);
-    }
-    // Best effort: a smaller buffer only costs speed under bursts.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
-    socket.bind(&address.into())?;
-    let _runtime = runtime.enter();
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket.into(),
-        Arc::new(quinn::TokioRuntime),
-    )
-}
-
-static TRANSPORTS: HandleTable<Transport> = HandleTable::new(HandleKind::Transport);
-static LISTENERS: HandleTable<Listener> = HandleTable::new(HandleKind::Listener);
-static LINKS: HandleTable<Link> = HandleTable::new(HandleKind::Link);
-
-pub struct Transport {
-    kernel_id: u64,
-    runtime: tokio::runtime::Handle,
-    events: Arc<EventQueue>,
-    /// Client endpoints (one UDP socket per address family), made on first use.
-    clients: Mutex<HashMap<bool, quinn::Endpoint>>,
-    /// Finished connects waiting for JS to collect them.
-    connects: Mutex<HashMap<u32, KernelResult<LinkInfo>>>,
-    next_connect: AtomicU32,
-}
-
-struct Listener {
-    kernel_id: u64,
-    transport: Arc<Transport>,
-    endpoint: quinn::Endpoint,
-    handle: OnceLock<u32>,
-    max_packet: u32,
-    tenants: Option<Arc<HashSet<u64>>>,
-    backlog: usize,
-    queue: Mutex<ListenerQueue>,
-    closed: AtomicBool,
-    /// Stops the accept loop (links already accepted are not affected).
-    stop: tokio::sync::Notify,
-    /// Handshakes in progress at most; more wait (quinn buffers them, up to
-    /// `max_incoming`).
-    handshakes: Arc<tokio::sync::Semaphore>,
-    accepted: AtomicU64,
-    refused: AtomicU64,
-    last_refusal: Mutex<String>,
-}
-
-#[derive(Default)]
-struct ListenerQueue {
-    ready: VecDeque<Established>,
-    /// JS waits for the next link: post an event when one arrives.
-    armed: bool,
-}
 
 fn check_max_packet(value: u32) -> KernelResult<u32> {
     match value {
@@ -151,196 +84,6 @@ fn resolve(hostname: &str, port: u32) -> KernelResult<SocketAddr> {
             KernelError::invalid_argument(format!("{hostname:?} has no address"))
                 .with_detail("field", "hostname")
         })
-}
-
-/// Checks the two rings JS made for a link and routes their wake-ups
-/// through the transport's event queue.
-fn link_rings(
-    transport: &Transport,
-    recv_ring: u32,
-    send_ring: u32,
-    max_packet: u32,
-) -> KernelResult<(Arc<Ring>, Arc<Ring>)> {
-    let receive = ring(recv_ring)?;
-    let send = ring(send_ring)?;
-    if receive.direction() != Direction::ToJs || send.direction() != Direction::ToKernel {
-        return Err(KernelError::invalid_argument(
-            "a link needs a kernel → JS ring to receive and a JS → kernel ring to send",
-        ));
-    }
-    let needed = record_size(KNUL_HEADER_BYTES as u32 + max_packet);
-    if u64::from(receive.capacity()) < needed {
-        return Err(KernelError::invalid_argument(format!(
-            "the receive ring ({} bytes) cannot hold a packet of maxPacketBytes ({max_packet})",
-            receive.capacity()
-        )));
-    }
-    receive.claim()?;
-    send.claim()?;
-    receive.attach_events(Arc::clone(&transport.events), recv_ring)?;
-    send.attach_events(Arc::clone(&transport.events), send_ring)?;
-    Ok((receive, send))
-}
-
-/// Registers and starts a link; returns what JS needs to know about it.
-fn start_link(
-    transport: &Transport,
-    established: Established,
-    recv: Arc<Ring>,
-    send: Arc<Ring>,
-    max_packet: u32,
-    tenants: Option<Arc<HashSet<u64>>>,
-) -> KernelResult<LinkInfo> {
-    let link = Link::new(
-        established,
-        LinkSetup {
-            kernel_id: transport.kernel_id,
-            events: Arc::clone(&transport.events),
-            recv_ring: recv,
-            send_ring: send,
-            max_packet,
-            tenants,
-        },
-    );
-    let handle = match LINKS.insert(Arc::clone(&link)) {
-        Ok(handle) => handle,
-        Err(error) => {
-            link.abort(CLOSE_GOING_AWAY, "the kernel has too many links");
-            return Err(error);
-        }
-    };
-    link.start(handle, &transport.runtime);
-    let remote = link.remote_address();
-    Ok(LinkInfo {
-        handle,
-        remote_hostname: remote.ip().to_string(),
-        remote_port: u32::from(remote.port()),
-        version: u32::from(KNUL_VERSION),
-        peer_max_packet_bytes: link.peer_max(),
-        max_datagram_bytes: link.max_datagram_bytes(),
-    })
-}
-
-impl Transport {
-    fn client_endpoint(&self, ipv6: bool) -> KernelResult<quinn::Endpoint> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(endpoint) = clients.get(&ipv6) {
-            return Ok(endpoint.clone());
-        }
-        let bind: SocketAddr = if ipv6 {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        };
-        let endpoint = endpoint(&self.runtime, bind, None)
-            .map_err(|error| KernelError::io("binding a UDP socket for connect", &error))?;
-        clients.insert(ipv6, endpoint.clone());
-        Ok(endpoint)
-    }
-
-    fn finish_connect(&self, operation: u32, result: KernelResult<LinkInfo>) {
-        self.connects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(operation, result);
-        self.events.push(EVENT_CONNECT, operation);
-    }
-}
-
-impl Listener {
-    fn refuse(&self, why: String) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        *self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = why;
-    }
-
-    fn wake_js(&self) {
-        if let Some(handle) = self.handle.get() {
-            self.transport.events.push(EVENT_LISTENER, *handle);
-        }
-    }
-
-    fn close(&self) {
-        if self.closed.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let pending =
-            std::mem::take(&mut self.queue.lock().unwrap_or_else(|p| p.into_inner()).ready);
-        for established in pending {
-            established.conn.close(
-                quinn::VarInt::from_u32(CLOSE_GOING_AWAY),
-                b"the listener closed",
-            );
-        }
-        // The accept loop now refuses newcomers; the endpoint (its UDP
-        // socket) lives on while accepted links use it.
-        self.stop.notify_one();
-        self.wake_js();
-    }
-}
-
-/// Accepts connections: TLS, then the hello exchange, then the backlog.
-async fn accept_loop(listener: Arc<Listener>) {
-    loop {
-        let incoming = tokio::select! {
-            incoming = listener.endpoint.accept() => match incoming {
-                Some(incoming) => incoming,
-                None => return,
-            },
-            _ = listener.stop.notified() => break,
-        };
-        let listener = Arc::clone(&listener);
-        tokio::spawn(async move {
-            let Ok(_permit) = Arc::clone(&listener.handshakes).acquire_owned().await else {
-                return;
-            };
-            if listener.closed.load(Ordering::SeqCst) {
-                incoming.refuse();
-                return;
-            }
-            let handshake = async {
-                let conn = incoming.await.map_err(|error| connection_error(&error))?;
-                server_hello(conn, listener.max_packet).await
-            };
-            let established = match tokio::time::timeout(HELLO_TIMEOUT * 2, handshake).await {
-                Ok(Ok(established)) => established,
-                Ok(Err(error)) => return listener.refuse(error.message),
-                Err(_) => return listener.refuse("the handshake took longer than 20 s".into()),
-            };
-            let mut queue = listener.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if listener.closed.load(Ordering::SeqCst) || queue.ready.len() >= listener.backlog {
-                drop(queue);
-                established.conn.close(
-                    quinn::VarInt::from_u32(CLOSE_GOING_AWAY),
-                    b"the listener is not accepting links (closed or backlog full)",
-                );
-                return listener.refuse("backlog full or listener closed".into());
-            }
-            queue.ready.push_back(established);
-            let armed = std::mem::take(&mut queue.armed);
-            drop(queue);
-            if armed {
-                listener.wake_js();
-            }
-        });
-    }
-    // Closed: refuse new connections (the peer learns at once) while
-    // accepted links still use the endpoint, then close it.
-    loop {
-        if listener.endpoint.open_connections() == 0 {
-            listener.endpoint.close(
-                quinn::VarInt::from_u32(CLOSE_GOING_AWAY),
-                b"the listener closed",
-            );
-            return;
-        }
-        tokio::select! {
-            incoming = listener.endpoint.accept() => match incoming {
-                Some(incoming) => incoming.refuse(),
-                None => return,
-            },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
 }
 
 /// Links and listeners of a kernel, for its stats.
@@ -497,44 +240,16 @@ pub unsafe extern "C" fn krepis_transport_listen(
         let max_packet = check_max_packet(request.max_packet_bytes)?;
         let address = resolve(&request.hostname, request.port)?;
         let config = tls::server_config(&request.cert_pem, &request.key_pem)?;
-        let endpoint = endpoint(&transport.runtime, address, Some(config)).map_err(|error| {
-            KernelError::io(&format!("listening on {address}"), &error)
-                .with_detail("address", address.to_string())
-        })?;
-        let bound = endpoint
-            .local_addr()
-            .map_err(|error| KernelError::io("reading the bound address", &error))?;
-        let tenants = (!request.tenants.is_empty()).then(|| {
-            Arc::new(
-                request
-                    .tenants
-                    .iter()
-                    .map(|tenant| tenant_hash(tenant))
-                    .collect(),
-            )
-        });
-        let listener = Arc::new(Listener {
-            kernel_id: transport.kernel_id,
-            transport: Arc::clone(&transport),
-            endpoint,
-            handle: OnceLock::new(),
-            max_packet,
-            tenants,
-            backlog: match request.backlog {
-                0 => DEFAULT_BACKLOG,
-                backlog => backlog as usize,
+        let (handle, bound) = listener::listen(
+            &transport,
+            ListenOptions {
+                address,
+                config,
+                max_packet,
+                tenants: &request.tenants,
+                backlog: request.backlog,
             },
-            queue: Mutex::new(ListenerQueue::default()),
-            closed: AtomicBool::new(false),
-            stop: tokio::sync::Notify::new(),
-            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
-            accepted: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            last_refusal: Mutex::new(String::new()),
-        });
-        let handle = LISTENERS.insert(Arc::clone(&listener))?;
-        let _ = listener.handle.set(handle);
-        transport.runtime.spawn(accept_loop(listener));
+        )?;
         let info = ListenerInfo {
             handle,
             hostname: bound.ip().to_string(),
@@ -569,49 +284,15 @@ pub unsafe extern "C" fn krepis_listener_accept(
                 "out must hold at least {LINK_INFO_MAX_BYTES} bytes"
             )));
         }
-        if listener.closed.load(Ordering::SeqCst) {
+        if listener.is_closed() {
             return Err(KernelError::new(
                 ErrorCode::Closed,
                 "the listener is closed",
             ));
         }
-        let established = {
-            let mut queue = listener.queue.lock().unwrap_or_else(|p| p.into_inner());
-            match queue.ready.pop_front() {
-                Some(established) => established,
-                None => {
-                    queue.armed = true;
-                    return Ok(0);
-                }
-            }
+        let Some(info) = listener.accept(recv_ring, send_ring)? else {
+            return Ok(0);
         };
-        let (recv, send) = match link_rings(
-            &listener.transport,
-            recv_ring,
-            send_ring,
-            listener.max_packet,
-        ) {
-            Ok(rings) => rings,
-            Err(error) => {
-                // Keep the link for a correct accept.
-                listener
-                    .queue
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .ready
-                    .push_front(established);
-                return Err(error);
-            }
-        };
-        let info = start_link(
-            &listener.transport,
-            established,
-            recv,
-            send,
-            listener.max_packet,
-            listener.tenants.clone(),
-        )?;
-        listener.accepted.fetch_add(1, Ordering::Relaxed);
         write_out(&info.encode_to_vec(), out)
     })
 }
@@ -626,16 +307,7 @@ pub unsafe extern "C" fn krepis_listener_stats(listener: u32, out: *mut u8, cap:
         let listener = LISTENERS.get(listener)?;
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { out_bytes(out, cap, "out")? };
-        let stats = ListenerStats {
-            accepted: listener.accepted.load(Ordering::Relaxed),
-            refused: listener.refused.load(Ordering::Relaxed),
-            last_refusal: listener
-                .last_refusal
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        };
-        write_out(&stats.encode_to_vec(), out)
+        write_out(&listener.stats().encode_to_vec(), out)
     })
 }
 
@@ -672,70 +344,8 @@ pub unsafe extern "C" fn krepis_transport_connect(
         })?;
         let max_packet = check_max_packet(request.max_packet_bytes)?;
         let port = check_port(request.port)?;
-        let config = tls::client_config(&request.ca_pems)?;
-        let hostname = request.hostname;
-        let server_name = if request.server_name.is_empty() {
-            hostname.clone()
-        } else {
-            request.server_name
-        };
-        let (recv, send) = link_rings(&transport, recv_ring, send_ring, max_packet)?;
-        let operation = transport.next_connect.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
-        let operation = operation.max(1);
-        let task_transport = Arc::clone(&transport);
-        transport.runtime.spawn(async move {
-            let outcome = async {
-                // Name resolution may block on DNS: here, not on the JS thread.
-                let address = tokio::net::lookup_host((hostname.as_str(), port))
-                    .await
-                    .ok()
-                    .and_then(|mut addresses| addresses.next())
-                    .ok_or_else(|| {
-                        KernelError::new(
-                            ErrorCode::Connection,
-                            format!("cannot resolve {hostname:?}"),
-                        )
-                        .with_detail("field", "hostname")
-                    })?;
-                let endpoint = task_transport.client_endpoint(address.is_ipv6())?;
-                let connecting = endpoint
-                    .connect_with(config, address, &server_name)
-                    .map_err(|error| {
-                        KernelError::invalid_argument(format!(
-                            "cannot connect to {address}: {error}"
-                        ))
-                    })?;
-                let conn = connecting.await.map_err(|error| {
-                    let mut error = connection_error(&error);
-                    error.message =
-                        format!("connecting to {address} ({server_name}): {}", error.message);
-                    error
-                })?;
-                let established =
-                    tokio::time::timeout(HELLO_TIMEOUT, client_hello(conn, max_packet))
-                        .await
-                        .map_err(|_| {
-                            KernelError::new(
-                                ErrorCode::Connection,
-                                "the server sent no hello within 10 s",
-                            )
-                        })??;
-                start_link(
-                    &task_transport,
-                    established,
-                    Arc::clone(&recv),
-                    Arc::clone(&send),
-                    max_packet,
-                    None,
-                )
-            }
-            .await;
-            if outcome.is_err() {
-                recv.close();
-                send.close();
-            }
-            task_transport.finish_connect(operation, outcome);
-        });
+        let operation =
+            connect::start(&transport, request, max_packet, port, recv_ring, send_ring)?;
         Ok(operation as i32)
     })
 }
