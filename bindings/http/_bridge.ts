@@ -31,6 +31,7 @@ import { openRing, type RingReader, type RingWriter } from "../_ring.ts";
 import { type Context, Priority } from "../context.ts";
 import { ClosedError } from "../errors.ts";
 import { abortError, Exchange, HttpRequest } from "./_exchange.ts";
+import { LAZY_REQUESTS, lazyRequest, type ResponseParts, responseParts } from "./_deno_fast.ts";
 import { RecordWriter } from "./_record_writer.ts";
 
 /** What a handler gets besides the `Request` (re-exported by http.ts). */
@@ -77,7 +78,130 @@ const WAIT_SLICE_MS = 1000;
 
 /** A host[:port] authority (reg-name, IPv4 or [IPv6]); no path, query, userinfo. */
 const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::\d{0,5})?$/;
-const decoder = new TextDecoder();
+
+/** True when `host` is an authority the URL parser accepts (checked once per new host). */
+function isAuthority(host: string): boolean {
+  if (!AUTHORITY.test(host)) return false;
+  try {
+    new URL(`http://${host}/`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Methods a lazily built request may carry: the ones `new Request` would
+ * normalize or accept as they are (an unusual one takes the standard path,
+ * which validates and normalizes it).
+ */
+const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]);
+
+/** Bytes `[start, end)` as a byte string: each byte one UTF-16 code unit (ISO-8859-1). */
+function byteString(bytes: Uint8Array, start: number, end: number): string {
+  if (end - start <= 4096) {
+    return String.fromCharCode.apply(null, bytes.subarray(start, end) as unknown as number[]);
+  }
+  let text = "";
+  for (let at = start; at < end; at += 4096) {
+    text += byteString(bytes, at, Math.min(end, at + 4096));
+  }
+  return text;
+}
+
+/** Offsets of the CR of the first `count` CRLF-ended lines (the record's end for missing ones). */
+function lineEnds(bytes: Uint8Array, count: number): number[] {
+  const ends: number[] = [];
+  let at = 0;
+  for (let line = 0; line < count; line++) {
+    const end = bytes.indexOf(13, at);
+    if (end < 0) {
+      while (ends.length < count) ends.push(bytes.length);
+      break;
+    }
+    ends.push(end);
+    at = end + 2;
+  }
+  return ends;
+}
+
+/** The `name: value` lines from `start` on, as a header list (lines without a colon skipped). */
+function headerList(bytes: Uint8Array, start: number): [string, string][] {
+  const headers: [string, string][] = [];
+  let at = start;
+  while (at < bytes.length) {
+    let end = bytes.indexOf(13, at);
+    if (end < 0) end = bytes.length;
+    const colon = bytes.indexOf(58, at);
+    if (colon > at && colon < end) {
+      let valueStart = colon + 1;
+      let valueEnd = end;
+      while (valueStart < valueEnd && (bytes[valueStart] === 32 || bytes[valueStart] === 9)) {
+        valueStart++;
+      }
+      while (valueEnd > valueStart && (bytes[valueEnd - 1] === 32 || bytes[valueEnd - 1] === 9)) {
+        valueEnd--;
+      }
+      headers.push([byteString(bytes, at, colon), byteString(bytes, valueStart, valueEnd)]);
+    }
+    at = end + 2;
+  }
+  return headers;
+}
+
+/**
+ * A handler's `info`, read from the REQUEST record when first asked for
+ * (most handlers never look at it). Its fields are getters: `toJSON` and
+ * the inspector show them like a plain object's.
+ */
+class RequestInfo implements HttpRequestInfo {
+  readonly #bytes: Uint8Array;
+  readonly #ends: number[];
+  readonly httpVersion: "1.1" | "2";
+  #context: Context | null = null;
+  #remoteAddr: { readonly hostname: string; readonly port: number } | null = null;
+
+  constructor(bytes: Uint8Array, ends: number[], http2: boolean) {
+    this.#bytes = bytes;
+    this.#ends = ends;
+    this.httpVersion = http2 ? "2" : "1.1";
+  }
+
+  #line(index: number): string {
+    return byteString(this.#bytes, this.#ends[index - 1] + 2, this.#ends[index]);
+  }
+
+  get context(): Context {
+    return this.#context ??= Object.freeze({
+      requestId: this.#line(3),
+      tenantId: this.#line(4) || null,
+      traceId: this.#line(5) || null,
+      priority: Priority.NORMAL,
+      deadline: null,
+    });
+  }
+
+  get remoteAddr(): { readonly hostname: string; readonly port: number } {
+    if (this.#remoteAddr === null) {
+      const remote = this.#line(2);
+      const space = remote.lastIndexOf(" ");
+      this.#remoteAddr = {
+        hostname: remote.slice(0, space),
+        port: Number(remote.slice(space + 1)) | 0,
+      };
+    }
+    return this.#remoteAddr;
+  }
+
+  toJSON(): HttpRequestInfo {
+    return { context: this.context, remoteAddr: this.remoteAddr, httpVersion: this.httpVersion };
+  }
+
+  [Symbol.for("Deno.customInspect")](inspect: (value: unknown) => string): string {
+    return inspect(this.toJSON());
+  }
+}
+
 const encoder = new TextEncoder();
 const EMPTY = new Uint8Array(0);
 const INTERNAL_ERROR_BODY = encoder.encode("Internal Server Error");
@@ -209,45 +333,30 @@ export class HttpBridge {
     }
   }
 
-  /** Parses a REQUEST record (see docs/http.md) into a `Request`. */
+  /**
+   * Parses a REQUEST record (see docs/http.md) into a `Request`. Text is
+   * read as a byte string (each byte one code unit, as `Deno.serve` gives
+   * header values). A bodyless request is built lazily: its URL, headers and
+   * `info.context` only exist if someone reads them.
+   */
   #request(id: number, flags: number, payload: Uint8Array): void {
-    const text = decoder.decode(payload);
-    const lines = text.split("\r\n");
-    const requestLine = lines[0] ?? "";
-    const space = requestLine.indexOf(" ");
-    const method = requestLine.slice(0, space);
-    let target = requestLine.slice(space + 1);
+    // The payload is reused once this drain ends; the request may live on.
+    const bytes = payload.slice();
+    const ends = lineEnds(bytes, 6);
+    const requestLineEnd = ends[0];
+    let space = bytes.indexOf(32);
+    if (space < 0 || space > requestLineEnd) space = requestLineEnd;
+    const method = byteString(bytes, 0, space);
+    let target = byteString(bytes, space + 1, requestLineEnd);
     // The authority only: a Host like "a/admin?" must not move the path the
     // handler sees away from the one the kernel routed (then: 400).
-    const rawHost = lines[1] || this.#fallbackHost;
+    const rawHost = byteString(bytes, ends[0] + 2, ends[1]) || this.#fallbackHost;
     let host: string | null = rawHost;
     if (rawHost !== this.#validHost) {
-      if (AUTHORITY.test(rawHost)) this.#validHost = rawHost;
+      if (isAuthority(rawHost)) this.#validHost = rawHost;
       else host = null;
     }
-    const remote = lines[2] ?? "";
-    const remoteSpace = remote.lastIndexOf(" ");
-    const info: HttpRequestInfo = {
-      context: Object.freeze({
-        requestId: lines[3] ?? "",
-        tenantId: lines[4] || null,
-        traceId: lines[5] || null,
-        priority: Priority.NORMAL,
-        deadline: null,
-      }),
-      remoteAddr: {
-        hostname: remote.slice(0, remoteSpace),
-        port: Number(remote.slice(remoteSpace + 1)) | 0,
-      },
-      httpVersion: (flags & KREPIS_HTTP_FLAG_HTTP2) !== 0 ? "2" : "1.1",
-    };
-    const headers: [string, string][] = [];
-    for (let index = 6; index < lines.length; index++) {
-      const line = lines[index];
-      const colon = line.indexOf(":");
-      if (colon <= 0) continue;
-      headers.push([line.slice(0, colon), line.slice(colon + 1).trim()]);
-    }
+    const info = new RequestInfo(bytes, ends, (flags & KREPIS_HTTP_FLAG_HTTP2) !== 0);
     const hasBody = (flags & KREPIS_HTTP_FLAG_HAS_BODY) !== 0;
     // GET and HEAD cannot carry a body in a Request: such a body is discarded.
     const bodyAllowed = hasBody && method !== "GET" && method !== "HEAD";
@@ -269,16 +378,25 @@ export class HttpBridge {
       exchange.bodyEnded = false;
     }
     if (!target.startsWith("/") && !/^https?:\/\//i.test(target)) target = "/" + target;
-    let request: Request | null = null;
+    const headersStart = ends[5] + 2;
+    let request: HttpRequest | null = null;
     try {
       if (host === null) throw new TypeError("invalid Host");
       const url = target.charCodeAt(0) === 47 /* / */ ? "http://" + host + target : target;
-      // GET is the default: naming it costs ~1.4 µs of method normalization.
-      request = new HttpRequest(
-        url,
-        method === "GET" ? { headers, body } : { method, headers, body },
-        exchange,
-      );
+      if (body === null && LAZY_REQUESTS && KNOWN_METHODS.has(method)) {
+        request = lazyRequest(HttpRequest, method, {
+          url: () => url,
+          headerList: () => headerList(bytes, headersStart),
+        });
+      } else {
+        const headers = headerList(bytes, headersStart);
+        // GET is the default: naming it costs ~1.4 µs of method normalization.
+        request = new HttpRequest(
+          url,
+          method === "GET" ? { headers, body } : { method, headers, body },
+        );
+      }
+      request._exchange = exchange;
     } catch {
       // An invalid method, URL or header: the client gets 400 (below).
       if (body !== null) this.#discardBody(exchange);
@@ -434,6 +552,11 @@ export class HttpBridge {
   /** Sends a handler's response: head, then the body within the credit window. */
   #respond(exchange: Exchange, response: unknown, onInvalid?: () => void): void {
     if (exchange.over) return;
+    const parts = response instanceof Response ? responseParts(response) : null;
+    if (parts !== null) {
+      this.#respondWhole(exchange, parts);
+      return;
+    }
     if (!(response instanceof Response) || response.bodyUsed) {
       if (onInvalid !== undefined) onInvalid();
       else {
@@ -455,28 +578,6 @@ export class HttpBridge {
       if (name === "content-length") hasLength = true;
       lines += name + ": " + value + "\r\n";
     }
-    if (LAZY_STATIC_BODY !== undefined && !exchange.head && !isBodyless(status)) {
-      const lazy = (response as unknown as Record<symbol, unknown>)[LAZY_STATIC_BODY];
-      if (typeof lazy === "string") {
-        // A string body (text, JSON) still set aside: sent without a stream.
-        const bytes = encoder.encode(lazy);
-        if (!hasLength) lines += `content-length: ${bytes.length}\r\n`;
-        this.#writeHead(exchange, status, lines, bytes.length === 0);
-        if (bytes.length === 0) {
-          this.#complete(exchange);
-          return;
-        }
-        if (bytes.length <= exchange.window) {
-          // The common case, without a promise: the body fits the window.
-          this.#putWholeBody(exchange, bytes);
-          return;
-        }
-        void this.#sendChunk(exchange, bytes, true).then((sent) => {
-          if (sent) this.#complete(exchange);
-        });
-        return;
-      }
-    }
     const body = response.body;
     if (body === null || exchange.head || isBodyless(status)) {
       if (body !== null) body.cancel().catch(() => {});
@@ -486,6 +587,42 @@ export class HttpBridge {
       return;
     }
     void this.#sendBody(exchange, status, lines, hasLength, body);
+  }
+
+  /**
+   * A response whose status, headers and whole body were read without a
+   * `Headers` object or a stream (`responseParts`): the common shapes (a
+   * string, JSON, bytes or no body) leave in one head and at most one body
+   * record, without a promise when the body fits the credit window.
+   */
+  #respondWhole(exchange: Exchange, { status, headers, body }: ResponseParts): void {
+    let lines = "";
+    let hasLength = false;
+    for (let index = 0; index < headers.length; index++) {
+      const name = headers[index][0].toLowerCase();
+      if (name === "content-length") hasLength = true;
+      lines += name + ": " + headers[index][1] + "\r\n";
+    }
+    if (body === null || exchange.head || isBodyless(status)) {
+      if (!hasLength && !exchange.head && !isBodyless(status)) lines += "content-length: 0\r\n";
+      this.#writeHead(exchange, status, lines, true);
+      this.#complete(exchange);
+      return;
+    }
+    const bytes = typeof body === "string" ? encoder.encode(body) : body;
+    if (!hasLength) lines += `content-length: ${bytes.length}\r\n`;
+    this.#writeHead(exchange, status, lines, bytes.length === 0);
+    if (bytes.length === 0) {
+      this.#complete(exchange);
+      return;
+    }
+    if (bytes.length <= exchange.window) {
+      this.#putWholeBody(exchange, bytes);
+      return;
+    }
+    void this.#sendChunk(exchange, bytes, true).then((sent) => {
+      if (sent) this.#complete(exchange);
+    });
   }
 
   async #sendBody(
@@ -664,15 +801,6 @@ export class HttpBridge {
     for (const exchange of open) this.#abort(exchange, error);
   }
 }
-
-/**
- * Where Deno keeps a `Response`'s string body (text, JSON) until something
- * reads it (Deno.serve's own fast path). Reading it from there skips creating
- * and draining a stream: ~5 µs of a hello-world request's ~17 µs of JS.
- * Feature-detected: on a Deno without it every body goes through its stream.
- */
-const LAZY_STATIC_BODY: symbol | undefined = Object.getOwnPropertySymbols(new Response(""))
-  .find((symbol) => symbol.description === "lazy static body");
 
 const NOT_YET_VALUE = Symbol("not yet");
 /** Settles after anything already settled: `race([read, NOT_YET])` tells a finished read. */

@@ -40,15 +40,12 @@ export function abortError(reason: number): Error {
  * The `Request` handed to handlers. Its `signal` is created on first use
  * (following an external signal costs ~3.5 µs per request in Deno 2.9, a
  * third of the JS budget of a hello-world request) and aborts when the kernel
- * reports the exchange over (client gone, timeout, shutdown).
+ * reports the exchange over (client gone, timeout, shutdown). Bodyless
+ * requests are built lazily (`_deno_fast.ts`); `_exchange` is set right after
+ * construction.
  */
 export class HttpRequest extends Request {
-  readonly _exchange: Exchange;
-
-  constructor(url: string, init: RequestInit, exchange: Exchange) {
-    super(url, init);
-    this._exchange = exchange;
-  }
+  declare _exchange: Exchange;
 }
 const requestSignal = Object.getOwnPropertyDescriptor(Request.prototype, "signal")!.get!;
 Object.defineProperty(HttpRequest.prototype, "signal", {
