@@ -132,7 +132,15 @@ for (let r = 0; r < ROUNDS; r++) {
   for (const mode of order) results[mode].push(await round(mode, ECHOES));
 }
 
-const figures = Object.fromEntries(available.map((mode) => {
+interface Figures {
+  oneWayP50: number;
+  oneWayP99: number;
+  echoP50: number;
+  echoP99: number;
+  cpu: number;
+  jsCpu: number;
+}
+const figures = Object.fromEntries(available.map((mode): [Mode, Figures] => {
   const rounds = results[mode];
   return [mode, {
     oneWayP50: median(rounds.map((x) => percentile(x.oneWayUs, 0.5))),
@@ -142,7 +150,7 @@ const figures = Object.fromEntries(available.map((mode) => {
     cpu: median(rounds.map((x) => x.cpuUs)),
     jsCpu: median(rounds.map((x) => x.jsCpuUs)),
   }];
-})) as Record<Mode, Record<string, number>>;
+})) as Record<Mode, Figures>;
 
 for (const mode of available) {
   const f = figures[mode];
