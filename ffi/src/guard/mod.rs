@@ -9,9 +9,24 @@
 //! reaches its whole tree; on Linux the cgroups catch children that start
 //! their own session, and on Windows a job object holds the tree.
 
-
+#[cfg(target_os = "linux")]
+mod access;
+#[cfg(target_os = "linux")]
+mod cgroup;
+#[cfg(target_os = "linux")]
+mod child;
+#[cfg(target_os = "linux")]
+mod landlock;
+#[cfg(target_os = "linux")]
+mod netns;
+#[cfg(target_os = "linux")]
+mod reap;
 #[cfg(target_os = "linux")]
 pub mod sandbox;
+#[cfg(target_os = "linux")]
+mod seccomp;
+#[cfg(target_os = "linux")]
+mod supervisor;
 
 use crate::boundary::{call, in_bytes, out_bytes, write_out};
 use crate::error::{KernelError, KernelResult};
@@ -382,15 +397,14 @@ fn spawn(
         }
     }
     let violations: Arc<Mutex<Vec<GuardViolation>>> = Arc::default();
-    #[allow(unused_mut)]
+    #[allow(unused_mut, unused_assignments)]
     let mut isolation = GuardIsolation::default();
 
     #[cfg(target_os = "linux")]
     let sandbox = {
         use std::os::unix::process::CommandExt;
         let sandbox = Arc::new(sandbox::Sandbox::prepare(&policy, id));
-        isolation.applied = sandbox.applied.clone();
-        isolation.not_applied = sandbox.not_applied.clone();
+        isolation = sandbox.isolation.clone();
         let inside = Arc::clone(&sandbox);
         // SAFETY: `enter` only makes system calls on values prepared above.
         unsafe { command.pre_exec(move || inside.enter()) };
@@ -517,7 +531,12 @@ fn spawn(
                 return Err(error);
             }
         };
-        let child = match sandbox::spawn(&path, &argv, &envp, cwd.as_ref(), &sandbox) {
+        let enter = || {
+            // SAFETY: runs in the child between clone and exec, which is what
+            // `enter` requires; it only makes system calls on values prepared above.
+            unsafe { sandbox.enter() }
+        };
+        let child = match child::spawn(&path, &argv, &envp, cwd.as_ref(), &enter) {
             Ok(child) => child,
             Err(error) => {
                 sandbox.cleanup();
@@ -528,8 +547,7 @@ fn spawn(
             .unwrap_or_else(|_| unreachable!("only this function holds it"));
         owned.spawned();
         let lost = owned.settle();
-        isolation.applied = owned.applied.clone();
-        isolation.not_applied = owned.not_applied.clone();
+        isolation = owned.isolation.clone();
         if let Some(required) = lost.iter().find(|name| policy.require.contains(name)) {
             // SAFETY: killing and reaping our own child has no memory-safety preconditions.
             unsafe {
@@ -546,19 +564,20 @@ fn spawn(
         let listener = owned
             .listener_rx
             .take()
-            .and_then(|rx| sandbox::receive_fd(&rx));
+            .and_then(|rx| child::receive_fd(&rx));
         let sandbox = Arc::new(owned);
         if let Some(listener) = listener {
-            let (sandbox, violations) = (Arc::clone(&sandbox), Arc::clone(&violations));
+            let (access, violations) = (Arc::clone(&sandbox.access), Arc::clone(&violations));
             // Threads of the kernel's blocking pool are reused: starting a
             // guarded command costs no thread creation.
             kernel
                 .runtime_handle()?
-                .spawn_blocking(move || sandbox::supervise(listener, sandbox, violations));
+                .spawn_blocking(move || supervisor::supervise(listener, access, violations));
         }
         let pid = child.pid;
         let tracked = sandbox
-            .pids_cgroup
+            .cgroups
+            .pids
             .as_ref()
             .map(|dir| dir.join("cgroup.procs"));
         let reaped: Arc<Mutex<bool>> = Arc::default();
@@ -570,8 +589,7 @@ fn spawn(
             stdout: Some(Box::new(child.stdout)),
             stderr: Some(Box::new(child.stderr)),
             wait: Box::new(move || {
-                let (status, usage, orphans) =
-                    sandbox::wait(pid, tracked.as_deref(), &reaper)?;
+                let (status, usage, orphans) = reap::wait(pid, tracked.as_deref(), &reaper)?;
                 let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
                 let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
                 let cpu =
@@ -726,7 +744,7 @@ fn finish_spawn(
                 #[cfg(target_os = "linux")]
                 let used = monitor_sandbox
                     .as_ref()
-                    .and_then(|s| s.tree_cpu_ms())
+                    .and_then(|s| s.cgroups.tree_cpu_ms())
                     .or_else(|| cpu_ms(pid));
                 #[cfg(not(target_os = "linux"))]
                 let used = cpu_ms(pid);
@@ -742,7 +760,7 @@ fn finish_spawn(
             }
             #[cfg(target_os = "linux")]
             if let Some(sandbox) = &monitor_sandbox {
-                let found = sandbox.cgroup_violations();
+                let found = sandbox.cgroups.violations();
                 if let Some(first) = found.into_iter().next() {
                     monitor_stop.kill(Some((first.kind.as_str(), first.detail)));
                     return;
@@ -796,7 +814,7 @@ fn finish_spawn(
             // reaped, so no recycled pid can be hit; the cgroups catch
             // processes that left the group. Other Unixes: probe the group now.
             #[cfg(target_os = "linux")]
-            let alive = left_orphans || sandbox.as_ref().is_some_and(|s| s.kill_cgroups() > 0);
+            let alive = left_orphans || sandbox.as_ref().is_some_and(|s| s.cgroups.kill_all() > 0);
             #[cfg(not(target_os = "linux"))]
             // SAFETY: probing a process group is memory-safe.
             let alive = left_orphans || unsafe { libc::kill(-(pid as i32), 0) } == 0;
@@ -818,13 +836,13 @@ fn finish_spawn(
         }
         #[cfg(target_os = "linux")]
         if let Some(sandbox) = &sandbox {
-            for violation in sandbox.cgroup_violations() {
+            for violation in sandbox.cgroups.violations() {
                 let mut list = stop.violations.lock().unwrap_or_else(|p| p.into_inner());
                 if !list.iter().any(|v| v.kind == violation.kind) {
                     list.push(violation);
                 }
             }
-            sandbox.kill_cgroups();
+            sandbox.cgroups.kill_all();
         }
         // Collected output: wait (briefly) for the pumps. A process that
         // escaped every kill may still hold the output open; streamed output
