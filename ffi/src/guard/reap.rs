@@ -4,18 +4,15 @@
 //! (or of its tracking cgroup) is found and killed; only then is it reaped,
 //! under the lock that every killer checks first.
 
+use super::spawned::Exit;
 use std::path::Path;
 use std::sync::Mutex;
 
-/// Waits for the child `pid` started by [`super::child::spawn`]: its wait
-/// status, rusage, and whether processes of its group (or of the cgroup
+/// Waits for the child `pid` started by [`super::child::spawn`]: how it
+/// ended, its usage, and whether processes of its group (or of the cgroup
 /// whose `cgroup.procs` is `tracked`) were still alive when it exited (they
 /// are killed before the child is reaped). Sets `reaped` once it is.
-pub fn wait(
-    pid: i32,
-    tracked: Option<&Path>,
-    reaped: &Mutex<bool>,
-) -> std::io::Result<(i32, libc::rusage, bool)> {
+pub fn wait(pid: i32, tracked: Option<&Path>, reaped: &Mutex<bool>) -> std::io::Result<Exit> {
     // SAFETY: waitid with WNOWAIT leaves the zombie in place.
     unsafe {
         let mut info: libc::siginfo_t = std::mem::zeroed();
@@ -49,7 +46,17 @@ pub fn wait(
     let mut flag = reaped.lock().unwrap_or_else(|p| p.into_inner());
     let (status, usage) = reap(pid)?;
     *flag = true;
-    Ok((status, usage, orphans))
+    drop(flag);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    let signal = libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status));
+    let ms = |time: libc::timeval| time.tv_sec as u64 * 1000 + time.tv_usec as u64 / 1000;
+    Ok(Exit {
+        code,
+        signal,
+        cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime),
+        max_rss_bytes: usage.ru_maxrss as u64 * 1024,
+        left_orphans: orphans,
+    })
 }
 
 /// Processes of process group `leader` other than the leader itself.
