@@ -82,3 +82,55 @@ pub fn normalize(path: &Path) -> PathBuf {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(read: &[&str], write: &[&str]) -> FileAccess {
+        FileAccess::of(&GuardPolicy {
+            read: read.iter().map(|p| p.to_string()).collect(),
+            write: write.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn normalize_resolves_dots_lexically_and_stays_below_root() {
+        let cases = [
+            ("/a/b/../c", "/a/c"),
+            ("/a/./b/", "/a/b"),
+            ("/../../etc", "/etc"),
+            ("/", "/"),
+            ("relative/x", "/relative/x"),
+            ("/a//b", "/a/b"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normalize(Path::new(input)), Path::new(expected), "{input}");
+        }
+    }
+
+    #[test]
+    fn policy_roots_are_normalised() {
+        let rules = access(&["/data/../srv/"], &["/tmp/./work"]);
+        assert_eq!(rules.read, [PathBuf::from("/srv")]);
+        assert_eq!(rules.write, [PathBuf::from("/tmp/work")]);
+    }
+
+    #[test]
+    fn allows_follows_roots_by_component() {
+        let rules = access(&["/srv/data"], &["/tmp/work"]);
+        assert!(rules.allows(Path::new("/srv/data/file"), false));
+        assert!(!rules.allows(Path::new("/srv/data/file"), true));
+        // Writable implies readable.
+        assert!(rules.allows(Path::new("/tmp/work/out"), false));
+        assert!(rules.allows(Path::new("/tmp/work/out"), true));
+        // A root is a path prefix by component, not by text.
+        assert!(!rules.allows(Path::new("/srv/database"), false));
+        // What every program needs, and nothing more.
+        assert!(rules.allows(Path::new("/usr/bin/env"), false));
+        assert!(!rules.allows(Path::new("/usr/bin/env"), true));
+        assert!(rules.allows(Path::new("/dev/null"), true));
+        assert!(!rules.allows(Path::new("/etc/shadow"), false));
+    }
+}

@@ -352,3 +352,17 @@ impl Cgroups {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn decimal_formats_without_allocating() {
+        let mut digits = [0u8; 12];
+        for (value, text) in [(0, "0"), (7, "7"), (4_194_304, "4194304")] {
+            assert_eq!(decimal(value, &mut digits), text.as_bytes());
+        }
+        assert_eq!(decimal(u32::MAX, &mut digits), b"4294967295");
+    }
+}

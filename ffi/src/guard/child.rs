@@ -224,3 +224,49 @@ pub fn receive_fd(socket: &OwnedFd) -> Option<OwnedFd> {
         Some(OwnedFd::from_raw_fd(fd))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_descriptor_crosses_a_socket_pair() {
+        let mut pair = [0; 2];
+        // SAFETY: `pair` has room for the two fds.
+        let made = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+        };
+        assert_eq!(made, 0);
+        // SAFETY: fresh fds owned by nobody else.
+        let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+        let (read_end, write_end) = pipe().unwrap();
+        send_fd(tx.as_raw_fd(), write_end.as_raw_fd()).unwrap();
+        drop(write_end);
+        let received = receive_fd(&rx).expect("a descriptor");
+        let mut writer = std::fs::File::from(received);
+        std::io::Write::write_all(&mut writer, b"x").unwrap();
+        drop(writer);
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(read_end), &mut text).unwrap();
+        assert_eq!(text, "x");
+        // The other end gone, nothing comes.
+        drop(tx);
+        assert!(receive_fd(&rx).is_none());
+    }
+
+    #[test]
+    fn an_error_before_exec_comes_back() {
+        let path = CString::new("/bin/true").unwrap();
+        let argv = [path.clone()];
+        let refuse = || Err(std::io::Error::from_raw_os_error(libc::EXDEV));
+        let error = spawn(&path, &argv, &[], None, &refuse)
+            .err()
+            .expect("refused");
+        assert_eq!(error.raw_os_error(), Some(libc::EXDEV));
+    }
+}

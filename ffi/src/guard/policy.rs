@@ -71,3 +71,78 @@ pub fn check_required(policy: &GuardPolicy, isolation: &GuardIsolation) -> Kerne
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(cmd: &str, read: &[&str]) -> (GuardRequest, GuardPolicy) {
+        let policy = GuardPolicy {
+            read: read.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        };
+        let request = GuardRequest {
+            cmd: cmd.into(),
+            ..Default::default()
+        };
+        (request, policy)
+    }
+
+    #[test]
+    fn validate_wants_a_command_and_absolute_paths() {
+        let (ok, policy) = request("true", &["/srv"]);
+        assert!(validate(&ok, &policy).is_ok());
+        let (relative, policy) = request("true", &["/srv", "data"]);
+        let error = validate(&relative, &policy).unwrap_err();
+        assert!(error.message.contains("policy.read"), "{}", error.message);
+        let (empty, policy) = request("", &[]);
+        assert!(validate(&empty, &policy).is_err());
+    }
+
+    #[test]
+    fn collected_output_is_bounded_even_without_a_limit() {
+        let mut policy = GuardPolicy::default();
+        assert_eq!(output_limit(&policy, false), 0);
+        assert_eq!(output_limit(&policy, true), COLLECT_LIMIT_BYTES);
+        policy.max_output_bytes = 10;
+        assert_eq!(output_limit(&policy, true), 10);
+        assert_eq!(output_limit(&policy, false), 10);
+    }
+
+    #[test]
+    fn env_allow_filters_only_when_it_names_something() {
+        let mut policy = GuardPolicy::default();
+        assert!(passes_env(&policy, "HOME"));
+        policy.env_allow = vec!["PATH".into()];
+        assert!(passes_env(&policy, "PATH"));
+        assert!(!passes_env(&policy, "HOME"));
+    }
+
+    #[test]
+    fn require_names_the_first_missing_layer_and_why() {
+        let isolation = GuardIsolation {
+            applied: vec!["session".into()],
+            not_applied: vec!["landlock: not supported by this kernel".into()],
+        };
+        let mut policy = GuardPolicy {
+            require: vec!["session".into()],
+            ..Default::default()
+        };
+        assert!(check_required(&policy, &isolation).is_ok());
+        policy.require.push("landlock".into());
+        policy.require.push("teleport".into());
+        let error = check_required(&policy, &isolation).unwrap_err();
+        assert!(
+            error.message.contains("not supported by this kernel"),
+            "{}",
+            error.message
+        );
+        policy.require = vec!["teleport".into()];
+        let error = check_required(&policy, &isolation).unwrap_err();
+        assert!(
+            error.message.contains("unknown isolation feature"),
+            "{}",
+            error.message
+        );
+    }
+}

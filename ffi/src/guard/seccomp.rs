@@ -225,3 +225,92 @@ pub fn install(filter: &[libc::sock_filter]) -> RawFd {
         ) as i32
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `program` decides for a call: a minimal interpreter of the
+    /// instructions it uses, over a `seccomp_data` with `arg0` in args[0].
+    fn decide(program: &[libc::sock_filter], arch: u32, nr: i64, arg0: u64) -> u32 {
+        let mut data = [0u8; 64];
+        data[0..4].copy_from_slice(&(nr as u32).to_ne_bytes());
+        data[4..8].copy_from_slice(&arch.to_ne_bytes());
+        data[16..24].copy_from_slice(&arg0.to_ne_bytes());
+        let (mut pc, mut accumulator) = (0usize, 0u32);
+        loop {
+            let instruction = program[pc];
+            pc += 1;
+            match instruction.code {
+                LD_W_ABS => {
+                    let at = instruction.k as usize;
+                    accumulator = u32::from_ne_bytes(data[at..at + 4].try_into().unwrap());
+                }
+                RET_K => return instruction.k,
+                code => {
+                    let taken = if code == (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16 {
+                        accumulator == instruction.k
+                    } else if code == (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16 {
+                        accumulator >= instruction.k
+                    } else {
+                        panic!("unexpected instruction {code:#x}");
+                    };
+                    pc += usize::from(if taken {
+                        instruction.jt
+                    } else {
+                        instruction.jf
+                    });
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_jump_lands_inside_the_program_which_ends_in_allow() {
+        for net in [false, true] {
+            let program = program(net);
+            assert!(program.len() < usize::from(u16::MAX));
+            for (at, instruction) in program.iter().enumerate() {
+                if instruction.code & 0x07 == libc::BPF_JMP as u16 {
+                    let furthest = at + 1 + usize::from(instruction.jt.max(instruction.jf));
+                    assert!(furthest < program.len(), "jump at {at} leaves the program");
+                }
+            }
+            let last = program.last().unwrap();
+            assert_eq!((last.code, last.k), (RET_K, SECCOMP_RET_ALLOW));
+        }
+    }
+
+    #[test]
+    fn decides_each_kind_of_call() {
+        let (strict, open) = (program(false), program(true));
+        let arch = arch::AUDIT;
+        for &nr in arch::DENIED {
+            assert_eq!(decide(&open, arch, nr, 0), SECCOMP_RET_KILL_PROCESS);
+        }
+        assert_eq!(
+            decide(&open, arch ^ 1, libc::SYS_getpid, 0),
+            SECCOMP_RET_KILL_PROCESS
+        );
+        assert_eq!(decide(&open, arch, libc::SYS_getpid, 0), SECCOMP_RET_ALLOW);
+        assert_eq!(decide(&open, arch, arch::OPENAT, 0), SECCOMP_RET_USER_NOTIF);
+        for &(nr, _) in tree_changes() {
+            assert_eq!(decide(&strict, arch, nr, 0), SECCOMP_RET_USER_NOTIF);
+        }
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            let family = family as u64;
+            assert_eq!(
+                decide(&strict, arch, arch::SOCKET, family),
+                SECCOMP_RET_KILL_PROCESS
+            );
+            assert_eq!(decide(&open, arch, arch::SOCKET, family), SECCOMP_RET_ALLOW);
+        }
+        let unix = libc::AF_UNIX as u64;
+        assert_eq!(decide(&strict, arch, arch::SOCKET, unix), SECCOMP_RET_ALLOW);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            decide(&open, arch, 0x4000_0000 | libc::SYS_getpid, 0),
+            SECCOMP_RET_KILL_PROCESS
+        );
+    }
+}

@@ -202,3 +202,52 @@ pub fn supervise(
         unsafe { libc::ioctl(listener.as_raw_fd(), SECCOMP_IOCTL_NOTIF_SEND, &response) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_structures_have_the_sizes_the_ioctls_encode() {
+        // The size is part of each ioctl number (bits 16..30).
+        let size = |request: libc::c_ulong| ((request >> 16) & 0x3fff) as usize;
+        assert_eq!(
+            std::mem::size_of::<Notification>(),
+            size(SECCOMP_IOCTL_NOTIF_RECV)
+        );
+        assert_eq!(
+            std::mem::size_of::<Response>(),
+            size(SECCOMP_IOCTL_NOTIF_SEND)
+        );
+        assert_eq!(
+            std::mem::size_of::<u64>(),
+            size(SECCOMP_IOCTL_NOTIF_ID_VALID)
+        );
+    }
+
+    #[test]
+    fn own_descriptors_are_not_judged_by_path() {
+        for path in ["/dev/fd/3", "/proc/self/fd/1", "/dev/stdout", "/dev/tty"] {
+            assert!(is_own_descriptor(Path::new(path)), "{path}");
+        }
+        for path in ["/dev/sda", "/proc/1/fd/1", "/dev/stdout2"] {
+            assert!(!is_own_descriptor(Path::new(path)), "{path}");
+        }
+    }
+
+    #[test]
+    fn reads_an_open_of_this_process_as_the_kernel_would_report_it() {
+        // The supervisor reads another process's memory; its own works the same.
+        let path = c"/tmp/./krepis/../probe";
+        let args = [
+            libc::AT_FDCWD as u64,
+            path.as_ptr() as u64,
+            (libc::O_WRONLY | libc::O_CREAT) as u64,
+            0,
+            0,
+            0,
+        ];
+        let found = requested_accesses(std::process::id(), arch::OPENAT, &args);
+        assert_eq!(found, [(PathBuf::from("/tmp/probe"), true)]);
+    }
+}
