@@ -35,7 +35,7 @@ const scratch = new Uint8Array(256);
 const statsHandle = (() => {
   // The raw call needs the kernel's handle: open a second one through the symbol.
   const out = new Uint32Array(1);
-  native.check(native.symbols.krepis_kernel_open(new Uint8Array(0), 0, out));
+  native.check(native.symbols.krepis_kernel_open(new Uint8Array(0), 0, null, out));
   return out[0];
 })();
 const ns = compareNsPerOp({

@@ -1,20 +1,34 @@
 /**
- * The JS half of a transport's event queue (`ffi/src/events.rs`): one
- * `nonblocking` wait serves every link, listener and connect of a kernel,
- * however many there are, and runs only while something waits.
+ * The JS half of a kernel's event queue (`ffi/src/events.rs`): everything JS
+ * waits for in a kernel (rings, listeners, connects, closed links, finished
+ * commits) is announced through one queue, drained by one pump per kernel.
+ *
+ * The pump takes events with a synchronous call. When there are none the
+ * kernel marks JS parked, and the next event wakes it: the kernel's waker
+ * thread calls a thread-safe callback (one wake of the event loop, no Deno
+ * worker thread: the cheapest of the mechanisms `bench/wake.ts` compares).
+ * While events keep coming the pump never parks: a busy JS side costs no wake
+ * at all. It gives timers and I/O a turn at least every millisecond even
+ * then.
+ *
+ * Deno creates thread-safe callbacks only with `--allow-ffi` for every path.
+ * With `--allow-ffi` limited to the library, the pump parks in a
+ * `nonblocking` call instead (a Deno worker thread wakes, then the event
+ * loop: slower, and the same results).
  *
  * @module
  */
 
+import { setImmediate } from "node:timers";
 import {
+  KREPIS_EVENT_COMPLETIONS,
   KREPIS_EVENT_CONNECT,
   KREPIS_EVENT_LINK_CLOSED,
   KREPIS_EVENT_LISTENER,
   KREPIS_EVENT_RECORD_BYTES,
   KREPIS_EVENT_RING,
 } from "./_gen/symbols.ts";
-import type { KernelOwner } from "./_owner.ts";
-import type { RingEventSource } from "./_ring.ts";
+import type { NativeLibrary } from "./_native.ts";
 
 /** Event kinds (the kernel's `EVENT_*`). */
 export const EventKind = {
@@ -22,40 +36,108 @@ export const EventKind = {
   listener: KREPIS_EVENT_LISTENER,
   connect: KREPIS_EVENT_CONNECT,
   linkClosed: KREPIS_EVENT_LINK_CLOSED,
+  completions: KREPIS_EVENT_COMPLETIONS,
 } as const;
 
-/** Events read per wait. */
+/** Events taken per call. */
 const BATCH = 256;
-/** Longest single native wait; the pump loops while anything waits. */
+/** Longest single nonblocking wait (without a callback); the pump loops. */
 const WAIT_SLICE_MS = 1000;
+/** Longest run of back-to-back batches before timers and I/O get a turn. */
+const SLICE_MS = 1;
 
-/** Dispatches kernel events to the promises waiting for them. */
-export class TransportEvents implements RingEventSource {
-  readonly #owner: KernelOwner;
-  readonly #handle: number;
-  readonly #buffer = new Uint8Array(BATCH * KREPIS_EVENT_RECORD_BYTES);
-  readonly #words = new Uint32Array(this.#buffer.buffer);
-  readonly #waiters = new Map<number, (() => void)[]>();
-  #pumping = false;
-  #closed = false;
+/** Resolves after the event loop ran timers and I/O once (a macrotask). */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
 
-  constructor(owner: KernelOwner, handle: number) {
-    this.#owner = owner;
-    this.#handle = handle;
+/**
+ * For a loop that may keep finding work without ever waiting: `next()` lets
+ * promise callbacks run, and timers and I/O too at least every millisecond.
+ */
+export class TurnBudget {
+  #start = performance.now();
+
+  /** The loop waited (the event loop ran): a new slice starts. */
+  reset(): void {
+    this.#start = performance.now();
   }
 
-  /** The kernel's transport handle. */
-  get handle(): number {
-    return this.#handle;
+  /** Yields: a microtask while the slice lasts, else a macrotask. */
+  async next(): Promise<void> {
+    if (performance.now() - this.#start < SLICE_MS) {
+      await Promise.resolve();
+    } else {
+      await nextTurn();
+      this.reset();
+    }
+  }
+}
+
+const WAKE_DEFINITION = { parameters: [], result: "void" } as const;
+type WakeCallback = Deno.UnsafeCallback<typeof WAKE_DEFINITION>;
+
+/**
+ * The thread-safe callback the kernel's waker thread calls, unreferenced
+ * (only a pump with something to wait for keeps the process alive), or null
+ * when Deno refuses to create one (`--allow-ffi` limited to some paths).
+ */
+function wakeCallback(
+  wake: () => void,
+): WakeCallback | null {
+  if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return null;
+  try {
+    const callback = Deno.UnsafeCallback.threadSafe(WAKE_DEFINITION, wake);
+    callback.unref();
+    return callback;
+  } catch {
+    return null;
+  }
+}
+
+/** Dispatches a kernel's events to the promises waiting for them. */
+export class KernelEvents {
+  readonly #native: NativeLibrary;
+  /** The wake callback, or null when Deno refused to create one (scoped --allow-ffi). */
+  readonly #callback:
+    | WakeCallback
+    | null;
+  readonly #buffer = new Uint8Array(BATCH * KREPIS_EVENT_RECORD_BYTES);
+  readonly #words = new Uint32Array(this.#buffer.buffer);
+  /** `kind * 2^32 + handle` → resolvers of the promises waiting for it. */
+  readonly #waiters = new Map<number, (() => void)[]>();
+  #kernel = -1;
+  #wake: (() => void) | null = null;
+  #pumping = false;
+  #referenced = false;
+  #closed = false;
+
+  /** Creates the wake callback; {@linkcode attach} to the kernel once it is open. */
+  constructor(native: NativeLibrary) {
+    this.#native = native;
+    this.#callback = wakeCallback(() => {
+      const wake = this.#wake;
+      this.#wake = null;
+      wake?.();
+    });
+  }
+
+  /** The callback `krepis_kernel_open` registers (null: JS waits with a nonblocking call). */
+  get pointer(): Deno.PointerValue {
+    return this.#callback?.pointer ?? null;
+  }
+
+  /** Binds the queue to the opened kernel. */
+  attach(kernel: number): void {
+    this.#kernel = kernel;
   }
 
   /**
-   * Resolves at the next event of `kind` for `handle`, or when the transport
-   * or kernel closes. Callers re-check their state afterwards (an event is a
-   * hint, never a result).
+   * Resolves at the next event of `kind` for `handle`, or when the kernel
+   * closes. An event is a hint, never a result: callers re-check their state.
    */
   wait(kind: number, handle: number): Promise<void> {
-    if (this.#closed || this.#owner.closed) return Promise.resolve();
+    if (this.#closed) return Promise.resolve();
     const { promise, resolve } = Promise.withResolvers<void>();
     const key = kind * 2 ** 32 + handle;
     const list = this.#waiters.get(key);
@@ -65,26 +147,49 @@ export class TransportEvents implements RingEventSource {
     return promise;
   }
 
-  /** {@inheritDoc RingEventSource.waitRing} */
+  /** Resolves at the next event of ring `handle` (records to read, room to write, closed). */
   waitRing(handle: number): Promise<void> {
     return this.wait(EventKind.ring, handle);
   }
 
+  #reference(on: boolean): void {
+    if (on === this.#referenced || this.#callback === null) return;
+    this.#referenced = on;
+    if (on) this.#callback.ref();
+    else this.#callback.unref();
+  }
+
+  /** Sleeps until the kernel has events (or closes). */
+  async #park(parked: Promise<void>): Promise<void> {
+    if (this.#callback !== null) {
+      await parked;
+      return;
+    }
+    // No callback: a nonblocking call parks a Deno worker thread instead.
+    while (!this.#closed) {
+      const status = await this.#native.symbols.krepis_events_wait(this.#kernel, WAIT_SLICE_MS);
+      if (status !== 0) return;
+    }
+  }
+
   async #pump(): Promise<void> {
     this.#pumping = true;
-    const symbols = this.#owner.native.symbols;
+    this.#reference(true);
+    const symbols = this.#native.symbols;
     try {
-      while (this.#waiters.size > 0 && !this.#owner.closed) {
-        const count = await symbols.krepis_transport_wait(
-          this.#handle,
-          this.#buffer,
-          this.#buffer.length,
-          WAIT_SLICE_MS,
-        );
-        if (count < 0) {
-          this.#closed = true;
-          break;
+      const turns = new TurnBudget();
+      while (this.#waiters.size > 0 && !this.#closed) {
+        // The resolver exists before the kernel can call the callback.
+        const parked = new Promise<void>((resolve) => this.#wake = resolve);
+        const count = symbols.krepis_events_take(this.#kernel, this.#buffer, this.#buffer.length);
+        if (count < 0) break; // the kernel is closed
+        if (count === 0) {
+          // Parked: the next event wakes the pump.
+          await this.#park(parked);
+          turns.reset();
+          continue;
         }
+        this.#wake = null;
         for (let index = 0; index < count; index++) {
           const key = this.#words[index * 2] * 2 ** 32 + this.#words[index * 2 + 1];
           const list = this.#waiters.get(key);
@@ -92,23 +197,39 @@ export class TransportEvents implements RingEventSource {
           this.#waiters.delete(key);
           for (const resolve of list) resolve();
         }
+        // Let the woken waiters run; now and then let timers and I/O run too.
+        await turns.next();
       }
     } finally {
       this.#pumping = false;
-      if (this.#closed || this.#owner.closed) this.#releaseAll();
+      this.#reference(false);
+      if (this.#closed) this.#releaseAll();
     }
   }
 
-  /** Wakes every waiter (the transport or kernel closed: they see it). */
+  /**
+   * Stops the kernel's calls of the callback for good and lets the calls in
+   * flight run (each needs this thread): after this the kernel may close and
+   * then the callback.
+   */
+  async quiesceForClose(): Promise<void> {
+    while (this.#native.symbols.krepis_events_quiesce(this.#kernel) > 0) await nextTurn();
+  }
+
   #releaseAll(): void {
     const lists = [...this.#waiters.values()];
     this.#waiters.clear();
     for (const list of lists) for (const resolve of list) resolve();
+    const wake = this.#wake;
+    this.#wake = null;
+    wake?.();
   }
 
-  /** Stops the pump and wakes every waiter (kernel close). */
+  /** The kernel closed: wakes every waiter and frees the callback. */
   close(): void {
+    if (this.#closed) return;
     this.#closed = true;
     this.#releaseAll();
+    this.#callback?.close();
   }
 }

@@ -1,12 +1,13 @@
 /**
  * What the kernel's sub-APIs (buffers, rings, store, transport, http, guard)
- * need from the kernel that owns them: the library, the kernel handle, the
- * open/closed state, and the registry of JS views over kernel memory that must
- * be detached before that memory is freed.
+ * need from the kernel that owns them: the library, the kernel handle, its
+ * event queue, the open/closed state, and the registry of JS views over
+ * kernel memory that must be detached before that memory is freed.
  *
  * @module
  */
 
+import type { KernelEvents } from "./_events.ts";
 import type { NativeLibrary } from "./_native.ts";
 import { ClosedError } from "./errors.ts";
 
@@ -14,14 +15,17 @@ import { ClosedError } from "./errors.ts";
 export class KernelOwner {
   readonly native: NativeLibrary;
   readonly handle: number;
+  /** Where everything JS waits for in this kernel is announced. */
+  readonly events: KernelEvents;
   #closed = false;
   #closing = false;
   /** Native handle → the ArrayBuffer mapped over that object's memory. */
   readonly #mappings = new Map<number, WeakRef<ArrayBuffer>>();
 
-  constructor(native: NativeLibrary, handle: number) {
+  constructor(native: NativeLibrary, handle: number, events: KernelEvents) {
     this.native = native;
     this.handle = handle;
+    this.events = events;
   }
 
   get closed(): boolean {

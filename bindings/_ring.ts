@@ -4,8 +4,9 @@
  *
  * A ring's memory is mapped once. Reading a record is array indexing; the
  * consumer publishes its cursor once per batch and calls into the kernel only
- * when the kernel side sleeps (`native_waiting`). Waiting for the kernel is
- * one `nonblocking` call per idle period, never per record.
+ * when the kernel side sleeps (`native_waiting`). Waiting for the kernel goes
+ * through the kernel's event queue (`_events.ts`): arm the ring, re-check,
+ * wait for its event; never a call per record.
  *
  * @module
  */
@@ -36,8 +37,6 @@ const JS_ARMED = KREPIS_RING_JS_ARMED >> 2;
 const HEADER_WORDS = KREPIS_RING_HEADER_BYTES >> 2;
 const RECORD_HEADER = KREPIS_RING_RECORD_HEADER_BYTES;
 const PAD = KREPIS_RING_PAD;
-/** Longest single native wait; waits longer than this loop. */
-const WAIT_SLICE_MS = 60_000;
 
 /** Which side produces. */
 export type RingDirection = "toJs" | "toKernel";
@@ -47,15 +46,6 @@ export interface RingOptions {
   /** Data bytes: a power of two from 64 B to 1 GiB. */
   capacity: number;
   direction: RingDirection;
-}
-
-/**
- * Where a ring waits instead of its own `nonblocking` call: a queue shared
- * by many rings (a transport's links), so idle rings hold no Deno thread.
- */
-export interface RingEventSource {
-  /** Resolves when the kernel posts an event for ring `handle` or the source closes. */
-  waitRing(handle: number): Promise<void>;
 }
 
 /** Bytes a record with `length` payload bytes occupies. */
@@ -94,7 +84,6 @@ abstract class RingEnd {
   protected readonly dataWords: Uint32Array<ArrayBuffer>;
   protected readonly mask: number;
   #closed = false;
-  #events: RingEventSource | null = null;
 
   constructor(owner: KernelOwner, handle: number, memory: ArrayBuffer, capacity: number) {
     this.owner = owner;
@@ -136,19 +125,16 @@ abstract class RingEnd {
     }
   }
 
-  /** Routes this ring's waits through `events` (the kernel posts to the same queue). */
-  attachEvents(events: RingEventSource): void {
-    this.#events = events;
-  }
-
   /** True when the JS side can go on: a record to read, or `need` free bytes. */
   protected abstract readyFor(need: number): boolean;
 
   /**
-   * Waits through the event source: arm (the kernel then posts one event
-   * after it moves its cursor), re-check so no wake-up is lost, sleep.
+   * Waits through the kernel's event queue: arm (the kernel then posts one
+   * event after it moves its cursor), re-check so no wake-up is lost, wait.
+   * True when ready, false on close or after `timeoutMs`.
    */
-  async #waitEvents(events: RingEventSource, need: number): Promise<boolean> {
+  protected async waitNative(need: number, timeoutMs: number): Promise<boolean> {
+    const deadline = timeoutMs === Infinity ? Infinity : performance.now() + timeoutMs;
     while (!this.detached) {
       Atomics.store(this.words, JS_ARMED, 1);
       if (this.readyFor(need)) {
@@ -156,21 +142,19 @@ abstract class RingEnd {
         return true;
       }
       if (this.closed) return false;
-      await events.waitRing(this.handle);
-    }
-    return false;
-  }
-
-  /** One native wait: true when ready, false on timeout or close. */
-  protected async waitNative(need: number, timeoutMs: number): Promise<boolean> {
-    if (this.#events !== null) return await this.#waitEvents(this.#events, need);
-    let remaining = timeoutMs;
-    while (remaining > 0) {
-      const slice = Math.min(remaining, WAIT_SLICE_MS);
-      const status = await this.owner.native.symbols.krepis_ring_wait(this.handle, need, slice);
-      if (status === 1) return true;
-      if (status < 0 || this.closed) return false;
-      remaining -= slice;
+      const event = this.owner.events.waitRing(this.handle);
+      if (deadline === Infinity) {
+        await event;
+        continue;
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) return false;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        event,
+        new Promise<void>((resolve) => timer = setTimeout(resolve, left)),
+      ]);
+      clearTimeout(timer);
     }
     return false;
   }

@@ -8,10 +8,12 @@ import { KernelConfig, Stats } from "./_gen/proto/krepis/v1/kernel.ts";
 import { type LibraryOptions, loadLibrary } from "./_loader.ts";
 import type { NativeLibrary } from "./_native.ts";
 import { KernelOwner, registerOwner, warnEscaped } from "./_owner.ts";
+import { KernelEvents } from "./_events.ts";
 import { KREPIS_BUFFER_ABANDONED } from "./_gen/symbols.ts";
 import { Buffers, type BufferStats } from "./buffers.ts";
 import { Store } from "./store/store.ts";
 import { Journal } from "./store/journal.ts";
+import { CommitPump } from "./store/_commit.ts";
 import { Guard } from "./guard.ts";
 import { Transport } from "./transport/transport.ts";
 import { Http } from "./http/http.ts";
@@ -139,16 +141,25 @@ function resolveDataDir(dataDir: string | URL | null | undefined): string {
 const leaks = new FinalizationRegistry<KernelOwner>((owner) => {
   // Safety net for a kernel that was never closed and is unreachable: detach
   // every view of its memory that is still around, then stop it.
-  shutDown(owner);
+  void shutDown(owner).catch(() => {});
 });
 
-/** Detaches every mapping, abandons memory JS lost track of, closes the kernel. */
-function shutDown(owner: KernelOwner): number {
+/**
+ * Detaches every mapping, abandons memory JS lost track of, closes the kernel
+ * (once no kernel thread can still be calling JS's wake callback), then frees
+ * that callback. Returns the close call's status.
+ */
+async function shutDown(owner: KernelOwner): Promise<number> {
+  await owner.events.quiesceForClose();
   for (const handle of owner.closeAll()) {
     warnEscaped("kernel memory");
     owner.native.symbols.krepis_buffer_release(handle, KREPIS_BUFFER_ABANDONED);
   }
-  return owner.native.symbols.krepis_kernel_close(owner.handle);
+  try {
+    return owner.native.symbols.krepis_kernel_close(owner.handle);
+  } finally {
+    owner.events.close();
+  }
 }
 
 /**
@@ -175,17 +186,25 @@ export class Kernel implements AsyncDisposable {
   #transport: Transport | undefined;
   #http: Http | undefined;
   #journal: Journal | undefined;
+  /** Collects the results of the store's commits, flushes and undos. */
+  readonly #commits: CommitPump;
   readonly #native: NativeLibrary;
   readonly #handle: number;
   readonly #owner: KernelOwner;
   readonly #dataDir: string | null;
   #closing: Promise<void> | undefined;
 
-  private constructor(native: NativeLibrary, handle: number, dataDir: string | null) {
+  private constructor(
+    native: NativeLibrary,
+    handle: number,
+    events: KernelEvents,
+    dataDir: string | null,
+  ) {
     this.#dataDir = dataDir;
     this.#native = native;
     this.#handle = handle;
-    this.#owner = new KernelOwner(native, handle);
+    this.#owner = new KernelOwner(native, handle, events);
+    this.#commits = new CommitPump(this.#owner);
     this.version = native.version;
     this.abiHash = native.abiHash;
     this.buffers = new Buffers(this.#owner, this);
@@ -249,8 +268,15 @@ export class Kernel implements AsyncDisposable {
       },
     }).finish();
     const out = new Uint32Array(1);
-    native.check(native.symbols.krepis_kernel_open(config, config.length, out));
-    return new Kernel(native, out[0], dataDir === "" ? null : dataDir);
+    const events = new KernelEvents(native);
+    try {
+      native.check(native.symbols.krepis_kernel_open(config, config.length, events.pointer, out));
+    } catch (error) {
+      events.close();
+      throw error;
+    }
+    events.attach(out[0]);
+    return new Kernel(native, out[0], events, dataDir === "" ? null : dataDir);
   }
 
   /**
@@ -267,13 +293,13 @@ export class Kernel implements AsyncDisposable {
         { details: { field: "dataDir" } },
       );
     }
-    return this.#store ??= Store.open(this.#owner, this.buffers, this);
+    return this.#store ??= Store.open(this.#owner, this.buffers, this, this.#commits);
   }
 
   /** The transaction journal of the kernel's store. */
   get journal(): Journal {
     void this.store; // same checks
-    return this.#journal ??= new Journal(this.#owner);
+    return this.#journal ??= new Journal(this.#owner, this.#commits);
   }
 
   /** Runs untrusted commands in isolated, limited child processes. */
@@ -376,8 +402,8 @@ export class Kernel implements AsyncDisposable {
       this.#owner.beginClose();
       this.#closing = (async () => {
         // Commits already submitted finish and report their real outcome.
-        await this.#store?.idle();
-        this.#native.check(shutDown(this.#owner));
+        await this.#commits.idle();
+        this.#native.check(await shutDown(this.#owner));
       })();
     }
     return this.#closing;

@@ -2,13 +2,16 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "0e620a1ac12e6632a3c0ecb6b4f455728dc2239a423cc0d6f6953dafa72181b9";
+export const ABI_HASH = "3da2583104626ae6d1ab462e77b8c47c3a2d0226b5c025171ac3d10ef91ec476";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
   krepis_abi_hash: { parameters: ["buffer", "u32"], result: "i32" },
   krepis_buffer_alloc: { parameters: ["u32", "u32", "buffer"], result: "i32" },
   krepis_buffer_release: { parameters: ["u32", "u32"], result: "i32" },
+  krepis_events_quiesce: { parameters: ["u32"], result: "i32" },
+  krepis_events_take: { parameters: ["u32", "buffer", "u32"], result: "i32" },
+  krepis_events_wait: { parameters: ["u32", "u32"], result: "i32", nonblocking: true },
   krepis_guard_close: { parameters: ["u32"], result: "i32" },
   krepis_guard_kill: { parameters: ["u32"], result: "i32" },
   krepis_guard_spawn: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer"], result: "i32" },
@@ -18,9 +21,9 @@ export const symbols = {
   krepis_http_shutdown: { parameters: ["u32", "u32"], result: "i32" },
   krepis_http_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_journal_read: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
-  krepis_journal_undo: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32", nonblocking: true },
+  krepis_journal_undo: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_kernel_close: { parameters: ["u32"], result: "i32" },
-  krepis_kernel_open: { parameters: ["buffer", "u32", "buffer"], result: "i32" },
+  krepis_kernel_open: { parameters: ["buffer", "u32", "function", "buffer"], result: "i32" },
   krepis_kernel_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_last_error: { parameters: ["buffer", "u32"], result: "i32" },
   krepis_link_close: { parameters: ["u32", "u32", "buffer", "u32"], result: "i32" },
@@ -33,11 +36,10 @@ export const symbols = {
   krepis_ring_create: { parameters: ["u32", "u32", "u32", "buffer"], result: "i32" },
   krepis_ring_notify: { parameters: ["u32"], result: "i32" },
   krepis_ring_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
-  krepis_ring_wait: { parameters: ["u32", "u32", "u32"], result: "i32", nonblocking: true },
   krepis_store_commit_submit: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
-  krepis_store_completions: { parameters: ["u32", "buffer", "u32", "u32"], result: "i32", nonblocking: true },
+  krepis_store_completions: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_store_delete: { parameters: ["u32", "buffer", "u32"], result: "i32" },
-  krepis_store_flush: { parameters: ["u32", "buffer", "u32"], result: "i32", nonblocking: true },
+  krepis_store_flush: { parameters: ["u32", "buffer"], result: "i32" },
   krepis_store_get: { parameters: ["u32", "buffer", "u32", "buffer", "u32", "u32"], result: "i32" },
   krepis_store_get_buffer: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_store_has: { parameters: ["u32", "buffer", "u32"], result: "i32" },
@@ -53,8 +55,6 @@ export const symbols = {
   krepis_transport_dev_certificate: { parameters: ["buffer", "u32", "buffer", "u32"], result: "i32" },
   krepis_transport_listen: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
   krepis_transport_open: { parameters: ["u32", "buffer"], result: "i32" },
-  krepis_transport_wait: { parameters: ["u32", "buffer", "u32", "u32"], result: "i32", nonblocking: true },
-  krepis_transport_wake: { parameters: ["u32"], result: "i32" },
   krepis_version: { parameters: ["buffer", "u32"], result: "i32" },
 } as const;
 
@@ -67,6 +67,7 @@ export const KREPIS_EVENT_RING = 1;
 export const KREPIS_EVENT_LISTENER = 2;
 export const KREPIS_EVENT_CONNECT = 3;
 export const KREPIS_EVENT_LINK_CLOSED = 4;
+export const KREPIS_EVENT_COMPLETIONS = 5;
 export const KREPIS_EVENT_RECORD_BYTES = 8;
 export const KREPIS_MAX_REPORTED_VIOLATIONS = 64;
 export const KREPIS_HTTP_TO_JS_REQUEST = 1;

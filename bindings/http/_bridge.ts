@@ -27,6 +27,7 @@ import {
   KREPIS_HTTP_TO_KERNEL_RESPONSE,
 } from "../_gen/symbols.ts";
 import type { KernelOwner } from "../_owner.ts";
+import { TurnBudget } from "../_events.ts";
 import { openRing, type RingReader, type RingWriter } from "../_ring.ts";
 import { type Context, Priority } from "../context.ts";
 import { ClosedError } from "../errors.ts";
@@ -72,9 +73,6 @@ export function openHttpRings(owner: KernelOwner): HttpRings {
     throw error;
   }
 }
-
-/** Longest single native wait: the pump re-checks the kernel's state this often when idle. */
-const WAIT_SLICE_MS = 1000;
 
 /** A host[:port] authority (reg-name, IPv4 or [IPv6]); no path, query, userinfo. */
 const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::\d{0,5})?$/;
@@ -270,15 +268,19 @@ export class HttpBridge {
    */
   async run(): Promise<void> {
     const reader = this.#reader;
-    const symbols = this.#owner.native.symbols;
+    const turns = new TurnBudget();
     try {
       while (!reader.detached) {
-        // Always a real (macrotask) wait, even when records are ready: timers
-        // and I/O of handlers must run between batches under constant load.
-        const status = await symbols.krepis_ring_wait(reader.nativeHandle, 0, WAIT_SLICE_MS);
-        if (reader.detached) break;
         this.#drain();
-        if ((status < 0 || reader.closed) && reader.available === 0) break;
+        if (reader.closed && reader.available === 0) break;
+        if (reader.available > 0) {
+          // More arrived meanwhile: go on, giving timers and I/O of
+          // handlers a turn now and then under constant load.
+          await turns.next();
+          continue;
+        }
+        await reader.wait();
+        turns.reset();
       }
     } finally {
       this.#stop();

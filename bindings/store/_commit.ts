@@ -1,17 +1,18 @@
 /**
- * Commit results: the pump that collects submitted commits' outcomes (one
- * `nonblocking` wait per batch of finished commits) and the call that reads
- * one result of a synchronous-looking export (flush, undo).
+ * Results of the store's queued jobs (commits, flushes, undos): each is
+ * submitted under a ticket with one fast call, and one pump per kernel
+ * collects finished ones in batches, woken by the kernel's event queue (one
+ * event per batch, never a blocked thread per job).
  *
  * @module
  */
 
 import { CommitResult as CommitResultMessage } from "../_gen/proto/krepis/v1/store.ts";
-import { ErrorCode } from "../_gen/proto/krepis/v1/error.ts";
 import { KREPIS_COMPLETION_HEADER_BYTES } from "../_gen/symbols.ts";
+import { EventKind } from "../_events.ts";
 import { errorFromNative } from "../_native.ts";
 import type { KernelOwner } from "../_owner.ts";
-import { ClosedError, InternalError } from "../errors.ts";
+import { ClosedError } from "../errors.ts";
 
 /** What a durable commit resolves to. */
 export interface CommitResult {
@@ -19,34 +20,15 @@ export interface CommitResult {
   readonly txId: number;
 }
 
-const RESULT_BYTES = 16 * 1024;
-
 function commitResult(bytes: Uint8Array): CommitResult {
   const result = CommitResultMessage.decode(bytes);
   if (result.error) throw errorFromNative(result.error);
   return { txId: Number(result.txId) };
 }
 
-/** Runs a nonblocking export that writes a CommitResult into an output buffer. */
-export async function resultCall(
-  call: (out: Uint8Array<ArrayBuffer>, cap: number) => Promise<number>,
-  check: (status: number) => number,
-): Promise<CommitResult> {
-  // Each call owns its buffer: commits run concurrently.
-  const out = new Uint8Array(RESULT_BYTES);
-  const length = check(await call(out, out.length));
-  if (length > out.length) {
-    // The operation already happened; only an absurdly long error message
-    // could get here (the kernel bounds them), so this is a bug.
-    throw new InternalError(`a kernel result of ${length} bytes exceeded ${RESULT_BYTES}`);
-  }
-  return commitResult(out.subarray(0, length));
-}
-
 /**
- * Collects the results of submitted commits: one `nonblocking` wait per
- * batch of finished commits (never one blocked thread per commit), running
- * only while commits are pending.
+ * Collects the results of submitted jobs, one batch per event, running only
+ * while jobs are pending.
  */
 export class CommitPump {
   readonly #owner: KernelOwner;
@@ -62,12 +44,13 @@ export class CommitPump {
     this.#owner = owner;
   }
 
-  /** Submits an encoded CommitRequest on `tree`; settles with its durable outcome. */
-  submit(tree: number, request: Uint8Array<ArrayBuffer>): Promise<CommitResult> {
-    const { native } = this.#owner;
-    native.check(
-      native.symbols.krepis_store_commit_submit(tree, request, request.length, this.#ticket),
-    );
+  /**
+   * Queues a job with `submit`, which calls an export that writes the job's
+   * ticket into its argument and returns a status; settles with the job's
+   * durable outcome.
+   */
+  run(submit: (ticket: BigUint64Array<ArrayBuffer>) => number): Promise<CommitResult> {
+    this.#owner.native.check(submit(this.#ticket));
     const ticket = Number(this.#ticket[0]);
     const promise = new Promise<CommitResult>((resolve, reject) => {
       this.#pending.set(ticket, { resolve, reject });
@@ -80,24 +63,19 @@ export class CommitPump {
   }
 
   async #run(): Promise<void> {
-    const { native, handle } = this.#owner;
+    const { native, handle, events } = this.#owner;
     try {
       while (this.#pending.size > 0) {
-        const length = await native.symbols.krepis_store_completions(
-          handle,
-          this.#out,
-          this.#out.length,
-          1_000,
+        if (this.#owner.closed) {
+          throw new ClosedError("the kernel closed before the commit finished");
+        }
+        const length = native.check(
+          native.symbols.krepis_store_completions(handle, this.#out, this.#out.length),
         );
-        if (length < 0) {
-          // A nonblocking call cannot read the kernel's last error (it ran on
-          // another thread): the status code is all there is.
-          this.#failAll(
-            length === -ErrorCode.ERROR_CODE_CLOSED
-              ? new ClosedError("the kernel closed before the commit finished")
-              : new InternalError(`collecting commit results failed with status ${length}`),
-          );
-          return;
+        if (length === 0) {
+          // None ready: the next one posts an event.
+          await events.wait(EventKind.completions, 0);
+          continue;
         }
         const words = new DataView(this.#out.buffer, 0, length);
         let offset = 0;
@@ -126,7 +104,7 @@ export class CommitPump {
     }
   }
 
-  /** Resolves once every submitted commit has settled. */
+  /** Resolves once every submitted job has settled. */
   async idle(): Promise<void> {
     while (this.#running || this.#pending.size > 0) {
       await new Promise((resolve) => setTimeout(resolve, 1));

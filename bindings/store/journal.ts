@@ -11,7 +11,7 @@ import { contextMessage } from "../_context.ts";
 import type { KernelOwner } from "../_owner.ts";
 import type { Context } from "../context.ts";
 import { InvalidArgumentError } from "../errors.ts";
-import { type CommitResult, resultCall } from "./_commit.ts";
+import type { CommitPump, CommitResult } from "./_commit.ts";
 
 /** A record of the transaction journal. */
 export interface JournalRecord {
@@ -54,10 +54,12 @@ export interface JournalReadOptions {
  */
 export class Journal {
   readonly #owner: KernelOwner;
+  readonly #commits: CommitPump;
 
   /** @internal Use `kernel.journal`. */
-  constructor(owner: KernelOwner) {
+  constructor(owner: KernelOwner, commits: CommitPump) {
     this.#owner = owner;
+    this.#commits = commits;
   }
 
   /** Streams records from `since` on (in batches, never all at once). */
@@ -133,9 +135,8 @@ export class Journal {
     const request = UndoRequest.encode({ txId: BigInt(txId), ctx: contextMessage(options.ctx) })
       .finish();
     const { native, handle } = this.#owner;
-    return await resultCall(
-      (out, cap) => native.symbols.krepis_journal_undo(handle, request, request.length, out, cap),
-      (status) => native.check(status),
+    return await this.#commits.run((ticket) =>
+      native.symbols.krepis_journal_undo(handle, request, request.length, ticket)
     );
   }
 }

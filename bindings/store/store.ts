@@ -28,7 +28,7 @@ import { adoptKernelBuffer, type Buffers, type SharedBuffer } from "../buffers.t
 import type { Context } from "../context.ts";
 import { ClosedError, InvalidArgumentError } from "../errors.ts";
 import { encodeCommitRequest } from "./_commit_codec.ts";
-import { CommitPump, type CommitResult, resultCall } from "./_commit.ts";
+import type { CommitPump, CommitResult } from "./_commit.ts";
 import { StoreScan, StoreWatch } from "./_feeds.ts";
 
 export type { CommitResult };
@@ -245,8 +245,8 @@ export class Store {
     trees.set(name, this);
   }
 
-  /** @internal Creates the default tree of a kernel. */
-  static open(owner: KernelOwner, buffers: Buffers, kernel: object): Store {
+  /** @internal Creates the default tree of a kernel; `commits` collects job results. */
+  static open(owner: KernelOwner, buffers: Buffers, kernel: object, commits: CommitPump): Store {
     const shared: StoreShared = {
       owner,
       buffers,
@@ -254,14 +254,9 @@ export class Store {
       slab: null,
       keyScratch: new Uint8Array(4096),
       bufferOut: new BigUint64Array(3),
-      commits: new CommitPump(owner),
+      commits,
     };
     return new Store(shared, "", new Map());
-  }
-
-  /** @internal Resolves once every commit submitted so far has settled. */
-  idle(): Promise<void> {
-    return this.#shared.commits.idle();
   }
 
   /**
@@ -471,17 +466,18 @@ export class Store {
       })),
       encodedContext(options.ctx),
     );
-    return await this.#shared.commits.submit(this.#handle, request);
+    const handle = this.#handle;
+    const { native } = this.#shared.owner;
+    return await this.#shared.commits.run((ticket) =>
+      native.symbols.krepis_store_commit_submit(handle, request, request.length, ticket)
+    );
   }
 
   /** Makes every write so far durable. */
   async flush(): Promise<void> {
     this.#shared.owner.assertOpen("store.flush");
     const { native, handle } = this.#shared.owner;
-    await resultCall(
-      (out, cap) => native.symbols.krepis_store_flush(handle, out, cap),
-      (status) => native.check(status),
-    );
+    await this.#shared.commits.run((ticket) => native.symbols.krepis_store_flush(handle, ticket));
   }
 
   /**

@@ -15,7 +15,7 @@ import {
 import { type LinkInfo, LinkStatus } from "../_gen/proto/krepis/v1/transport.ts";
 import type { ReadonlyBytes } from "../_bytes.ts";
 import { checkInteger, checkOptions, invalidArgument } from "../_check.ts";
-import { EventKind, type TransportEvents } from "../_events.ts";
+import { EventKind } from "../_events.ts";
 import { errorFromNative } from "../_native.ts";
 import type { NetAddr } from "../_net.ts";
 import type { KernelOwner } from "../_owner.ts";
@@ -258,7 +258,6 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
   /** Largest unreliable payload the path carries (datagram minus the 40-byte header). */
   readonly maxDatagramBytes: number;
   readonly #owner: KernelOwner;
-  readonly #events: TransportEvents;
   readonly #handle: number;
   readonly #receive: RingReader;
   readonly #send: RingWriter;
@@ -274,18 +273,14 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
   /** @internal Created by {@linkcode Transport.connect} and {@linkcode Listener.accept}. */
   constructor(
     owner: KernelOwner,
-    events: TransportEvents,
     info: LinkInfo,
     rings: LinkRings,
     maxPacketBytes: number,
   ) {
     this.#owner = owner;
-    this.#events = events;
     this.#handle = info.handle;
     this.#receive = rings.receive;
     this.#send = rings.send;
-    this.#receive.attachEvents(events);
-    this.#send.attachEvents(events);
     const data = this.#send.data;
     this.#sendWords = new Uint32Array(data.buffer, data.byteOffset, data.length >> 2);
     this.remoteAddr = { hostname: info.remoteHostname, port: info.remotePort };
@@ -529,7 +524,7 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
     while (!this.#freed && !this.#owner.closed) {
       const status = this.#status();
       if (!status.open) return this.#finalStatus();
-      await this.#events.wait(EventKind.linkClosed, this.#handle);
+      await this.#owner.events.wait(EventKind.linkClosed, this.#handle);
     }
     return this.#finalStatus();
   }

@@ -41,7 +41,7 @@ import {
   ListenRequest,
 } from "../_gen/proto/krepis/v1/transport.ts";
 import { checkInteger, checkOptions, checkString, checkStringList } from "../_check.ts";
-import { EventKind, TransportEvents } from "../_events.ts";
+import { EventKind } from "../_events.ts";
 import { type NetAddr, requireNetPermission } from "../_net.ts";
 import type { KernelOwner } from "../_owner.ts";
 import { ClosedError, InvalidArgumentError } from "../errors.ts";
@@ -160,20 +160,21 @@ function netPermission(hostname: string, port: number, action: string): void {
  */
 export class Transport {
   readonly #owner: KernelOwner;
-  #events: TransportEvents | undefined;
+  #handle: number | undefined;
 
   /** @internal Created by the kernel. */
   constructor(owner: KernelOwner) {
     this.#owner = owner;
   }
 
-  #transport(): TransportEvents {
-    if (this.#events !== undefined) return this.#events;
+  /** The kernel's transport handle (its client endpoints), made on first use. */
+  #transport(): number {
+    if (this.#handle !== undefined) return this.#handle;
     const out = new Uint32Array(1);
     this.#owner.native.check(
       this.#owner.native.symbols.krepis_transport_open(this.#owner.handle, out),
     );
-    return this.#events = new TransportEvents(this.#owner, out[0]);
+    return this.#handle = out[0];
   }
 
   /**
@@ -260,14 +261,14 @@ export class Transport {
       tenants,
       backlog,
     }).finish();
-    const events = this.#transport();
+    const transport = this.#transport();
     const native = this.#owner.native;
     const info = ListenerInfo.decode(
       native.readOutput((out, cap) =>
-        native.symbols.krepis_transport_listen(events.handle, request, request.length, out, cap)
+        native.symbols.krepis_transport_listen(transport, request, request.length, out, cap)
       ),
     );
-    return new Listener(this.#owner, events, info, maxPacketBytes);
+    return new Listener(this.#owner, info, maxPacketBytes);
   }
 
   /**
@@ -325,14 +326,14 @@ export class Transport {
       caPems: caCerts,
       maxPacketBytes,
     }).finish();
-    const events = this.#transport();
+    const transport = this.#transport();
     const rings = openLinkRings(this.#owner, maxPacketBytes);
     const native = this.#owner.native;
     let operation: number;
     try {
       operation = native.check(
         native.symbols.krepis_transport_connect(
-          events.handle,
+          transport,
           request,
           request.length,
           rings.receive.nativeHandle,
@@ -344,13 +345,13 @@ export class Transport {
       rings.send.close();
       throw error;
     }
-    await events.wait(EventKind.connect, operation);
+    await this.#owner.events.wait(EventKind.connect, operation);
     this.#owner.assertOpen("transport.connect");
     let info: LinkInfo;
     try {
       info = LinkInfo.decode(
         native.readOutput((out, cap) =>
-          native.symbols.krepis_transport_connect_result(events.handle, operation, out, cap)
+          native.symbols.krepis_transport_connect_result(transport, operation, out, cap)
         ),
       );
     } catch (error) {
@@ -358,7 +359,7 @@ export class Transport {
       rings.send.close();
       throw error;
     }
-    return new Link(this.#owner, events, info, rings, maxPacketBytes);
+    return new Link(this.#owner, info, rings, maxPacketBytes);
   }
 }
 
@@ -378,7 +379,6 @@ export class Listener implements AsyncIterable<Link>, AsyncDisposable {
   /** The bound address (the real port when 0 was asked for). */
   readonly addr: NetAddr;
   readonly #owner: KernelOwner;
-  readonly #events: TransportEvents;
   readonly #handle: number;
   readonly #maxPacketBytes: number;
   #spare: LinkRings | null = null;
@@ -387,12 +387,10 @@ export class Listener implements AsyncIterable<Link>, AsyncDisposable {
   /** @internal Created by {@linkcode Transport.listen}. */
   constructor(
     owner: KernelOwner,
-    events: TransportEvents,
     info: ListenerInfo,
     maxPacketBytes: number,
   ) {
     this.#owner = owner;
-    this.#events = events;
     this.#handle = info.handle;
     this.#maxPacketBytes = maxPacketBytes;
     this.addr = { hostname: info.hostname, port: info.port };
@@ -443,9 +441,9 @@ export class Listener implements AsyncIterable<Link>, AsyncDisposable {
       if (length > 0) {
         this.#spare = null;
         const info = LinkInfo.decode(scratch.subarray(0, length));
-        return new Link(this.#owner, this.#events, info, rings, this.#maxPacketBytes);
+        return new Link(this.#owner, info, rings, this.#maxPacketBytes);
       }
-      await this.#events.wait(EventKind.listener, this.#handle);
+      await this.#owner.events.wait(EventKind.listener, this.#handle);
     }
     return null;
   }

@@ -32,6 +32,10 @@
 // A link ended (closed by either side or failed); its status is final.
 #define KREPIS_EVENT_LINK_CLOSED 4
 
+// Commits (or flushes, undos) finished: collect them with
+// `krepis_store_completions` (the handle is 0).
+#define KREPIS_EVENT_COMPLETIONS 5
+
 // Bytes per event record.
 #define KREPIS_EVENT_RECORD_BYTES 8
 
@@ -176,6 +180,9 @@
 // everything you sent, up to the end of your stream".
 #define KREPIS_FLAG_FINAL 2
 
+// JS's `Deno.UnsafeCallback.threadSafe` taking nothing: wakes its event pump.
+typedef void (*KREPIS_WakeCallback)(void);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -196,6 +203,26 @@ int32_t krepis_buffer_alloc(uint32_t kernel, uint32_t byte_length, uint64_t *out
 // Releases a buffer (`mode`: 0 released, 1 leaked, 2 abandoned; see the
 // constants). The SDK has detached every JS view first, except in mode 2.
 int32_t krepis_buffer_release(uint32_t buffer, uint32_t mode);
+
+// Stops calling the `wake` callback for good and returns how many calls are
+// in flight. JS calls it before closing the kernel and lets the calls in
+// flight run first (each needs the JS thread).
+int32_t krepis_events_quiesce(uint32_t kernel);
+
+// Moves the kernel's pending events (`[kind u32][handle u32]` each, see
+// `KREPIS_EVENT_*`) into `out` and returns how many. When there are none
+// it returns 0 and marks JS parked: the next event calls the `wake`
+// callback given to `krepis_kernel_open` (once).
+//
+// # Safety
+// `out` must be null or point to `cap` writable bytes.
+int32_t krepis_events_take(uint32_t kernel, uint8_t *out, uint32_t cap);
+
+// [nonblocking] Waits up to `timeout_ms` until the kernel has events (JS
+// then takes them with `krepis_events_take`): the wait of a JS side that
+// could not register a `wake` callback. Returns 1 when events are queued,
+// 0 otherwise.
+int32_t krepis_events_wait(uint32_t kernel, uint32_t timeout_ms);
 
 // Releases a guarded process handle (killing it if it still runs).
 int32_t krepis_guard_close(uint32_t process);
@@ -267,29 +294,39 @@ int32_t krepis_journal_read(uint32_t kernel,
                             uint8_t *out,
                             uint32_t cap);
 
-// [nonblocking] Undoes transaction `tx_id` (an encoded `krepis.v1.UndoRequest`)
-// as a new durable transaction. Writes a `krepis.v1.CommitResult` (the new
-// tx id, or a `CONFLICT`/`NOT_FOUND` error) into `out`; returns its length.
+// Queues the undo of a transaction (an encoded `krepis.v1.UndoRequest`) as
+// a new durable transaction and writes its ticket to `out_ticket[0]`. The
+// result (a `krepis.v1.CommitResult`: the new tx id, or a
+// `CONFLICT`/`NOT_FOUND` error) arrives through `krepis_store_completions`.
 //
 // # Safety
-// `request` must point to `request_len` readable bytes; `out` to `cap` writable bytes.
+// `request` must point to `request_len` readable bytes; `out_ticket` to one aligned u64.
 int32_t krepis_journal_undo(uint32_t kernel,
                             const uint8_t *request,
                             uint32_t request_len,
-                            uint8_t *out,
-                            uint32_t cap);
+                            uint64_t *out_ticket);
 
 // Closes a kernel: stops its runtime and waits for its threads. A closed or
-// forged handle returns an error status (`CLOSED` / `INVALID_HANDLE`).
+// forged handle returns an error status (`CLOSED` / `INVALID_HANDLE`). JS
+// calls `krepis_events_quiesce` first and lets the `wake` calls in flight
+// run: it closes its callback once this returned.
 int32_t krepis_kernel_close(uint32_t kernel);
 
 // Opens a kernel configured by `config` (an encoded `krepis.v1.KernelConfig`
-// of `config_len` bytes) and writes its handle to `out_handle`.
+// of `config_len` bytes) and writes its handle to `out_handle`. `wake` is
+// JS's thread-safe callback that wakes its event pump (see
+// `krepis_events_take`), called from the kernel's waker thread; null: JS
+// waits with `krepis_events_wait` instead.
 //
 // # Safety
 // `config` must point to `config_len` readable bytes (or be null with 0);
-// `out_handle` must point to one writable, aligned `u32`.
-int32_t krepis_kernel_open(const uint8_t *config, uint32_t config_len, uint32_t *out_handle);
+// `out_handle` must point to one writable, aligned `u32`; `wake` must stay
+// callable until `krepis_events_quiesce` reported no call in flight after
+// the kernel closed.
+int32_t krepis_kernel_open(const uint8_t *config,
+                           uint32_t config_len,
+                           KREPIS_WakeCallback wake,
+                           uint32_t *out_handle);
 
 // Writes the kernel's `krepis.v1.Stats` (protobuf) into `out`; returns its
 // length (nothing is written when that exceeds `cap`).
@@ -368,17 +405,11 @@ int32_t krepis_ring_notify(uint32_t ring);
 // `out` must be null or point to `cap` writable bytes.
 int32_t krepis_ring_stats(uint32_t ring, uint8_t *out, uint32_t cap);
 
-// [nonblocking] Waits until the JS side of the ring can go on: a record to
-// read (kernel → JS) or `need` free bytes (JS → kernel). Returns 1 when
-// ready, 0 after `timeout_ms`, `-RING_CLOSED` when the ring is closed. Runs on a
-// Deno worker thread, so errors are reported by status only.
-int32_t krepis_ring_wait(uint32_t ring, uint32_t need, uint32_t timeout_ms);
-
 // Queues `request` (an encoded `krepis.v1.CommitRequest`) for an atomic,
 // journaled, durable commit on `tree` and returns at once, writing the
 // commit's ticket to `out_ticket[0]`. The result arrives through
 // `krepis_store_completions`, together with every other finished commit:
-// one wake-up per group, not one per commit.
+// one event per batch, not one per commit.
 //
 // # Safety
 // `request` must point to `request_len` readable bytes; `out_ticket` to one aligned u64.
@@ -387,15 +418,14 @@ int32_t krepis_store_commit_submit(uint32_t tree,
                                    uint32_t request_len,
                                    uint64_t *out_ticket);
 
-// [nonblocking] Waits up to `timeout_ms` for finished commits of the
-// kernel's store, then writes as many as fit into `out`, each
+// Writes the kernel's finished commits, flushes and undos into `out`, each
 // `[ticket u64][length u32][0 u32][krepis.v1.CommitResult]` padded to 8
-// bytes. Returns the bytes written (0 on timeout); `-CLOSED` once the store
-// is closed and nothing is left.
+// bytes, as many as fit, and returns the bytes written. 0 when none is
+// ready: an `EVENT_COMPLETIONS` announces the next.
 //
 // # Safety
 // `out` must point to `cap` writable bytes.
-int32_t krepis_store_completions(uint32_t kernel, uint8_t *out, uint32_t cap, uint32_t timeout_ms);
+int32_t krepis_store_completions(uint32_t kernel, uint8_t *out, uint32_t cap);
 
 // Deletes `key`; returns 1 when it existed, 0 when not (not journaled).
 //
@@ -403,12 +433,13 @@ int32_t krepis_store_completions(uint32_t kernel, uint8_t *out, uint32_t cap, ui
 // `key` must point to `key_len` readable bytes.
 int32_t krepis_store_delete(uint32_t tree, const uint8_t *key, uint32_t key_len);
 
-// [nonblocking] Makes every write so far durable. Writes a
-// `krepis.v1.CommitResult` into `out` and returns its length.
+// Queues a flush: makes every write so far durable, including single-key
+// puts and deletes. Writes its ticket to `out_ticket[0]`; the result (a
+// `krepis.v1.CommitResult`) arrives through `krepis_store_completions`.
 //
 // # Safety
-// `out` must point to `cap` writable bytes.
-int32_t krepis_store_flush(uint32_t kernel, uint8_t *out, uint32_t cap);
+// `out_ticket` must point to one aligned u64.
+int32_t krepis_store_flush(uint32_t kernel, uint64_t *out_ticket);
 
 // Looks `key` up. Returns 0 when absent, else `1 + length`; when the value
 // fits in `out[offset..cap]` it is copied there (else the caller retries
@@ -537,24 +568,12 @@ int32_t krepis_transport_listen(uint32_t transport,
                                 uint8_t *out,
                                 uint32_t cap);
 
-// Creates the kernel's transport (its event queue); writes the handle to `out`.
+// Creates the kernel's transport (its client endpoints, pending connects);
+// writes the handle to `out`. Its events go to the kernel's event queue.
 //
 // # Safety
 // `out` must point to a writable, aligned `u32`.
 int32_t krepis_transport_open(uint32_t kernel_handle, uint32_t *out);
-
-// [nonblocking] Waits up to `timeout_ms` for transport events and writes up
-// to `cap / 8` of them (`[kind u32][handle u32]`) into `out`. Returns how
-// many (0 on timeout or wake). Runs on a Deno worker thread: errors are
-// reported by status only.
-//
-// # Safety
-// `out` must be null or point to `cap` writable bytes that JS leaves alone
-// until the call returns.
-int32_t krepis_transport_wait(uint32_t transport, uint8_t *out, uint32_t cap, uint32_t timeout_ms);
-
-// Makes a pending `krepis_transport_wait` return now.
-int32_t krepis_transport_wake(uint32_t transport);
 
 // Writes the library's version (UTF-8, no terminator) into `out`; returns its
 // length (nothing is written when that exceeds `cap`).

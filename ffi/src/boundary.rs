@@ -116,6 +116,22 @@ pub unsafe fn in_bytes<'a>(ptr: *const u8, len: u32, what: &str) -> KernelResult
     Ok(unsafe { std::slice::from_raw_parts(ptr, len as usize) })
 }
 
+/// Writes `value` to a caller's `out` pointer to one `u64`, refusing a null
+/// or misaligned pointer.
+///
+/// # Safety
+/// `out` must be null or point to one writable `u64`.
+pub unsafe fn write_u64(out: *mut u64, value: u64, what: &str) -> KernelResult<()> {
+    if out.is_null() || !out.is_aligned() {
+        return Err(KernelError::invalid_argument(format!(
+            "{what} must point to one aligned u64"
+        )));
+    }
+    // SAFETY: checked non-null and aligned; the caller guarantees one u64.
+    unsafe { out.write(value) };
+    Ok(())
+}
+
 /// Copies `bytes` into `out` when it fits and returns the full length either
 /// way, so a caller with a short buffer learns the size it needs.
 pub fn write_out(bytes: &[u8], out: &mut [u8]) -> KernelResult<i32> {

@@ -1,17 +1,33 @@
-//! Readiness events: many kernel objects (the rings of transport links,
-//! listeners, pending connects) report to JS through ONE queue, so JS waits
-//! with one `nonblocking` call however many objects it waits on. A
-//! `nonblocking` call per object would hold a Deno blocking-pool thread each,
-//! and a thousand idle links would exhaust that pool.
+//! Readiness events: everything JS waits for in a kernel (rings with records
+//! or room, listeners with links, finished connects, closed links, finished
+//! commits) is announced through ONE queue per kernel, and JS sleeps at one
+//! place per kernel however many objects it waits on.
 //!
 //! An event is `[kind u32][handle u32]` (little-endian). Objects post an event
 //! only when JS armed them (edge-triggered, at most one per arm) or when they
 //! close, so the queue stays bounded by the number of objects.
+//!
+//! Waking JS. JS drains the queue with a synchronous call ([`EventQueue::take`]);
+//! when it finds it empty the queue marks JS *parked*, and only the next push
+//! wakes it (a busy JS side costs no wake at all). The wake is one of:
+//!
+//! - the thread-safe callback JS registered, called by this queue's waker
+//!   thread (`bench/wake.ts` measures it against the alternatives: it wakes
+//!   the event loop directly, no Deno worker thread involved). Deno blocks
+//!   the thread that calls a thread-safe callback until JS ran it, so the
+//!   call is never made by the pushing thread, which may hold locks a
+//!   synchronous JS call is waiting for; the waker thread holds none;
+//! - without a callback (Deno refuses to create one unless `--allow-ffi` is
+//!   granted for every path), a `nonblocking` JS call parked in
+//!   [`EventQueue::wait`], which the push signals.
+//!
+//! Closing: the waker may be inside a call (which needs the JS thread) when
+//! JS closes the kernel, so JS first [`EventQueue::quiesce`]s the queue (no
+//! further calls) and lets the calls in flight run, then closes.
 
-use crate::error::KernelResult;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// A ring JS armed became ready (records to read / space to write) or closed.
@@ -22,91 +38,239 @@ pub const EVENT_LISTENER: u32 = 2;
 pub const EVENT_CONNECT: u32 = 3;
 /// A link ended (closed by either side or failed); its status is final.
 pub const EVENT_LINK_CLOSED: u32 = 4;
+/// Commits (or flushes, undos) finished: collect them with
+/// `krepis_store_completions` (the handle is 0).
+pub const EVENT_COMPLETIONS: u32 = 5;
 /// Bytes per event record.
 pub const EVENT_RECORD_BYTES: u32 = 8;
 
+/// JS's `Deno.UnsafeCallback.threadSafe` taking nothing: wakes its event pump.
+pub type WakeCallback = Option<unsafe extern "C" fn()>;
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<(u32, u32)>,
+    /// JS found the queue empty and sleeps until woken.
+    parked: bool,
+    /// The waker thread should call the callback.
+    wake: bool,
+    callback: WakeCallback,
+    /// No calls of the callback (JS is about to close the kernel).
+    quiesced: bool,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Signals the waker thread (a wake to deliver) and a JS `nonblocking`
+    /// waiter (events queued).
+    changed: Condvar,
+    /// Calls of the callback under way (each blocks the waker until JS ran it).
+    calling: AtomicU32,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A kernel's event queue.
 #[derive(Default)]
 pub struct EventQueue {
-    queue: Mutex<VecDeque<(u32, u32)>>,
-    ready: Condvar,
-    woken: AtomicBool,
-    closed: AtomicBool,
+    shared: Arc<Shared>,
 }
 
 impl EventQueue {
-    pub fn push(&self, kind: u32, handle: u32) {
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        queue.push_back((kind, handle));
-        self.ready.notify_all();
-    }
-
-    /// Makes a current (or the next) `wait` return without events.
-    pub fn wake(&self) {
-        let _queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        self.woken.store(true, Ordering::SeqCst);
-        self.ready.notify_all();
-    }
-
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.wake();
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-
-    /// Blocks until events are queued, `wake`/`close` was called or the
-    /// timeout passed; moves as many events as fit into `out` and returns
-    /// how many.
-    pub fn wait(&self, out: &mut [u8], timeout: Duration) -> KernelResult<i32> {
-        let capacity = out.len() / EVENT_RECORD_BYTES as usize;
-        let deadline = Instant::now() + timeout;
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if !queue.is_empty() || capacity == 0 {
-                break;
-            }
-            if self.woken.swap(false, Ordering::SeqCst) || self.is_closed() {
-                return Ok(0);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(0);
-            }
-            queue = self
-                .ready
-                .wait_timeout(queue, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+    /// Sets the callback that wakes JS and starts the waker thread that calls
+    /// it; without one JS waits with [`EventQueue::wait`].
+    pub fn register(&self, callback: WakeCallback) -> std::io::Result<()> {
+        self.shared.lock().callback = callback;
+        if callback.is_none() {
+            return Ok(());
         }
-        let count = capacity.min(queue.len());
-        for (index, (kind, handle)) in queue.drain(..count).enumerate() {
+        let shared = Arc::clone(&self.shared);
+        std::thread::Builder::new()
+            .name("krepis-waker".into())
+            .spawn(move || waker(&shared))?;
+        Ok(())
+    }
+
+    /// Queues an event; wakes JS if it is parked. Never blocks on JS.
+    pub fn push(&self, kind: u32, handle: u32) {
+        let mut state = self.shared.lock();
+        if state.closed {
+            return;
+        }
+        state.queue.push_back((kind, handle));
+        if state.parked {
+            state.parked = false;
+            state.wake = true;
+            self.shared.changed.notify_all();
+        }
+    }
+
+    /// Moves as many events as fit into `out` and returns how many; when there
+    /// are none, marks JS parked (the next push wakes it) and returns 0.
+    pub fn take(&self, out: &mut [u8]) -> usize {
+        let capacity = out.len() / EVENT_RECORD_BYTES as usize;
+        let mut state = self.shared.lock();
+        if state.queue.is_empty() {
+            state.parked = !state.closed && capacity > 0;
+            return 0;
+        }
+        state.parked = false;
+        let count = capacity.min(state.queue.len());
+        for (index, (kind, handle)) in state.queue.drain(..count).enumerate() {
             let record = &mut out[index * 8..index * 8 + 8];
             record[..4].copy_from_slice(&kind.to_le_bytes());
             record[4..].copy_from_slice(&handle.to_le_bytes());
         }
-        Ok(count as i32)
+        count
+    }
+
+    /// Blocks (a `nonblocking` JS call, when there is no callback) until
+    /// events are queued, the queue closes or `timeout` passes. Returns
+    /// whether events are queued.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            if !state.queue.is_empty() {
+                return true;
+            }
+            let now = Instant::now();
+            if state.closed || now >= deadline {
+                return false;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Stops calling the callback for good and returns how many calls are
+    /// still in flight: JS lets them run before it closes the kernel.
+    pub fn quiesce(&self) -> u32 {
+        self.shared.lock().quiesced = true;
+        self.shared.calling.load(Ordering::SeqCst)
+    }
+
+    /// Drops queued events, refuses new ones and stops the waker thread.
+    pub fn close(&self) {
+        let mut state = self.shared.lock();
+        state.closed = true;
+        state.queue.clear();
+        state.callback = None;
+        self.shared.changed.notify_all();
+    }
+}
+
+/// The waker thread: calls JS's callback for each wake until the queue closes.
+fn waker(shared: &Shared) {
+    let mut state = shared.lock();
+    loop {
+        if state.closed {
+            return;
+        }
+        if !state.wake {
+            state = shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+            continue;
+        }
+        state.wake = false;
+        let callback = if state.quiesced { None } else { state.callback };
+        let Some(callback) = callback else { continue };
+        shared.calling.fetch_add(1, Ordering::SeqCst);
+        drop(state);
+        // SAFETY: JS registered a live thread-safe callback taking nothing
+        // and closes it only after `quiesce` reported no call in flight.
+        unsafe { callback() };
+        shared.calling.fetch_sub(1, Ordering::SeqCst);
+        state = shared.lock();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    static WOKEN: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn woken() {
+        WOKEN.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn woken_after(count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while WOKEN.load(Ordering::SeqCst) < count {
+            assert!(Instant::now() < deadline, "no wake");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 
     #[test]
-    fn wait_returns_queued_events_in_order_and_wake_interrupts() {
+    fn events_come_in_order_and_only_a_parked_js_is_woken() {
         let events = EventQueue::default();
+        events.register(Some(woken)).unwrap();
+        let before = WOKEN.load(Ordering::SeqCst);
         events.push(EVENT_RING, 7);
         events.push(EVENT_LINK_CLOSED, 9);
         let mut out = [0u8; 8];
-        assert_eq!(events.wait(&mut out, Duration::ZERO).unwrap(), 1);
+        assert_eq!(events.take(&mut out), 1);
         assert_eq!(out, [1, 0, 0, 0, 7, 0, 0, 0]);
-        assert_eq!(events.wait(&mut out, Duration::ZERO).unwrap(), 1);
+        assert_eq!(events.take(&mut out), 1);
         assert_eq!(out[0], 4);
-        events.wake();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(WOKEN.load(Ordering::SeqCst), before, "JS never parked");
+        // Empty: JS parks; the next push wakes it once, the one after not.
+        assert_eq!(events.take(&mut out), 0);
+        events.push(EVENT_RING, 1);
+        events.push(EVENT_RING, 2);
+        woken_after(before + 1);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(WOKEN.load(Ordering::SeqCst), before + 1);
+        // Quiesced: queued, never called again.
+        let mut two = [0u8; 16];
+        assert_eq!(events.take(&mut two), 2);
+        assert_eq!(events.take(&mut two), 0);
+        assert_eq!(events.quiesce(), 0);
+        events.push(EVENT_RING, 3);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(WOKEN.load(Ordering::SeqCst), before + 1);
+        events.close();
+        events.push(EVENT_RING, 4);
+        assert_eq!(events.take(&mut two), 0, "closing drops what was queued");
+    }
+
+    #[test]
+    fn a_nonblocking_waiter_sees_pushes_and_close() {
+        let events = Arc::new(EventQueue::default());
+        assert!(!events.wait(Duration::from_millis(10)));
+        let pusher = Arc::clone(&events);
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            pusher.push(EVENT_COMPLETIONS, 0);
+        });
+        assert!(events.wait(Duration::from_secs(5)));
+        thread.join().unwrap();
+        let closer = Arc::clone(&events);
+        let mut out = [0u8; 8];
+        assert_eq!(events.take(&mut out), 1);
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            closer.close();
+        });
         let started = Instant::now();
-        assert_eq!(events.wait(&mut out, Duration::from_secs(5)).unwrap(), 0);
-        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(!events.wait(Duration::from_secs(5)));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        thread.join().unwrap();
     }
 }

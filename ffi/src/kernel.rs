@@ -8,6 +8,7 @@
 //! the only place that knows the order in which capabilities are released.
 
 use crate::error::{KernelError, KernelResult};
+use crate::events::EventQueue;
 use crate::handles::{HandleKind, HandleTable};
 use crate::memory::BufferAccounting;
 use crate::proto::{ErrorCode, KernelConfig};
@@ -35,6 +36,8 @@ pub struct Kernel {
     /// `None` once closed.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     accounting: Arc<BufferAccounting>,
+    /// Where every capability tells JS that something it waits for is ready.
+    events: Arc<EventQueue>,
     /// State capabilities attached to this kernel, at most one per type.
     attached: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
 }
@@ -81,6 +84,7 @@ impl Kernel {
             },
             runtime: Mutex::new(Some(runtime)),
             accounting: Arc::default(),
+            events: Arc::default(),
             attached: Mutex::new(Vec::new()),
         })
     }
@@ -106,6 +110,11 @@ impl Kernel {
     /// Counters of this kernel's shared buffers and rings.
     pub fn accounting(&self) -> &Arc<BufferAccounting> {
         &self.accounting
+    }
+
+    /// The kernel's event queue (JS waits on it, capabilities post to it).
+    pub fn events(&self) -> &Arc<EventQueue> {
+        &self.events
     }
 
     /// Attaches a capability's per-kernel state (one value per type; a

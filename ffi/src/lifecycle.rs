@@ -15,6 +15,7 @@
 
 use crate::boundary::{call, in_bytes, out_bytes, write_out};
 use crate::error::KernelError;
+use crate::events::WakeCallback;
 use crate::identity;
 use crate::kernel::{self, Kernel};
 use crate::proto::{BufferStats, KernelConfig, Stats};
@@ -32,8 +33,12 @@ const RELEASE_BEFORE_RUNTIME_STOPS: &[fn(u64)] = &[
 ];
 
 /// Opens a kernel and the capabilities that start with it (the store).
-fn open(config: &KernelConfig) -> Result<u32, KernelError> {
+fn open(config: &KernelConfig, wake: WakeCallback) -> Result<u32, KernelError> {
     let kernel = Arc::new(Kernel::open(config)?);
+    kernel
+        .events()
+        .register(wake)
+        .map_err(|error| KernelError::io("starting the kernel's waker thread", &error))?;
     if let Err(error) = store::open_for(&kernel, &config.store.unwrap_or_default()) {
         shutdown(&kernel);
         return Err(error);
@@ -59,6 +64,8 @@ fn shutdown(kernel: &Kernel) {
     kernel.stop_runtime(runtime);
     buffers::release_owned(kernel.id());
     store::close_of(kernel);
+    // Last: nothing may call JS's callback once JS closed it.
+    kernel.events().close();
 }
 
 fn stats(kernel: &Kernel) -> Stats {
@@ -83,15 +90,21 @@ fn stats(kernel: &Kernel) -> Stats {
 }
 
 /// Opens a kernel configured by `config` (an encoded `krepis.v1.KernelConfig`
-/// of `config_len` bytes) and writes its handle to `out_handle`.
+/// of `config_len` bytes) and writes its handle to `out_handle`. `wake` is
+/// JS's thread-safe callback that wakes its event pump (see
+/// `krepis_events_take`), called from the kernel's waker thread; null: JS
+/// waits with `krepis_events_wait` instead.
 ///
 /// # Safety
 /// `config` must point to `config_len` readable bytes (or be null with 0);
-/// `out_handle` must point to one writable, aligned `u32`.
+/// `out_handle` must point to one writable, aligned `u32`; `wake` must stay
+/// callable until `krepis_events_quiesce` reported no call in flight after
+/// the kernel closed.
 #[no_mangle]
 pub unsafe extern "C" fn krepis_kernel_open(
     config: *const u8,
     config_len: u32,
+    wake: WakeCallback,
     out_handle: *mut u32,
 ) -> i32 {
     call("krepis_kernel_open", || {
@@ -107,7 +120,7 @@ pub unsafe extern "C" fn krepis_kernel_open(
                 "config is not a valid krepis.v1.KernelConfig ({config_len} bytes): {error}"
             ))
         })?;
-        let handle = open(&config)?;
+        let handle = open(&config, wake)?;
         // SAFETY: checked non-null and aligned above; the caller guarantees it is writable.
         unsafe { out_handle.write(handle) };
         Ok(0)
@@ -115,7 +128,9 @@ pub unsafe extern "C" fn krepis_kernel_open(
 }
 
 /// Closes a kernel: stops its runtime and waits for its threads. A closed or
-/// forged handle returns an error status (`CLOSED` / `INVALID_HANDLE`).
+/// forged handle returns an error status (`CLOSED` / `INVALID_HANDLE`). JS
+/// calls `krepis_events_quiesce` first and lets the `wake` calls in flight
+/// run: it closes its callback once this returned.
 #[no_mangle]
 pub extern "C" fn krepis_kernel_close(kernel: u32) -> i32 {
     call("krepis_kernel_close", || {
@@ -139,6 +154,46 @@ pub unsafe extern "C" fn krepis_kernel_stats(kernel: u32, out: *mut u8, cap: u32
     })
 }
 
+/// Moves the kernel's pending events (`[kind u32][handle u32]` each, see
+/// `KREPIS_EVENT_*`) into `out` and returns how many. When there are none
+/// it returns 0 and marks JS parked: the next event calls the `wake`
+/// callback given to `krepis_kernel_open` (once).
+///
+/// # Safety
+/// `out` must be null or point to `cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn krepis_events_take(kernel: u32, out: *mut u8, cap: u32) -> i32 {
+    call("krepis_events_take", || {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { out_bytes(out, cap, "out")? };
+        Ok(kernel::kernel(kernel)?.events().take(out) as i32)
+    })
+}
+
+/// [nonblocking] Waits up to `timeout_ms` until the kernel has events (JS
+/// then takes them with `krepis_events_take`): the wait of a JS side that
+/// could not register a `wake` callback. Returns 1 when events are queued,
+/// 0 otherwise.
+#[no_mangle]
+pub extern "C" fn krepis_events_wait(kernel: u32, timeout_ms: u32) -> i32 {
+    call("krepis_events_wait", || {
+        let events = std::sync::Arc::clone(kernel::kernel(kernel)?.events());
+        Ok(i32::from(events.wait(std::time::Duration::from_millis(
+            u64::from(timeout_ms),
+        ))))
+    })
+}
+
+/// Stops calling the `wake` callback for good and returns how many calls are
+/// in flight. JS calls it before closing the kernel and lets the calls in
+/// flight run first (each needs the JS thread).
+#[no_mangle]
+pub extern "C" fn krepis_events_quiesce(kernel: u32) -> i32 {
+    call("krepis_events_quiesce", || {
+        Ok(kernel::kernel(kernel)?.events().quiesce() as i32)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,7 +204,8 @@ mod tests {
         let bytes = config.encode_to_vec();
         let mut handle = 0u32;
         // SAFETY: valid buffer and out pointer for the call's duration.
-        let status = unsafe { krepis_kernel_open(bytes.as_ptr(), bytes.len() as u32, &mut handle) };
+        let status =
+            unsafe { krepis_kernel_open(bytes.as_ptr(), bytes.len() as u32, None, &mut handle) };
         if status == 0 {
             handle as i32
         } else {
@@ -178,7 +234,7 @@ mod tests {
         let status = unsafe {
             let garbage = [0xffu8; 7];
             let mut handle = 0u32;
-            krepis_kernel_open(garbage.as_ptr(), 7, &mut handle)
+            krepis_kernel_open(garbage.as_ptr(), 7, None, &mut handle)
         };
         assert_eq!(status, -(ErrorCode::InvalidArgument as i32));
         let status = open(KernelConfig {

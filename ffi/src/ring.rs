@@ -24,12 +24,10 @@
 //! Waiting. The kernel side waits on a tokio `Notify`: it sets
 //! `native_waiting`, re-checks, sleeps; JS, after moving its cursor, calls
 //! `krepis_ring_notify` only if it sees the flag (one fast call per batch at
-//! most). The JS side waits with one `nonblocking` `krepis_ring_wait` call
-//! that sleeps on a condition variable; the kernel signals it after moving
-//! its cursor only while a JS waiter is registered. A ring attached to an
-//! event queue (transport links) is waited on through that queue instead:
-//! JS sets `js_armed`, re-checks, and awaits the queue; the kernel, after
-//! moving its cursor, clears the flag and posts one event.
+//! most). The JS side waits through its kernel's event queue
+//! (`crate::events`): JS sets `js_armed`, re-checks, and waits for the
+//! queue; the kernel, after moving its cursor, clears the flag and posts one
+//! event (which wakes JS only if JS is parked).
 
 use crate::boundary::{call, out_bytes, write_out};
 use crate::error::{KernelError, KernelResult};
@@ -37,11 +35,10 @@ use crate::events::{EventQueue, EVENT_RING};
 use crate::handles::{HandleKind, HandleTable};
 use crate::kernel::kernel;
 use crate::memory::{BufferAccounting, NativeMemory};
-use crate::proto::{ErrorCode, RingStats};
+use crate::proto::RingStats;
 use prost::Message;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
 use tokio::sync::Notify;
 
 pub const RING_HEAD: usize = 0;
@@ -82,18 +79,13 @@ pub struct Ring {
     capacity: u32,
     direction: Direction,
     accounting: Arc<BufferAccounting>,
-    /// JS `krepis_ring_wait` calls currently registered (a counter: waits
-    /// may overlap, and one timing out must not unregister another).
-    js_waiters: AtomicU32,
     /// Set when a kernel task became this ring's producer or consumer: the
     /// kernel side is single-threaded by construction (SPSC).
     native_claimed: AtomicBool,
-    js_lock: Mutex<()>,
-    js_wake: Condvar,
     native_wake: Notify,
     pub(crate) counters: NativeCounters,
-    /// Where JS waits for this ring when it is part of a transport link
-    /// (the queue and this ring's handle).
+    /// Where JS waits for this ring: its kernel's event queue, and this
+    /// ring's handle (set once the ring has one).
     events: OnceLock<(Arc<EventQueue>, u32)>,
 }
 
@@ -124,10 +116,7 @@ impl Ring {
             capacity,
             direction,
             accounting,
-            js_waiters: AtomicU32::new(0),
             native_claimed: AtomicBool::new(false),
-            js_lock: Mutex::new(()),
-            js_wake: Condvar::new(),
             native_wake: Notify::new(),
             counters: NativeCounters::default(),
             events: OnceLock::new(),
@@ -274,12 +263,8 @@ impl Ring {
         self.wake_js(true);
     }
 
-    /// Wakes a JS waiter, if one is registered (or always with `force`).
+    /// Tells JS the ring moved, if JS armed it (or always with `force`).
     pub(crate) fn wake_js(&self, force: bool) {
-        if force || self.js_waiters.load(Ordering::SeqCst) > 0 {
-            let _guard = self.js_lock.lock().unwrap_or_else(|p| p.into_inner());
-            self.js_wake.notify_all();
-        }
         if let Some((events, handle)) = self.events.get() {
             let armed = self.word(RING_JS_ARMED);
             // SeqCst pairs with JS's Atomics.store(armed) + Atomics.load(cursor):
@@ -289,13 +274,6 @@ impl Ring {
                 events.push(EVENT_RING, *handle);
             }
         }
-    }
-
-    /// Routes JS wake-ups of this ring (handle `handle`) through `events`.
-    pub fn attach_events(&self, events: Arc<EventQueue>, handle: u32) -> KernelResult<()> {
-        self.events
-            .set((events, handle))
-            .map_err(|_| KernelError::invalid_argument("the ring already belongs to another link"))
     }
 
     /// Sleeps the kernel side until `ready()` or the ring closes; false when closed.
@@ -316,39 +294,6 @@ impl Ring {
             notified.await;
             self.word(RING_NATIVE_WAITING).store(0, Ordering::SeqCst);
         }
-    }
-
-    /// Blocks the calling (Deno blocking-pool) thread until the JS side can
-    /// go on: data to read (kernel → JS) or `need` free bytes (JS → kernel).
-    /// Returns 1 when ready, 0 on timeout, and a negative status when closed.
-    fn wait_js(&self, need: u32, timeout: Duration) -> i32 {
-        let ready = || match self.direction {
-            Direction::ToJs => self.used() != 0,
-            Direction::ToKernel => self.capacity - self.used() >= need,
-        };
-        let deadline = Instant::now() + timeout;
-        let mut guard = self.js_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.js_waiters.fetch_add(1, Ordering::SeqCst);
-        let status = loop {
-            if ready() {
-                break 1;
-            }
-            if self.is_closed() {
-                break -(ErrorCode::Closed as i32);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break 0;
-            }
-            guard = self
-                .js_wake
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        };
-        self.js_waiters.fetch_sub(1, Ordering::SeqCst);
-        drop(guard);
-        status
     }
 
     /// Makes the caller the ring's only kernel-side producer or consumer.
@@ -616,7 +561,9 @@ pub unsafe extern "C" fn krepis_ring_create(
             Arc::clone(owner.accounting()),
         )?;
         let address = ring.memory.address();
-        let handle = RINGS.insert(Arc::new(ring))?;
+        let ring = Arc::new(ring);
+        let handle = RINGS.insert(Arc::clone(&ring))?;
+        let _ = ring.events.set((Arc::clone(owner.events()), handle));
         // SAFETY: checked non-null and aligned; the caller guarantees two u64.
         unsafe {
             out.write(u64::from(handle));
@@ -643,21 +590,6 @@ pub extern "C" fn krepis_ring_notify(ring: u32) -> i32 {
     call("krepis_ring_notify", || {
         RINGS.get(ring)?.native_wake.notify_one();
         Ok(0)
-    })
-}
-
-/// [nonblocking] Waits until the JS side of the ring can go on: a record to
-/// read (kernel → JS) or `need` free bytes (JS → kernel). Returns 1 when
-/// ready, 0 after `timeout_ms`, `-RING_CLOSED` when the ring is closed. Runs on a
-/// Deno worker thread, so errors are reported by status only.
-#[no_mangle]
-pub extern "C" fn krepis_ring_wait(ring: u32, need: u32, timeout_ms: u32) -> i32 {
-    call("krepis_ring_wait", || {
-        let ring = RINGS.get(ring)?;
-        match ring.wait_js(need, Duration::from_millis(u64::from(timeout_ms))) {
-            status if status < 0 => Err(KernelError::new(ErrorCode::Closed, "the ring is closed")),
-            status => Ok(status),
-        }
     })
 }
 
@@ -691,6 +623,7 @@ pub(crate) fn test_ring(capacity: u32) -> Arc<Ring> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::ErrorCode;
 
     fn ring(capacity: u32) -> Arc<Ring> {
         test_ring(capacity)

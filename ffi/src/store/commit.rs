@@ -22,9 +22,9 @@ use super::db::{self, Store};
 use super::group::Group;
 use super::journal;
 use super::keys::{data_key, prefixes_for, show_key};
-use super::queue::{closed, encode_result, reply, Completions, Job, Reply};
+use super::queue::{closed, reply, Completions, Job};
 use super::wal::{self, Wal};
-use crate::boundary::{call, in_bytes, out_bytes, write_out};
+use crate::boundary::{call, in_bytes, out_bytes, write_u64};
 use crate::error::{KernelError, KernelResult};
 use crate::proto::{op::Kind, Change, CommitRequest, ErrorCode, JournalRecord};
 use prost::Message;
@@ -359,7 +359,7 @@ pub fn apply(
 /// journaled, durable commit on `tree` and returns at once, writing the
 /// commit's ticket to `out_ticket[0]`. The result arrives through
 /// `krepis_store_completions`, together with every other finished commit:
-/// one wake-up per group, not one per commit.
+/// one event per batch, not one per commit.
 ///
 /// # Safety
 /// `request` must point to `request_len` readable bytes; `out_ticket` to one aligned u64.
@@ -371,73 +371,52 @@ pub unsafe extern "C" fn krepis_store_commit_submit(
     out_ticket: *mut u64,
 ) -> i32 {
     call("krepis_store_commit_submit", || {
-        if out_ticket.is_null() || !out_ticket.is_aligned() {
-            return Err(KernelError::invalid_argument(
-                "out_ticket must point to one aligned u64",
-            ));
-        }
         // SAFETY: forwarded from this function's contract.
         let request = unsafe { in_bytes(request, request_len, "request")? }.to_vec();
         let tree = super::tree::tree(tree)?;
-        let ticket = tree.store.completions.ticket();
-        let job = Job::Commit {
+        let ticket = tree.store.submit(|ticket| Job::Commit {
             request,
             tree: tree.name.clone(),
-            reply: Reply::Ticket(ticket),
-        };
-        if !tree.store.committer.submit(job) {
-            return Err(closed());
-        }
-        // SAFETY: checked non-null and aligned above.
-        unsafe { out_ticket.write(ticket) };
+            ticket,
+        })?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { write_u64(out_ticket, ticket, "out_ticket")? };
         Ok(0)
     })
 }
 
-/// [nonblocking] Waits up to `timeout_ms` for finished commits of the
-/// kernel's store, then writes as many as fit into `out`, each
+/// Writes the kernel's finished commits, flushes and undos into `out`, each
 /// `[ticket u64][length u32][0 u32][krepis.v1.CommitResult]` padded to 8
-/// bytes. Returns the bytes written (0 on timeout); `-CLOSED` once the store
-/// is closed and nothing is left.
+/// bytes, as many as fit, and returns the bytes written. 0 when none is
+/// ready: an `EVENT_COMPLETIONS` announces the next.
 ///
 /// # Safety
 /// `out` must point to `cap` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn krepis_store_completions(
-    kernel: u32,
-    out: *mut u8,
-    cap: u32,
-    timeout_ms: u32,
-) -> i32 {
+pub unsafe extern "C" fn krepis_store_completions(kernel: u32, out: *mut u8, cap: u32) -> i32 {
     call("krepis_store_completions", || {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { out_bytes(out, cap, "out")? };
-        let store = db::of(&*crate::kernel::kernel(kernel)?)?;
-        store.completions.take_into(
-            out,
-            std::time::Duration::from_millis(u64::from(timeout_ms)),
-            || match store.is_closed() {
-                true => Err(closed()),
-                false => Ok(()),
-            },
-        )
+        db::of(&*crate::kernel::kernel(kernel)?)?
+            .completions
+            .take_into(out)
     })
 }
 
-/// [nonblocking] Makes every write so far durable. Writes a
-/// `krepis.v1.CommitResult` into `out` and returns its length.
+/// Queues a flush: makes every write so far durable, including single-key
+/// puts and deletes. Writes its ticket to `out_ticket[0]`; the result (a
+/// `krepis.v1.CommitResult`) arrives through `krepis_store_completions`.
 ///
 /// # Safety
-/// `out` must point to `cap` writable bytes.
+/// `out_ticket` must point to one aligned u64.
 #[no_mangle]
-pub unsafe extern "C" fn krepis_store_flush(kernel: u32, out: *mut u8, cap: u32) -> i32 {
+pub unsafe extern "C" fn krepis_store_flush(kernel: u32, out_ticket: *mut u64) -> i32 {
     call("krepis_store_flush", || {
+        let store = db::of(&*crate::kernel::kernel(kernel)?)?;
+        let ticket = store.submit(|ticket| Job::Flush { ticket })?;
         // SAFETY: forwarded from this function's contract.
-        let out = unsafe { out_bytes(out, cap, "out")? };
-        let result = crate::kernel::kernel(kernel)
-            .and_then(|kernel| db::of(&kernel))
-            .and_then(|store| store.committer.run(|reply| Job::Flush { reply }));
-        write_out(&encode_result(result, "krepis_store_flush"), out)
+        unsafe { write_u64(out_ticket, ticket, "out_ticket")? };
+        Ok(0)
     })
 }
 

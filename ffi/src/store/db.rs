@@ -4,8 +4,9 @@
 //! `super::commit`.
 
 use super::dir;
-use super::queue::{Committer, Completions};
+use super::queue::{closed, Committer, Completions, Job};
 use crate::error::{KernelError, KernelResult};
+use crate::events::EventQueue;
 use crate::kernel::Kernel;
 use crate::proto::{ErrorCode, StoreConfig};
 use std::path::{Path, PathBuf};
@@ -47,13 +48,15 @@ pub struct Store {
 
 impl Store {
     /// Wraps an opened, recovered sled database of `dir` (claimed under
-    /// `registered`) whose next transaction id is `next_tx`.
+    /// `registered`) whose next transaction id is `next_tx`; finished jobs
+    /// are announced on `events`.
     pub fn new(
         db: sled::Db,
         dir: &Path,
         registered: PathBuf,
         next_tx: u64,
         config: &StoreConfig,
+        events: Arc<EventQueue>,
     ) -> Store {
         Store {
             db,
@@ -70,7 +73,7 @@ impl Store {
             commits: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             committer: Committer::default(),
-            completions: Arc::default(),
+            completions: Arc::new(Completions::new(events)),
             closed: AtomicBool::new(false),
             poisoned: Mutex::new(None),
         }
@@ -82,9 +85,18 @@ impl Store {
             return;
         }
         self.committer.stop();
-        self.completions.wake();
         let _ = self.db.flush();
         dir::unregister(&self.registered);
+    }
+
+    /// Queues the job `job(ticket)` for the committer and returns its ticket
+    /// (its result arrives through `krepis_store_completions`).
+    pub fn submit(&self, job: impl FnOnce(u64) -> Job) -> KernelResult<u64> {
+        let ticket = self.completions.ticket();
+        if !self.committer.submit(job(ticket)) {
+            return Err(closed());
+        }
+        Ok(ticket)
     }
 
     pub fn dir(&self) -> &Path {

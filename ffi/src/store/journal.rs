@@ -8,8 +8,8 @@
 use super::db::{self, Store};
 use super::group::Group;
 use super::keys::{data_key, journal_key, prefixes_for, show_key, tx_of, JOURNAL};
-use super::queue::{encode_result, Job};
-use crate::boundary::{call, in_bytes, out_bytes, write_out};
+use super::queue::Job;
+use crate::boundary::{call, in_bytes, out_bytes, write_out, write_u64};
 use crate::error::{KernelError, KernelResult};
 use crate::proto::{
     self, op::Kind, CommitRequest, ErrorCode, JournalBatch, JournalQuery, JournalRecord, Op,
@@ -254,39 +254,34 @@ pub unsafe extern "C" fn krepis_journal_read(
     })
 }
 
-/// [nonblocking] Undoes transaction `tx_id` (an encoded `krepis.v1.UndoRequest`)
-/// as a new durable transaction. Writes a `krepis.v1.CommitResult` (the new
-/// tx id, or a `CONFLICT`/`NOT_FOUND` error) into `out`; returns its length.
+/// Queues the undo of a transaction (an encoded `krepis.v1.UndoRequest`) as
+/// a new durable transaction and writes its ticket to `out_ticket[0]`. The
+/// result (a `krepis.v1.CommitResult`: the new tx id, or a
+/// `CONFLICT`/`NOT_FOUND` error) arrives through `krepis_store_completions`.
 ///
 /// # Safety
-/// `request` must point to `request_len` readable bytes; `out` to `cap` writable bytes.
+/// `request` must point to `request_len` readable bytes; `out_ticket` to one aligned u64.
 #[no_mangle]
 pub unsafe extern "C" fn krepis_journal_undo(
     kernel: u32,
     request: *const u8,
     request_len: u32,
-    out: *mut u8,
-    cap: u32,
+    out_ticket: *mut u64,
 ) -> i32 {
     call("krepis_journal_undo", || {
         // SAFETY: forwarded from this function's contract.
-        let (request, out) = unsafe {
-            (
-                in_bytes(request, request_len, "request")?,
-                out_bytes(out, cap, "out")?,
-            )
-        };
-        let result = (|| -> KernelResult<u64> {
-            let request = UndoRequest::decode(request).map_err(|error| {
-                KernelError::invalid_argument(format!("not a krepis.v1.UndoRequest: {error}"))
-            })?;
-            let store = db::of(&*crate::kernel::kernel(kernel)?)?;
-            store.committer.run(|reply| Job::Undo {
-                tx_id: request.tx_id,
-                ctx: request.ctx,
-                reply,
-            })
-        })();
-        write_out(&encode_result(result, "krepis_journal_undo"), out)
+        let request = unsafe { in_bytes(request, request_len, "request")? };
+        let request = UndoRequest::decode(request).map_err(|error| {
+            KernelError::invalid_argument(format!("not a krepis.v1.UndoRequest: {error}"))
+        })?;
+        let store = db::of(&*crate::kernel::kernel(kernel)?)?;
+        let ticket = store.submit(|ticket| Job::Undo {
+            tx_id: request.tx_id,
+            ctx: request.ctx,
+            ticket,
+        })?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { write_u64(out_ticket, ticket, "out_ticket")? };
+        Ok(0)
     })
 }

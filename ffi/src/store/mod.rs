@@ -29,6 +29,7 @@ pub mod watch;
 pub use db::Store;
 
 use crate::error::KernelResult;
+use crate::events::EventQueue;
 use crate::kernel::Kernel;
 use crate::proto::{StoreConfig, StoreStats};
 use dir::{corrupt, sled_error};
@@ -46,7 +47,7 @@ pub fn open_for(kernel: &Kernel, config: &StoreConfig) -> KernelResult<()> {
     let Some(data_dir) = kernel.data_dir() else {
         return Ok(());
     };
-    let store = open(data_dir, config)?;
+    let store = open(data_dir, config, kernel.events())?;
     kernel.attach(store);
     Ok(())
 }
@@ -77,10 +78,14 @@ pub fn stats_of(kernel: &Kernel) -> Option<StoreStats> {
     })
 }
 
-fn open(data_dir: &Path, config: &StoreConfig) -> KernelResult<Arc<Store>> {
+fn open(
+    data_dir: &Path,
+    config: &StoreConfig,
+    events: &Arc<EventQueue>,
+) -> KernelResult<Arc<Store>> {
     let ours = dir::inspect(data_dir)?;
     let registered = dir::register(data_dir)?;
-    let opened = open_registered(data_dir, config, ours, registered.clone());
+    let opened = open_registered(data_dir, config, ours, registered.clone(), events);
     if opened.is_err() {
         dir::unregister(&registered);
     }
@@ -92,6 +97,7 @@ fn open_registered(
     config: &StoreConfig,
     ours: bool,
     registered: PathBuf,
+    events: &Arc<EventQueue>,
 ) -> KernelResult<Arc<Store>> {
     let path = data_dir.join(dir::STORE_DIR);
     if ours && !path.is_dir() {
@@ -190,7 +196,14 @@ fn open_registered(
             .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
             .map_or(0, u64::from_be_bytes),
     );
-    let store = Arc::new(Store::new(db, data_dir, registered, next_tx, config));
+    let store = Arc::new(Store::new(
+        db,
+        data_dir,
+        registered,
+        next_tx,
+        config,
+        Arc::clone(events),
+    ));
     commit::start(&store, log)?;
     journal::prune(&store)?;
     Ok(store)

@@ -1,105 +1,101 @@
-//! The queue between callers and the committer thread: the jobs it runs,
-//! where their results go (a blocked caller, or the completion queue JS
-//! drains once per batch), and how results are encoded for JS.
+//! The queue between JS and the committer thread: the jobs it runs (each
+//! under a ticket), the completion queue their results go to (JS drains it
+//! once per batch, woken by one event), and how results are encoded for JS.
 
 use crate::error::{KernelError, KernelResult};
+use crate::events::{EventQueue, EVENT_COMPLETIONS};
 use crate::proto::{self, CommitResult, ErrorCode};
 use prost::Message;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
 
-/// What the committer does for a caller.
+/// What the committer does for JS; the result goes to the completion queue
+/// under the job's ticket.
 pub enum Job {
     Commit {
         /// Encoded `krepis.v1.CommitRequest`, decoded on the committer thread.
         request: Vec<u8>,
         tree: String,
-        reply: Reply,
+        ticket: u64,
     },
     Undo {
         tx_id: u64,
         ctx: Option<proto::Context>,
-        reply: Reply,
+        ticket: u64,
     },
     /// Make everything durable, including unjournaled puts (a sled flush).
-    Flush { reply: Reply },
+    Flush { ticket: u64 },
 }
 
 impl Job {
-    fn into_reply(self) -> Reply {
+    fn ticket(&self) -> u64 {
         match self {
-            Job::Commit { reply, .. } | Job::Undo { reply, .. } | Job::Flush { reply } => reply,
+            Job::Commit { ticket, .. } | Job::Undo { ticket, .. } | Job::Flush { ticket } => {
+                *ticket
+            }
         }
     }
-}
 
-/// Where a job's result goes.
-pub enum Reply {
-    /// A thread blocked in [`Committer::run`].
-    Channel(SyncSender<KernelResult<u64>>),
-    /// The store's completion queue, under this ticket (see `krepis_store_completions`).
-    Ticket(u64),
+    /// The export a result names as its operation.
+    fn operation(&self) -> &'static str {
+        match self {
+            Job::Commit { .. } => "krepis_store_commit_submit",
+            Job::Undo { .. } => "krepis_journal_undo",
+            Job::Flush { .. } => "krepis_store_flush",
+        }
+    }
 }
 
 /// Bytes of one completion's header in `krepis_store_completions` output.
 pub const COMPLETION_HEADER_BYTES: u32 = 16;
 
-/// Finished tickets waiting for JS to collect them, one wake-up per batch.
-#[derive(Default)]
+/// Finished tickets waiting for JS to collect them: one event (and at most
+/// one wake-up) per batch, posted when the first result of a batch arrives.
 pub struct Completions {
     ready: Mutex<Vec<(u64, Vec<u8>)>>,
-    available: Condvar,
+    events: Arc<EventQueue>,
     next_ticket: AtomicU64,
     /// The flusher is syncing a group right now.
     pub(crate) syncing: AtomicBool,
 }
 
 impl Completions {
+    /// Completions announced on the kernel's `events`.
+    pub fn new(events: Arc<EventQueue>) -> Completions {
+        Completions {
+            ready: Mutex::new(Vec::new()),
+            events,
+            next_ticket: AtomicU64::new(0),
+            syncing: AtomicBool::new(false),
+        }
+    }
+
     /// A new ticket for a submitted job.
     pub fn ticket(&self) -> u64 {
         self.next_ticket.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn push(&self, ticket: u64, result: KernelResult<u64>) {
-        let encoded = encode_result(result, "krepis_store_commit");
-        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
-        ready.push((ticket, encoded));
-        if ready.len() == 1 {
-            self.available.notify_all();
+    fn push(&self, ticket: u64, result: KernelResult<u64>, operation: &str) {
+        let encoded = encode_result(result, operation);
+        let first = {
+            let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+            ready.push((ticket, encoded));
+            ready.len() == 1
+        };
+        if first {
+            self.events.push(EVENT_COMPLETIONS, 0);
         }
     }
 
-    /// Wakes a waiter (e.g. because the store closed).
-    pub fn wake(&self) {
-        let _ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
-        self.available.notify_all();
-    }
-
-    /// Waits up to `timeout` for finished jobs, then writes as many as fit
-    /// into `out`, each `[ticket u64][length u32][0 u32][krepis.v1.CommitResult]`
-    /// padded to 8 bytes. Returns the bytes written (0 on timeout); `Err`
-    /// from `closed` when nothing is ready and it says the store closed.
-    pub fn take_into(
-        &self,
-        out: &mut [u8],
-        timeout: Duration,
-        closed: impl Fn() -> KernelResult<()>,
-    ) -> KernelResult<i32> {
-        let deadline = Instant::now() + timeout;
+    /// Writes as many finished jobs as fit into `out`, each
+    /// `[ticket u64][length u32][0 u32][krepis.v1.CommitResult]` padded to 8
+    /// bytes, and returns the bytes written (0 when none is ready; the next
+    /// one posts an `EVENT_COMPLETIONS`).
+    pub fn take_into(&self, out: &mut [u8]) -> KernelResult<i32> {
         let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
-        while ready.is_empty() {
-            closed()?;
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(0);
-            }
-            ready = self
-                .available
-                .wait_timeout(ready, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+        if ready.is_empty() {
+            return Ok(0);
         }
         let mut written = 0usize;
         let mut taken = 0usize;
@@ -125,14 +121,9 @@ impl Completions {
     }
 }
 
-/// Answers a job: wakes its blocked caller or queues its completion.
+/// Answers a job: queues its result for JS.
 pub fn reply(completions: &Completions, job: Job, result: KernelResult<u64>) {
-    match job.into_reply() {
-        Reply::Channel(sender) => {
-            let _ = sender.send(result);
-        }
-        Reply::Ticket(ticket) => completions.push(ticket, result),
-    }
+    completions.push(job.ticket(), result, job.operation());
 }
 
 /// The store's connection to its committer thread.
@@ -149,26 +140,7 @@ impl Committer {
         *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
     }
 
-    /// Sends a job and waits for its (durable) result.
-    pub fn run(&self, job: impl FnOnce(Reply) -> Job) -> KernelResult<u64> {
-        let (reply, result) = sync_channel(1);
-        let reply = Reply::Channel(reply);
-        let sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(closed)?;
-        sender.send(job(reply)).map_err(|_| closed())?;
-        result.recv().map_err(|_| {
-            KernelError::new(
-                ErrorCode::Closed,
-                "the store closed before the commit finished",
-            )
-        })?
-    }
-
-    /// Queues a job without waiting; false when the store is closed.
+    /// Queues a job; false when the store is closed.
     pub fn submit(&self, job: Job) -> bool {
         let sender = self
             .sender

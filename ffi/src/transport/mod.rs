@@ -31,7 +31,6 @@ pub mod tls;
 
 use crate::boundary::{call, in_bytes, out_bytes, write_out};
 use crate::error::{KernelError, KernelResult};
-use crate::events::EventQueue;
 use crate::kernel::kernel;
 use crate::proto::{ConnectRequest, DevCertificateRequest, ErrorCode, ListenRequest, ListenerInfo};
 use endpoint::{Transport, TRANSPORTS};
@@ -116,7 +115,6 @@ pub fn release_owned(kernel_id: u64) {
                 .values()
                 .cloned(),
         );
-        transport.events.close();
         runtime = Some(transport.runtime.clone());
     }
     for endpoint in &endpoints {
@@ -147,7 +145,8 @@ async fn wait_all<F: std::future::Future>(futures: impl Iterator<Item = F>) {
     }
 }
 
-/// Creates the kernel's transport (its event queue); writes the handle to `out`.
+/// Creates the kernel's transport (its client endpoints, pending connects);
+/// writes the handle to `out`. Its events go to the kernel's event queue.
 ///
 /// # Safety
 /// `out` must point to a writable, aligned `u32`.
@@ -163,7 +162,7 @@ pub unsafe extern "C" fn krepis_transport_open(kernel_handle: u32, out: *mut u32
         let transport = Transport {
             kernel_id: owner.id(),
             runtime: owner.runtime_handle()?,
-            events: Arc::new(EventQueue::default()),
+            events: Arc::clone(owner.events()),
             clients: Mutex::new(HashMap::new()),
             connects: Mutex::new(HashMap::new()),
             next_connect: AtomicU32::new(1),
@@ -171,46 +170,6 @@ pub unsafe extern "C" fn krepis_transport_open(kernel_handle: u32, out: *mut u32
         let handle = TRANSPORTS.insert(Arc::new(transport))?;
         // SAFETY: checked non-null and aligned; the caller guarantees a u32.
         unsafe { out.write(handle) };
-        Ok(0)
-    })
-}
-
-/// [nonblocking] Waits up to `timeout_ms` for transport events and writes up
-/// to `cap / 8` of them (`[kind u32][handle u32]`) into `out`. Returns how
-/// many (0 on timeout or wake). Runs on a Deno worker thread: errors are
-/// reported by status only.
-///
-/// # Safety
-/// `out` must be null or point to `cap` writable bytes that JS leaves alone
-/// until the call returns.
-#[no_mangle]
-pub unsafe extern "C" fn krepis_transport_wait(
-    transport: u32,
-    out: *mut u8,
-    cap: u32,
-    timeout_ms: u32,
-) -> i32 {
-    call("krepis_transport_wait", || {
-        let transport = TRANSPORTS.get(transport)?;
-        // SAFETY: forwarded from this function's contract.
-        let out = unsafe { out_bytes(out, cap, "out")? };
-        if transport.events.is_closed() {
-            return Err(KernelError::new(
-                ErrorCode::Closed,
-                "the transport is closed",
-            ));
-        }
-        transport
-            .events
-            .wait(out, Duration::from_millis(u64::from(timeout_ms)))
-    })
-}
-
-/// Makes a pending `krepis_transport_wait` return now.
-#[no_mangle]
-pub extern "C" fn krepis_transport_wake(transport: u32) -> i32 {
-    call("krepis_transport_wake", || {
-        TRANSPORTS.get(transport)?.events.wake();
         Ok(0)
     })
 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 pub(super) static LINKS: HandleTable<Link> = HandleTable::new(HandleKind::Link);
 
-/// Checks the two rings JS made for a link and routes their wake-ups
-/// through the transport's event queue.
+/// Checks the two rings JS made for a link (of the transport's kernel, the
+/// right directions, large enough) and claims them.
 pub fn link_rings(
     transport: &Transport,
     recv_ring: u32,
@@ -24,6 +24,11 @@ pub fn link_rings(
 ) -> KernelResult<(Arc<Ring>, Arc<Ring>)> {
     let receive = ring(recv_ring)?;
     let send = ring(send_ring)?;
+    if receive.kernel_id() != transport.kernel_id || send.kernel_id() != transport.kernel_id {
+        return Err(KernelError::invalid_argument(
+            "a link's rings must belong to the transport's kernel",
+        ));
+    }
     if receive.direction() != Direction::ToJs || send.direction() != Direction::ToKernel {
         return Err(KernelError::invalid_argument(
             "a link needs a kernel → JS ring to receive and a JS → kernel ring to send",
@@ -38,8 +43,6 @@ pub fn link_rings(
     }
     receive.claim()?;
     send.claim()?;
-    receive.attach_events(Arc::clone(&transport.events), recv_ring)?;
-    send.attach_events(Arc::clone(&transport.events), send_ring)?;
     Ok((receive, send))
 }
 
