@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "3da2583104626ae6d1ab462e77b8c47c3a2d0226b5c025171ac3d10ef91ec476";
+export const ABI_HASH = "37651fbc21fc09b063b20e6b5e0348d4573eb7fb892348871162aef59a604d58";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -79,6 +79,7 @@ export const KREPIS_HTTP_TO_KERNEL_BODY = 2;
 export const KREPIS_HTTP_TO_KERNEL_CREDIT = 3;
 export const KREPIS_HTTP_TO_KERNEL_ABORT = 4;
 export const KREPIS_HTTP_FLAG_END = 1;
+export const KREPIS_HTTP_FLAG_INLINE_BODY = 2;
 export const KREPIS_HTTP_FLAG_HAS_BODY = 1;
 export const KREPIS_HTTP_FLAG_HTTP2 = 2;
 export const KREPIS_HTTP_BODY_WINDOW = 65536;

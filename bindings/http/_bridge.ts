@@ -16,6 +16,7 @@ import {
   KREPIS_HTTP_FLAG_END,
   KREPIS_HTTP_FLAG_HAS_BODY,
   KREPIS_HTTP_FLAG_HTTP2,
+  KREPIS_HTTP_FLAG_INLINE_BODY,
   KREPIS_HTTP_RING_BYTES,
   KREPIS_HTTP_TO_JS_ABORT,
   KREPIS_HTTP_TO_JS_BODY,
@@ -24,7 +25,6 @@ import {
   KREPIS_HTTP_TO_KERNEL_ABORT,
   KREPIS_HTTP_TO_KERNEL_BODY,
   KREPIS_HTTP_TO_KERNEL_CREDIT,
-  KREPIS_HTTP_TO_KERNEL_RESPONSE,
 } from "../_gen/symbols.ts";
 import type { KernelOwner } from "../_owner.ts";
 import { TurnBudget } from "../_events.ts";
@@ -241,8 +241,6 @@ export class HttpBridge {
   /** The last Host that passed the authority check (clients repeat theirs). */
   #validHost = "";
   #stopped = false;
-  /** Scratch for encoding response heads (grown when a head is larger). */
-  #scratch = new Uint8Array(16 * 1024);
   readonly #visit: (data: Uint8Array, offset: number, length: number, tag: number) => void;
 
   constructor(owner: KernelOwner, rings: HttpRings, options: HttpBridgeOptions) {
@@ -533,21 +531,26 @@ export class HttpBridge {
 
   #respondStatic(exchange: Exchange, status: number, body: Uint8Array): void {
     if (exchange.over) return;
-    const bodyless = body.length === 0 || exchange.head;
-    this.#writeHead(
+    this.#respondComplete(
       exchange,
       status,
       `content-type: text/plain;charset=UTF-8\r\ncontent-length: ${body.length}\r\n`,
-      bodyless,
+      exchange.head ? EMPTY : body,
     );
-    if (bodyless) this.#complete(exchange);
-    else this.#putWholeBody(exchange, body);
   }
 
-  /** Ends the response with `bytes` as its whole body, one record within the credit window. */
-  #putWholeBody(exchange: Exchange, bytes: Uint8Array): void {
-    this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, KREPIS_HTTP_FLAG_END, 0, bytes);
-    exchange.window -= bytes.length;
+  /**
+   * Sends a complete response in one record: head and (within the credit
+   * window) the whole body.
+   */
+  #respondComplete(exchange: Exchange, status: number, lines: string, body: Uint8Array): void {
+    if (exchange.abortReason === null) {
+      const flags = body.length === 0
+        ? KREPIS_HTTP_FLAG_END
+        : KREPIS_HTTP_FLAG_END | KREPIS_HTTP_FLAG_INLINE_BODY;
+      this.#records.putResponse(exchange.id, status, flags, lines, body);
+      exchange.window -= body.length;
+    }
     this.#complete(exchange);
   }
 
@@ -607,21 +610,17 @@ export class HttpBridge {
     }
     if (body === null || exchange.head || isBodyless(status)) {
       if (!hasLength && !exchange.head && !isBodyless(status)) lines += "content-length: 0\r\n";
-      this.#writeHead(exchange, status, lines, true);
-      this.#complete(exchange);
+      this.#respondComplete(exchange, status, lines, EMPTY);
       return;
     }
     const bytes = typeof body === "string" ? encoder.encode(body) : body;
     if (!hasLength) lines += `content-length: ${bytes.length}\r\n`;
-    this.#writeHead(exchange, status, lines, bytes.length === 0);
-    if (bytes.length === 0) {
-      this.#complete(exchange);
-      return;
-    }
     if (bytes.length <= exchange.window) {
-      this.#putWholeBody(exchange, bytes);
+      // The common case: one record, no promise.
+      this.#respondComplete(exchange, status, lines, bytes);
       return;
     }
+    this.#writeHead(exchange, status, lines, false);
     void this.#sendChunk(exchange, bytes, true).then((sent) => {
       if (sent) this.#complete(exchange);
     });
@@ -692,7 +691,7 @@ export class HttpBridge {
       }
       // The head is out: the kernel aborts the response (HTTP/1 closes the
       // connection, HTTP/2 resets the stream).
-      this.#put(KREPIS_HTTP_TO_KERNEL_ABORT, exchange, 0, 0, EMPTY);
+      this.#put(KREPIS_HTTP_TO_KERNEL_ABORT, exchange, 0, EMPTY);
       this.#complete(exchange);
     }
   }
@@ -705,7 +704,7 @@ export class HttpBridge {
     if (bytes.length === 0) {
       if (!last) return !exchange.over;
       if (exchange.over) return false;
-      this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, KREPIS_HTTP_FLAG_END, 0, EMPTY);
+      this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, KREPIS_HTTP_FLAG_END, EMPTY);
       return true;
     }
     let offset = 0;
@@ -718,27 +717,22 @@ export class HttpBridge {
       }
       const end = offset + take;
       const flags = last && end === bytes.length ? KREPIS_HTTP_FLAG_END : 0;
-      this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, flags, 0, bytes.subarray(offset, end));
+      this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, flags, bytes.subarray(offset, end));
       exchange.window -= take;
       offset = end;
     }
     return true;
   }
 
+  /** Sends a response head (its body, if any, follows in BODY records). */
   #writeHead(exchange: Exchange, status: number, lines: string, complete: boolean): void {
-    let scratch = this.#scratch;
-    if (lines.length * 3 > scratch.length) {
-      scratch = this.#scratch = new Uint8Array(lines.length * 3);
-    }
-    const { written } = encoder.encodeInto(lines, scratch);
-    // Copied again when the record has to wait for ring space (rare).
-    this.#put(
-      KREPIS_HTTP_TO_KERNEL_RESPONSE,
-      exchange,
+    if (exchange.abortReason !== null) return;
+    this.#records.putResponse(
+      exchange.id,
       status,
       complete ? KREPIS_HTTP_FLAG_END : 0,
-      scratch.subarray(0, written),
-      true,
+      lines,
+      EMPTY,
     );
   }
 
@@ -777,17 +771,10 @@ export class HttpBridge {
     this.#records.put(KREPIS_HTTP_TO_KERNEL_CREDIT, id, bytes, 0, 2, EMPTY);
   }
 
-  /** Writes (or queues) a record of `exchange`; RESPONSE has three head words. */
-  #put(
-    tag: number,
-    exchange: Exchange,
-    word1: number,
-    word2: number,
-    payload: Uint8Array,
-    response = false,
-  ): void {
+  /** Writes (or queues) a BODY or ABORT record of `exchange`. */
+  #put(tag: number, exchange: Exchange, word1: number, payload: Uint8Array): void {
     if (exchange.abortReason !== null) return;
-    this.#records.put(tag, exchange.id, word1, word2, response ? 3 : 2, payload);
+    this.#records.put(tag, exchange.id, word1, 0, 2, payload);
   }
 
   /** The kernel stopped the server (or closed): fail what is still open. */

@@ -54,7 +54,8 @@
 // Kernel → JS record: the request is over (`[id][reason]`).
 #define KREPIS_HTTP_TO_JS_ABORT 4
 
-// JS → kernel record: the response head (`[id][status][flags]` + header lines).
+// JS → kernel record: the response head (`[id][status][flags][lines length]`
+// + header lines, + the whole body with `HTTP_FLAG_INLINE_BODY`).
 #define KREPIS_HTTP_TO_KERNEL_RESPONSE 1
 
 // JS → kernel record: response body bytes (`[id][flags]` + bytes).
@@ -68,6 +69,10 @@
 
 // Flag of BODY, RESPONSE_BODY and RESPONSE records: nothing follows.
 #define KREPIS_HTTP_FLAG_END 1
+
+// Flag of RESPONSE records: the whole body follows the header lines (the
+// response is complete; set together with `HTTP_FLAG_END`).
+#define KREPIS_HTTP_FLAG_INLINE_BODY 2
 
 // Flag of REQUEST records: BODY records follow.
 #define KREPIS_HTTP_FLAG_HAS_BODY 1

@@ -6,9 +6,9 @@
 //! request's task.
 
 use super::protocol::{
-    HTTP_ABORT_STOPPING, HTTP_FLAG_END, HTTP_TO_JS_ABORT, HTTP_TO_JS_BODY, HTTP_TO_JS_CREDIT,
-    HTTP_TO_JS_REQUEST, HTTP_TO_KERNEL_ABORT, HTTP_TO_KERNEL_BODY, HTTP_TO_KERNEL_CREDIT,
-    HTTP_TO_KERNEL_RESPONSE,
+    HTTP_ABORT_STOPPING, HTTP_FLAG_END, HTTP_FLAG_INLINE_BODY, HTTP_TO_JS_ABORT, HTTP_TO_JS_BODY,
+    HTTP_TO_JS_CREDIT, HTTP_TO_JS_REQUEST, HTTP_TO_KERNEL_ABORT, HTTP_TO_KERNEL_BODY,
+    HTTP_TO_KERNEL_CREDIT, HTTP_TO_KERNEL_RESPONSE,
 };
 use crate::ring::{Consumer, Producer, Ring};
 use bytes::Bytes;
@@ -138,24 +138,44 @@ impl Bridge {
         }
         let word = |at: usize| u32::from_le_bytes(payload[at..at + 4].try_into().unwrap());
         let id = word(0);
-        let message = match tag {
-            HTTP_TO_KERNEL_RESPONSE if payload.len() >= 12 => FromJs::Response {
-                status: word(4).min(u32::from(u16::MAX)) as u16,
-                end: word(8) & HTTP_FLAG_END != 0,
-                headers: Bytes::copy_from_slice(&payload[12..]),
-            },
-            HTTP_TO_KERNEL_BODY => FromJs::Body {
-                end: word(4) & HTTP_FLAG_END != 0,
-                data: Bytes::copy_from_slice(&payload[8..]),
-            },
-            HTTP_TO_KERNEL_CREDIT => FromJs::Credit(word(4)),
-            HTTP_TO_KERNEL_ABORT => FromJs::Abort,
-            _ => return,
-        };
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         // An unknown id is a request already over (aborted): ignore.
-        if let Some(sender) = requests.get(&id) {
-            let _ = sender.send(message);
+        let Some(sender) = requests.get(&id) else {
+            return;
+        };
+        match tag {
+            HTTP_TO_KERNEL_RESPONSE if payload.len() >= 16 => {
+                let flags = word(8);
+                let lines_end = 16usize.saturating_add(word(12) as usize).min(payload.len());
+                // One copy out of the ring; the head and the body share it.
+                let record = Bytes::copy_from_slice(&payload[16..]);
+                let headers = record.slice(..lines_end - 16);
+                let inline = flags & HTTP_FLAG_INLINE_BODY != 0;
+                let _ = sender.send(FromJs::Response {
+                    status: word(4).min(u32::from(u16::MAX)) as u16,
+                    end: flags & HTTP_FLAG_END != 0 && !inline,
+                    headers,
+                });
+                if inline {
+                    let _ = sender.send(FromJs::Body {
+                        end: true,
+                        data: record.slice(lines_end - 16..),
+                    });
+                }
+            }
+            HTTP_TO_KERNEL_BODY => {
+                let _ = sender.send(FromJs::Body {
+                    end: word(4) & HTTP_FLAG_END != 0,
+                    data: Bytes::copy_from_slice(&payload[8..]),
+                });
+            }
+            HTTP_TO_KERNEL_CREDIT => {
+                let _ = sender.send(FromJs::Credit(word(4)));
+            }
+            HTTP_TO_KERNEL_ABORT => {
+                let _ = sender.send(FromJs::Abort);
+            }
+            _ => {}
         }
     }
 }
