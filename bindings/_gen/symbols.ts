@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "37651fbc21fc09b063b20e6b5e0348d4573eb7fb892348871162aef59a604d58";
+export const ABI_HASH = "220cb0beca6be631e5ae7c1f874153b79b672b89f108384f872b51b513709833";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -82,6 +82,7 @@ export const KREPIS_HTTP_FLAG_END = 1;
 export const KREPIS_HTTP_FLAG_INLINE_BODY = 2;
 export const KREPIS_HTTP_FLAG_HAS_BODY = 1;
 export const KREPIS_HTTP_FLAG_HTTP2 = 2;
+export const KREPIS_HTTP_FLAG_ASCII = 4;
 export const KREPIS_HTTP_BODY_WINDOW = 65536;
 export const KREPIS_HTTP_ABORT_CLIENT_GONE = 1;
 export const KREPIS_HTTP_ABORT_TIMEOUT = 2;

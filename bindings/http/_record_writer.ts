@@ -10,6 +10,11 @@
 import { KREPIS_HTTP_TO_KERNEL_RESPONSE } from "../_gen/symbols.ts";
 import { recordSize, type RingWriter } from "../_ring.ts";
 
+/** Writes `text` at `offset`, one byte per code unit (code units are below 256). */
+function writeByteString(data: Uint8Array, offset: number, text: string): void {
+  for (let index = 0; index < text.length; index++) data[offset + index] = text.charCodeAt(index);
+}
+
 /** A record waiting for ring space. */
 interface Pending {
   tag: number;
@@ -69,9 +74,16 @@ export class RecordWriter {
   /**
    * Writes a RESPONSE record, `[id][status][flags][lines length]` then the
    * header `lines` as a byte string (each code unit one byte, as headers
-   * are) and `body`, straight into the ring: one copy of each.
+   * are) and `body` (bytes, or an ASCII string: one byte per code unit),
+   * straight into the ring: one copy of each.
    */
-  putResponse(id: number, status: number, flags: number, lines: string, body: Uint8Array): void {
+  putResponse(
+    id: number,
+    status: number,
+    flags: number,
+    lines: string,
+    body: Uint8Array | string,
+  ): void {
     const writer = this.#ring;
     if (this.#stopped || writer.detached) return;
     const length = lines.length;
@@ -86,15 +98,17 @@ export class RecordWriter {
         words[word + 3] = length;
         const data = writer.data;
         const start = offset + 16;
-        for (let index = 0; index < length; index++) data[start + index] = lines.charCodeAt(index);
-        if (body.length > 0) data.set(body, start + length);
+        writeByteString(data, start, lines);
+        if (typeof body === "string") writeByteString(data, start + length, body);
+        else if (body.length > 0) data.set(body, start + length);
         this.#scheduleFlush();
         return;
       }
     }
     const payload = new Uint8Array(length + body.length);
-    for (let index = 0; index < length; index++) payload[index] = lines.charCodeAt(index);
-    payload.set(body, length);
+    writeByteString(payload, 0, lines);
+    if (typeof body === "string") writeByteString(payload, length, body);
+    else payload.set(body, length);
     this.#queue({
       tag: KREPIS_HTTP_TO_KERNEL_RESPONSE,
       id,

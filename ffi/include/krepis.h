@@ -80,6 +80,10 @@
 // Flag of REQUEST records: the request came over HTTP/2.
 #define KREPIS_HTTP_FLAG_HTTP2 2
 
+// Flag of REQUEST records: every byte of the text is ASCII (JS may decode
+// it as UTF-8, which is faster than reading it byte by byte).
+#define KREPIS_HTTP_FLAG_ASCII 4
+
 // Body bytes either side may send ahead of the other side's credit, per request.
 #define KREPIS_HTTP_BODY_WINDOW 65536
 

@@ -6,9 +6,9 @@
 //! request's task.
 
 use super::protocol::{
-    HTTP_ABORT_STOPPING, HTTP_FLAG_END, HTTP_FLAG_INLINE_BODY, HTTP_TO_JS_ABORT, HTTP_TO_JS_BODY,
-    HTTP_TO_JS_CREDIT, HTTP_TO_JS_REQUEST, HTTP_TO_KERNEL_ABORT, HTTP_TO_KERNEL_BODY,
-    HTTP_TO_KERNEL_CREDIT, HTTP_TO_KERNEL_RESPONSE,
+    HTTP_ABORT_STOPPING, HTTP_FLAG_ASCII, HTTP_FLAG_END, HTTP_FLAG_INLINE_BODY, HTTP_TO_JS_ABORT,
+    HTTP_TO_JS_BODY, HTTP_TO_JS_CREDIT, HTTP_TO_JS_REQUEST, HTTP_TO_KERNEL_ABORT,
+    HTTP_TO_KERNEL_BODY, HTTP_TO_KERNEL_CREDIT, HTTP_TO_KERNEL_RESPONSE,
 };
 use crate::ring::{Consumer, Producer, Ring};
 use bytes::Bytes;
@@ -86,6 +86,11 @@ impl Bridge {
 
     /// Registers a request; `None` once the bridge stopped.
     pub fn open(self: &Arc<Self>, flags: u32, head: Vec<u8>) -> Option<JsRequest> {
+        let flags = if head.is_ascii() {
+            flags | HTTP_FLAG_ASCII
+        } else {
+            flags
+        };
         let (sender, receiver) = mpsc::unbounded_channel();
         let id = loop {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);

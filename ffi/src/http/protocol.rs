@@ -29,6 +29,9 @@ pub const HTTP_FLAG_INLINE_BODY: u32 = 2;
 pub const HTTP_FLAG_HAS_BODY: u32 = 1;
 /// Flag of REQUEST records: the request came over HTTP/2.
 pub const HTTP_FLAG_HTTP2: u32 = 2;
+/// Flag of REQUEST records: every byte of the text is ASCII (JS may decode
+/// it as UTF-8, which is faster than reading it byte by byte).
+pub const HTTP_FLAG_ASCII: u32 = 4;
 /// Body bytes either side may send ahead of the other side's credit, per request.
 pub const HTTP_BODY_WINDOW: u32 = 65536;
 /// ABORT reason: the client went away.
