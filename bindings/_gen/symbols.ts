@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "3da2583104626ae6d1ab462e77b8c47c3a2d0226b5c025171ac3d10ef91ec476";
+export const ABI_HASH = "c0a73f3f4a70bb26e9568e440cffd5619d628594aac6e00c3406197c96528ae3";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -14,8 +14,8 @@ export const symbols = {
   krepis_events_wait: { parameters: ["u32", "u32"], result: "i32", nonblocking: true },
   krepis_guard_close: { parameters: ["u32"], result: "i32" },
   krepis_guard_kill: { parameters: ["u32"], result: "i32" },
+  krepis_guard_result: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_guard_spawn: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer"], result: "i32" },
-  krepis_guard_wait: { parameters: ["u32", "u32", "buffer", "u32"], result: "i32", nonblocking: true },
   krepis_http_free: { parameters: ["u32"], result: "i32" },
   krepis_http_serve: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer", "u32"], result: "i32" },
   krepis_http_shutdown: { parameters: ["u32", "u32"], result: "i32" },
@@ -68,7 +68,12 @@ export const KREPIS_EVENT_LISTENER = 2;
 export const KREPIS_EVENT_CONNECT = 3;
 export const KREPIS_EVENT_LINK_CLOSED = 4;
 export const KREPIS_EVENT_COMPLETIONS = 5;
+export const KREPIS_EVENT_GUARD = 6;
 export const KREPIS_EVENT_RECORD_BYTES = 8;
+export const KREPIS_NOBODY = 65534;
+export const KREPIS_CLONE_NEWTIME = 128;
+export const KREPIS_SOCK_TYPE_MASK = 15;
+export const KREPIS_SYS_FCHMODAT2 = 452;
 export const KREPIS_MAX_REPORTED_VIOLATIONS = 64;
 export const KREPIS_HTTP_TO_JS_REQUEST = 1;
 export const KREPIS_HTTP_TO_JS_BODY = 2;
