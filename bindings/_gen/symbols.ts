@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "220cb0beca6be631e5ae7c1f874153b79b672b89f108384f872b51b513709833";
+export const ABI_HASH = "b3f5863f218a7ca0bb42d66274c9e8ada15a5ebb913c7a01e68422d6b2bef9a6";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -14,8 +14,8 @@ export const symbols = {
   krepis_events_wait: { parameters: ["u32", "u32"], result: "i32", nonblocking: true },
   krepis_guard_close: { parameters: ["u32"], result: "i32" },
   krepis_guard_kill: { parameters: ["u32"], result: "i32" },
+  krepis_guard_result: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_guard_spawn: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer"], result: "i32" },
-  krepis_guard_wait: { parameters: ["u32", "u32", "buffer", "u32"], result: "i32", nonblocking: true },
   krepis_http_free: { parameters: ["u32"], result: "i32" },
   krepis_http_serve: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer", "u32"], result: "i32" },
   krepis_http_shutdown: { parameters: ["u32", "u32"], result: "i32" },
@@ -68,7 +68,12 @@ export const KREPIS_EVENT_LISTENER = 2;
 export const KREPIS_EVENT_CONNECT = 3;
 export const KREPIS_EVENT_LINK_CLOSED = 4;
 export const KREPIS_EVENT_COMPLETIONS = 5;
+export const KREPIS_EVENT_GUARD = 6;
 export const KREPIS_EVENT_RECORD_BYTES = 8;
+export const KREPIS_NOBODY = 65534;
+export const KREPIS_CLONE_NEWTIME = 128;
+export const KREPIS_SOCK_TYPE_MASK = 15;
+export const KREPIS_SYS_FCHMODAT2 = 452;
 export const KREPIS_MAX_REPORTED_VIOLATIONS = 64;
 export const KREPIS_HTTP_TO_JS_REQUEST = 1;
 export const KREPIS_HTTP_TO_JS_BODY = 2;
