@@ -44,9 +44,16 @@ pub enum FromJs {
     Abort,
 }
 
+/// Where the records JS sends for a request go: `(request id, record)`.
+/// One channel may serve many requests in turn (an HTTP/1 connection keeps
+/// its own), so a receiver skips records of ids it is not serving.
+pub type FromJsSender = mpsc::UnboundedSender<(u32, FromJs)>;
+/// The receiving side of a [`FromJsSender`].
+pub type FromJsReceiver = mpsc::UnboundedReceiver<(u32, FromJs)>;
+
 pub struct Bridge {
     outbox: Mutex<Option<mpsc::UnboundedSender<ToJs>>>,
-    requests: Mutex<HashMap<u32, mpsc::UnboundedSender<FromJs>>>,
+    requests: Mutex<HashMap<u32, FromJsSender>>,
     next_id: AtomicU32,
     pub in_flight: AtomicU64,
 }
@@ -84,14 +91,19 @@ impl Bridge {
         }
     }
 
-    /// Registers a request; `None` once the bridge stopped.
-    pub fn open(self: &Arc<Self>, flags: u32, head: Vec<u8>) -> Option<JsRequest> {
+    /// Registers a request whose records from JS go to `sender`; `None` once
+    /// the bridge stopped.
+    pub fn open(
+        self: &Arc<Self>,
+        flags: u32,
+        head: Vec<u8>,
+        sender: &FromJsSender,
+    ) -> Option<JsRequest> {
         let flags = if head.is_ascii() {
             flags | HTTP_FLAG_ASCII
         } else {
             flags
         };
-        let (sender, receiver) = mpsc::unbounded_channel();
         let id = loop {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             if id != 0 {
@@ -101,7 +113,7 @@ impl Bridge {
         self.requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, sender);
+            .insert(id, sender.clone());
         if !self.send(ToJs::Request { id, flags, head }) {
             self.requests
                 .lock()
@@ -113,7 +125,6 @@ impl Bridge {
         Some(JsRequest {
             bridge: Arc::clone(self),
             id,
-            receiver,
             abort_reason: Some(HTTP_ABORT_STOPPING),
         })
     }
@@ -156,29 +167,38 @@ impl Bridge {
                 let record = Bytes::copy_from_slice(&payload[16..]);
                 let headers = record.slice(..lines_end - 16);
                 let inline = flags & HTTP_FLAG_INLINE_BODY != 0;
-                let _ = sender.send(FromJs::Response {
-                    status: word(4).min(u32::from(u16::MAX)) as u16,
-                    end: flags & HTTP_FLAG_END != 0 && !inline,
-                    headers,
-                });
+                let _ = sender.send((
+                    id,
+                    FromJs::Response {
+                        status: word(4).min(u32::from(u16::MAX)) as u16,
+                        end: flags & HTTP_FLAG_END != 0 && !inline,
+                        headers,
+                    },
+                ));
                 if inline {
-                    let _ = sender.send(FromJs::Body {
-                        end: true,
-                        data: record.slice(lines_end - 16..),
-                    });
+                    let _ = sender.send((
+                        id,
+                        FromJs::Body {
+                            end: true,
+                            data: record.slice(lines_end - 16..),
+                        },
+                    ));
                 }
             }
             HTTP_TO_KERNEL_BODY => {
-                let _ = sender.send(FromJs::Body {
-                    end: word(4) & HTTP_FLAG_END != 0,
-                    data: Bytes::copy_from_slice(&payload[8..]),
-                });
+                let _ = sender.send((
+                    id,
+                    FromJs::Body {
+                        end: word(4) & HTTP_FLAG_END != 0,
+                        data: Bytes::copy_from_slice(&payload[8..]),
+                    },
+                ));
             }
             HTTP_TO_KERNEL_CREDIT => {
-                let _ = sender.send(FromJs::Credit(word(4)));
+                let _ = sender.send((id, FromJs::Credit(word(4))));
             }
             HTTP_TO_KERNEL_ABORT => {
-                let _ = sender.send(FromJs::Abort);
+                let _ = sender.send((id, FromJs::Abort));
             }
             _ => {}
         }
@@ -208,12 +228,22 @@ pub fn response_header_lines(lines: &[u8]) -> impl Iterator<Item = (&[u8], &[u8]
 pub struct JsRequest {
     bridge: Arc<Bridge>,
     pub id: u32,
-    pub receiver: mpsc::UnboundedReceiver<FromJs>,
     /// What JS is told when this is dropped unfinished.
     abort_reason: Option<u32>,
 }
 
 impl JsRequest {
+    /// The next record JS sent for this request from `receiver` (records of
+    /// requests that are over are skipped); `None` once the bridge stopped.
+    pub async fn next(&self, receiver: &mut FromJsReceiver) -> Option<FromJs> {
+        loop {
+            let (id, message) = receiver.recv().await?;
+            if id == self.id {
+                return Some(message);
+            }
+        }
+    }
+
     pub fn send_body(&self, data: Bytes, end: bool) {
         if data.len() <= MAX_CHUNK {
             self.bridge.send(ToJs::Body {
