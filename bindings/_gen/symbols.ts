@@ -2,14 +2,17 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "b3f5863f218a7ca0bb42d66274c9e8ada15a5ebb913c7a01e68422d6b2bef9a6";
+export const ABI_HASH = "43212bc924953c793f235e92e2f6fa5e503e39eab8b062b6a064174743e30ecb";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
   krepis_abi_hash: { parameters: ["buffer", "u32"], result: "i32" },
   krepis_buffer_alloc: { parameters: ["u32", "u32", "buffer"], result: "i32" },
   krepis_buffer_release: { parameters: ["u32", "u32"], result: "i32" },
+  krepis_events_poll: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_events_quiesce: { parameters: ["u32"], result: "i32" },
+  krepis_events_spin: { parameters: ["u32", "u32"], result: "u32" },
+  krepis_events_spin_allowed: { parameters: [], result: "i32" },
   krepis_events_take: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_events_wait: { parameters: ["u32", "u32"], result: "i32", nonblocking: true },
   krepis_guard_close: { parameters: ["u32"], result: "i32" },
