@@ -49,11 +49,12 @@ const WAIT_SLICE_MS = 1000;
 const SLICE_MS = 1;
 
 /**
- * Longest spin before parking, in microseconds: about what a wake costs JS
- * here (`bench/wake.ts`), so spinning never costs much more than the wake it
- * may save (spin-then-park).
+ * Longest spin before parking, in microseconds: a small multiple of what a
+ * wake costs (17–70 µs one way, ~35 µs of CPU: `bench/wake.ts`), so spinning
+ * never costs much more than the wake it may save (spin-then-park). With 50,
+ * half the same-process KNUL replies came after the spin and paid both.
  */
-const SPIN_MICROS = 50;
+const SPIN_MICROS = 100;
 /** A pump spins only when its last event came this recently (ms). */
 const SPIN_WINDOW_MS = 1;
 

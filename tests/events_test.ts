@@ -68,3 +68,31 @@ Deno.test({
     closeListener();
   },
 });
+
+Deno.test({
+  name: "events: a kernel's threads (waker, transport) are gone once close returns",
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    const threads = (): string[] =>
+      [...Deno.readDirSync("/proc/self/task")].map((task) => {
+        try {
+          return Deno.readTextFileSync(`/proc/self/task/${task.name}/comm`).trim();
+        } catch {
+          return ""; // exited meanwhile
+        }
+      }).filter((name) => name === "krepis-waker" || name === "krepis-knul");
+    const before = threads().length;
+    for (let round = 0; round < 5; round++) {
+      const server = await Kernel.open({ libraryPath: libraryPath(), dataDir: null });
+      const client = await Kernel.open({ libraryPath: libraryPath(), dataDir: null });
+      const [link, peer, closeListener] = await linkPair(server, client);
+      await link.send(new Uint8Array([1]));
+      assert.deepEqual([...(await peer.receive())!.data], [1]);
+      assert.ok(threads().length > before, "the kernels run a waker and a transport thread");
+      closeListener();
+      await client.close();
+      await server.close();
+      assert.equal(threads().length, before, threads().join(","));
+    }
+  },
+});

@@ -87,6 +87,8 @@ impl Shared {
 #[derive(Default)]
 pub struct EventQueue {
     shared: Arc<Shared>,
+    /// The waker thread, joined on close (no thread outlives its kernel).
+    waker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl EventQueue {
@@ -98,9 +100,10 @@ impl EventQueue {
             return Ok(());
         }
         let shared = Arc::clone(&self.shared);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("krepis-waker".into())
             .spawn(move || waker(&shared))?;
+        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
         Ok(())
     }
 
@@ -179,13 +182,24 @@ impl EventQueue {
         self.shared.calling.load(Ordering::SeqCst)
     }
 
-    /// Drops queued events, refuses new ones and stops the waker thread.
+    /// Drops queued events, refuses new ones and stops the waker thread
+    /// (joined unless a call is in flight: that call waits for the JS thread,
+    /// which may be the caller; it exits by itself once JS ran it).
     pub fn close(&self) {
         let mut state = self.shared.lock();
         state.closed = true;
         state.queue.clear();
         state.callback = None;
         self.shared.changed.notify_all();
+        drop(state);
+        let thread = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            if self.shared.calling.load(Ordering::SeqCst) == 0
+                && thread.thread().id() != std::thread::current().id()
+            {
+                let _ = thread.join();
+            }
+        }
     }
 }
 
