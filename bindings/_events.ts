@@ -66,8 +66,9 @@ const SPIN_WINDOW_MS = 1;
  */
 const spinner = {
   native: null as NativeLibrary | null,
-  /** Whether this process may use two cores (asked once). */
+  /** Whether this process may use two cores, and when that was asked. */
   allowed: null as boolean | null,
+  checkedAt: 0,
   waiting: [] as ((timedOut: boolean) => void)[],
   scheduled: false,
   /** The process's push count when the last spin returned. */
@@ -84,9 +85,13 @@ function runSpin(): void {
   for (const resolve of waiting) resolve(timedOut);
 }
 
-/** Whether pumps spin here: not where the process may use one core only. */
+/** Whether pumps spin here: not where the process may use one core only (asked once a second). */
 function spinAllowed(native: NativeLibrary): boolean {
-  spinner.allowed ??= native.symbols.krepis_events_spin_allowed() === 1;
+  const now = performance.now();
+  if (spinner.allowed === null || now - spinner.checkedAt > 1000) {
+    spinner.allowed = native.symbols.krepis_events_spin_allowed() === 1;
+    spinner.checkedAt = now;
+  }
   return spinner.allowed;
 }
 
@@ -163,6 +168,8 @@ export class KernelEvents {
   /** `kind * 2^32 + handle` → resolvers of the promises waiting for it. */
   readonly #waiters = new Map<number, (() => void)[]>();
   #kernel = -1;
+  /** Waiters that asked the pump to spin before it parks. */
+  #spinWaiters = 0;
   /** When the pump last found events (performance.now()). */
   #lastEvent = -Infinity;
   #wake: (() => void) | null = null;
@@ -194,20 +201,31 @@ export class KernelEvents {
    * Resolves at the next event of `kind` for `handle`, or when the kernel
    * closes. An event is a hint, never a result: callers re-check their state.
    */
-  wait(kind: number, handle: number): Promise<void> {
+  wait(kind: number, handle: number, spin = false): Promise<void> {
     if (this.#closed) return Promise.resolve();
     const { promise, resolve } = Promise.withResolvers<void>();
     const key = kind * 2 ** 32 + handle;
+    let done = resolve;
+    if (spin) {
+      this.#spinWaiters++;
+      done = () => {
+        this.#spinWaiters--;
+        resolve();
+      };
+    }
     const list = this.#waiters.get(key);
-    if (list === undefined) this.#waiters.set(key, [resolve]);
-    else list.push(resolve);
+    if (list === undefined) this.#waiters.set(key, [done]);
+    else list.push(done);
     if (!this.#pumping) void this.#pump();
     return promise;
   }
 
-  /** Resolves at the next event of ring `handle` (records to read, room to write, closed). */
-  waitRing(handle: number): Promise<void> {
-    return this.wait(EventKind.ring, handle);
+  /**
+   * Resolves at the next event of ring `handle` (records to read, room to
+   * write, closed); `spin`: the event is a reply due soon, worth spinning for.
+   */
+  waitRing(handle: number, spin = false): Promise<void> {
+    return this.wait(EventKind.ring, handle, spin);
   }
 
   #reference(on: boolean): void {
@@ -239,7 +257,8 @@ export class KernelEvents {
       while (this.#waiters.size > 0 && !this.#closed) {
         let count: number;
         if (
-          performance.now() - this.#lastEvent < SPIN_WINDOW_MS && spinAllowed(this.#native)
+          this.#spinWaiters > 0 && performance.now() - this.#lastEvent < SPIN_WINDOW_MS &&
+          spinAllowed(this.#native)
         ) {
           // Events came moments ago: more are likely before a wake could
           // arrive. Look without parking, then spin; when the spin saw

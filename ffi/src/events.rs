@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Events pushed in this process, by every kernel (wrapping): a JS side
@@ -204,10 +204,21 @@ impl EventQueue {
 }
 
 /// Whether spinning can pay off here: with one usable core the spinning JS
-/// thread would only delay the kernel thread that is about to push.
+/// thread would only delay the kernel thread that is about to push. Asked
+/// of the OS at most once a second (`available_parallelism` honours CPU
+/// affinity and cgroup quotas, which may change while the process runs:
+/// `taskset -p`).
 pub fn spin_allowed() -> bool {
-    static ALLOWED: OnceLock<bool> = OnceLock::new();
-    *ALLOWED.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2))
+    static CHECKED: Mutex<Option<(Instant, bool)>> = Mutex::new(None);
+    let mut checked = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+    match *checked {
+        Some((at, allowed)) if at.elapsed() < Duration::from_secs(1) => allowed,
+        _ => {
+            let allowed = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+            *checked = Some((Instant::now(), allowed));
+            allowed
+        }
+    }
 }
 
 /// Busy-waits up to `limit` until some kernel of this process pushed an
@@ -224,7 +235,7 @@ pub fn spin(seen: u32, limit: Duration) -> u32 {
     let mut spins = 0u32;
     loop {
         let now = PUSHES.load(Ordering::Acquire);
-        if now != seen || !spin_allowed() {
+        if now != seen || (spins == 0 && !spin_allowed()) {
             return now;
         }
         spins = spins.wrapping_add(1);
