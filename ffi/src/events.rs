@@ -120,7 +120,7 @@ impl EventQueue {
             self.shared.changed.notify_all();
         }
         drop(state);
-        PUSHES.fetch_add(1, Ordering::Release);
+        announce();
     }
 
     /// Moves as many events as fit into `out` and returns how many; when there
@@ -201,6 +201,11 @@ impl EventQueue {
             }
         }
     }
+}
+
+/// Tells spinning JS sides ([`spin`]) that some queue got an event.
+pub fn announce() {
+    PUSHES.fetch_add(1, Ordering::Release);
 }
 
 /// Whether spinning can pay off here: with one usable core the spinning JS
