@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "b3f5863f218a7ca0bb42d66274c9e8ada15a5ebb913c7a01e68422d6b2bef9a6";
+export const ABI_HASH = "4da75444e08334b2d1da3e32d0c231d4fc3e488f8c089518c051d6bcd2d0daee";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -26,7 +26,7 @@ export const symbols = {
   krepis_kernel_open: { parameters: ["buffer", "u32", "function", "buffer"], result: "i32" },
   krepis_kernel_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_last_error: { parameters: ["buffer", "u32"], result: "i32" },
-  krepis_link_close: { parameters: ["u32", "u32", "buffer", "u32"], result: "i32" },
+  krepis_link_close: { parameters: ["u32", "u32", "buffer", "u32", "u32"], result: "i32" },
   krepis_link_free: { parameters: ["u32"], result: "i32" },
   krepis_link_status: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_listener_accept: { parameters: ["u32", "u32", "u32", "buffer", "u32"], result: "i32" },
@@ -54,7 +54,7 @@ export const symbols = {
   krepis_transport_connect_result: { parameters: ["u32", "u32", "buffer", "u32"], result: "i32" },
   krepis_transport_dev_certificate: { parameters: ["buffer", "u32", "buffer", "u32"], result: "i32" },
   krepis_transport_listen: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
-  krepis_transport_open: { parameters: ["u32", "buffer"], result: "i32" },
+  krepis_transport_open: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_version: { parameters: ["buffer", "u32"], result: "i32" },
 } as const;
 
@@ -118,8 +118,11 @@ export const KREPIS_MAX_BACKLOG_BYTES = 67108864;
 export const KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES = 1048576;
 export const KREPIS_KNUL_MAX_PACKET_BYTES = 268435456;
 export const KREPIS_LINK_INFO_MAX_BYTES = 256;
+export const KREPIS_DATAGRAM_BUFFER_BYTES = 262144;
+export const KREPIS_DEFAULT_MAX_LINKS = 10000;
 export const KREPIS_KNUL_HEADER_BYTES = 40;
 export const KREPIS_KNUL_VERSION = 1;
+export const KREPIS_CLOSE_REASON_MAX_BYTES = 1024;
 export const KREPIS_LINK_RECORD_PACKET = 1;
 export const KREPIS_FLAG_RELIABLE = 1;
 export const KREPIS_CLOSE_NORMAL = 0;
@@ -128,4 +131,6 @@ export const KREPIS_CLOSE_PROTOCOL = 2;
 export const KREPIS_CLOSE_VERSION = 3;
 export const KREPIS_CLOSE_TOO_LARGE = 4;
 export const KREPIS_CLOSE_POLICY = 5;
+export const KREPIS_CLOSE_BUSY = 6;
 export const KREPIS_FLAG_FINAL = 2;
+export const KREPIS_DEFAULT_MAX_HANDSHAKES = 1024;

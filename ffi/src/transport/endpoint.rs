@@ -5,6 +5,7 @@
 //! per link: docs/design.md, "One wait for everything"), the client
 //! endpoints connects go out from, and the outcomes of finished connects.
 
+use super::budget::Budget;
 use crate::error::{KernelError, KernelResult};
 use crate::events::EventQueue;
 use crate::handles::{HandleKind, HandleTable};
@@ -59,6 +60,9 @@ pub struct Transport {
     /// Finished connects waiting for JS to collect them.
     pub(super) connects: Mutex<HashMap<u32, KernelResult<LinkInfo>>>,
     pub(super) next_connect: AtomicU32,
+    /// The kernel's link and window-memory budget (every listener's links
+    /// and every connect's count against it).
+    pub(super) budget: Arc<Budget>,
 }
 
 impl Transport {
