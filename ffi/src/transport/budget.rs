@@ -85,6 +85,7 @@ fn physical_memory() -> Option<u64> {
 }
 
 /// One scope's budget (a kernel or a listener) and what is reserved of it.
+#[derive(Debug)]
 pub struct Budget {
     /// "kernel" or "listener": named in refusals.
     scope: &'static str,
@@ -151,6 +152,7 @@ impl Budget {
 }
 
 /// A link's share of one or more budgets, given back on drop.
+#[derive(Debug)]
 pub struct Reservation {
     budgets: Vec<Arc<Budget>>,
     bytes: u64,
