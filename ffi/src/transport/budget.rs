@@ -2,8 +2,9 @@
 //! how much memory their receive windows may hold (docs/knul.md, "Limits").
 //!
 //! A link's _window bytes_ are what a peer can make this kernel hold for it
-//! without the application reading: its receive ring, its QUIC connection
-//! receive window and QUIC's datagram buffer. They are reserved before a
+//! without the application reading: its receive ring, plus what its QUIC
+//! connection receive window and QUIC's datagram buffer may cost (2.5× their
+//! size: see `QUIC_MEMORY_FACTOR`). They are reserved before a
 //! link exists (a listener reserves once the hello exchange is done, before
 //! the backlog; a connect before it starts) and given back when the link's
 //! kernel object is dropped (JS freed it and its tasks ended), which is when
@@ -56,9 +57,19 @@ pub fn connection_window(ring: u32) -> u32 {
     link_window(ring) + CONTROL_WINDOW
 }
 
-/// The window bytes a link with a receive ring of `ring` bytes is charged.
+/// What QUIC's buffered bytes may cost in memory, as a fraction: quinn
+/// keeps received data in the UDP receive buffers it arrived in (shared by
+/// several packets) and copies it out only once those hold more than 2.5×
+/// the data (quinn-proto's assembler). Measured: a full 8 MiB window held
+/// about 16 MiB.
+const QUIC_MEMORY_FACTOR: (u64, u64) = (5, 2);
+
+/// The window bytes a link with a receive ring of `ring` bytes is charged:
+/// its ring, plus what QUIC may hold for its connection window and its
+/// datagrams.
 pub fn window_charge(ring: u32) -> u64 {
-    u64::from(ring) + u64::from(connection_window(ring)) + u64::from(DATAGRAM_BUFFER_BYTES)
+    let quic = u64::from(connection_window(ring)) + u64::from(DATAGRAM_BUFFER_BYTES);
+    u64::from(ring) + quic * QUIC_MEMORY_FACTOR.0 / QUIC_MEMORY_FACTOR.1
 }
 
 /// The default window budget of a kernel: a quarter of the machine's

@@ -23,7 +23,7 @@ use super::setup::{link_rings, start_link};
 use crate::error::{KernelError, KernelResult};
 use crate::events::EVENT_LISTENER;
 use crate::handles::{HandleKind, HandleTable};
-use crate::proto::{LinkInfo, ListenerStats};
+use crate::proto::{ErrorCode, LinkInfo, ListenerStats};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -377,13 +377,10 @@ impl Listener {
     }
 
     /// Refuses an established link because the listener is busy (code 6).
-    fn refuse_busy(&self, established: Established, why: String, over_budget: bool) {
+    fn refuse_busy(&self, established: Established, why: String) {
         established
             .conn
             .close(quinn::VarInt::from_u32(CLOSE_BUSY), why.as_bytes());
-        if over_budget {
-            self.refused_over_budget.fetch_add(1, Ordering::Relaxed);
-        }
         self.refuse(why);
     }
 }
@@ -403,38 +400,46 @@ async fn handshake(listener: Arc<Listener>, incoming: quinn::Incoming) {
     let outcome = async {
         let conn = tokio::select! {
             conn = tokio::time::timeout(HELLO_TIMEOUT, incoming) => match conn {
-                Ok(conn) => conn.map_err(|error| connection_error(&error).message)?,
-                Err(_) => return Err(format!("TLS took longer than {} s", HELLO_TIMEOUT.as_secs())),
+                Ok(conn) => conn.map_err(|error| connection_error(&error))?,
+                Err(_) => return Err(KernelError::new(
+                    ErrorCode::Connection,
+                    format!("TLS took longer than {} s", HELLO_TIMEOUT.as_secs()),
+                )),
             },
-            _ = evict.notified() => {
-                return Err("dropped during TLS: newer handshakes took its slot".to_owned())
-            }
+            _ = evict.notified() => return Err(KernelError::new(
+                ErrorCode::Connection,
+                "dropped during TLS: newer handshakes took its slot",
+            )),
         };
         let deadline = listener.tls_done(id);
+        // The budgets are charged once the peer's hello arrived, before the
+        // answer: a peer that never sends one holds none, and a refused
+        // peer's connect fails (code 6) instead of getting a link.
+        let charge = window_charge(ring_bytes(listener.max_packet));
+        let admit = || {
+            Reservation::take(&[&listener.transport.budget, &listener.budget], charge)
+                .map_err(|error| error.with_detail("closeCode", CLOSE_BUSY.to_string()))
+        };
         tokio::select! {
-            established = server_hello(conn.clone(), listener.max_packet, deadline) => {
-                established.map_err(|error| error.message)
-            }
+            established = server_hello(conn.clone(), listener.max_packet, deadline, admit) => established,
             _ = evict.notified() => {
                 let why = "the listener is busy: a newer handshake took the slot of this one, which sent no hello";
                 conn.close(quinn::VarInt::from_u32(CLOSE_BUSY), why.as_bytes());
-                Err(why.to_owned())
+                Err(KernelError::new(ErrorCode::Connection, why))
             }
         }
     }
     .await;
     listener.handshake_done(id);
-    let established = match outcome {
-        Ok(established) => established,
-        Err(why) => return listener.refuse(why),
+    let (established, reservation) = match outcome {
+        Ok(admitted) => admitted,
+        Err(error) => {
+            if error.code == ErrorCode::ResourceExhausted {
+                listener.refused_over_budget.fetch_add(1, Ordering::Relaxed);
+            }
+            return listener.refuse(error.message);
+        }
     };
-    // Charged only now: a peer that never finishes its hello holds no budget.
-    let charge = window_charge(ring_bytes(listener.max_packet));
-    let reservation =
-        match Reservation::take(&[&listener.transport.budget, &listener.budget], charge) {
-            Ok(reservation) => reservation,
-            Err(error) => return listener.refuse_busy(established, error.message, true),
-        };
     let mut queue = listener.queue.lock().unwrap_or_else(|p| p.into_inner());
     if listener.closed.load(Ordering::SeqCst) {
         drop(queue);
@@ -449,7 +454,6 @@ async fn handshake(listener: Arc<Listener>, incoming: quinn::Incoming) {
         return listener.refuse_busy(
             established,
             "the listener's backlog is full (the application does not accept links)".into(),
-            false,
         );
     }
     queue.ready.push_back((established, reservation));

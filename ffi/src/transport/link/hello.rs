@@ -117,14 +117,17 @@ pub fn check_client_hello(header: &Header, payload: &[u8]) -> KernelResult<u32> 
 
 /// Server side of the hello exchange, within `deadline`. Nothing but the
 /// hello may come before it: a stream or datagram that arrives first is a
-/// protocol error (the client cannot know this side's limit yet). A refusal
-/// closes the connection with the close code and reason (the peer sees
-/// both) and returns the error.
-pub async fn server_hello(
+/// protocol error (the client cannot know this side's limit yet). `admit`
+/// runs between the client's hello and the answer (the listener's budget):
+/// its error refuses the link with its `closeCode`. A refusal closes the
+/// connection with the close code and reason (the peer sees both) and
+/// returns the error.
+pub async fn server_hello<R>(
     conn: quinn::Connection,
     max_packet: u32,
     deadline: Duration,
-) -> KernelResult<Established> {
+    admit: impl FnOnce() -> KernelResult<R>,
+) -> KernelResult<(Established, R)> {
     let outcome = async {
         let early = || {
             protocol_error(
@@ -145,13 +148,15 @@ pub async fn server_hello(
             Ok(_) = conn.read_datagram() => return Err(early()),
         };
         let peer_max = check_client_hello(&header, &payload)?;
+        let admitted = admit()?;
         write_hello(&mut control_send, max_packet).await?;
-        Ok(Established {
+        let established = Established {
             conn: conn.clone(),
             control_send,
             control_recv,
             peer_max,
-        })
+        };
+        Ok((established, admitted))
     };
     match tokio::time::timeout(deadline, outcome).await {
         Ok(Ok(established)) => Ok(established),
