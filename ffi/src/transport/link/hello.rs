@@ -40,7 +40,16 @@ pub async fn client_hello(conn: quinn::Connection, max_packet: u32) -> KernelRes
     let (mut control_send, mut control_recv) =
         conn.open_bi().await.map_err(|e| connection_error(&e))?;
     write_hello(&mut control_send, max_packet).await?;
-    let (header, payload) = read_control(&mut control_recv).await?;
+    let (header, payload) = match read_control(&mut control_recv).await {
+        Ok(packet) => packet,
+        Err(error) => {
+            // A malformed answer: the server learns why, with its code.
+            if let Some(code) = error.details.get("closeCode").and_then(|c| c.parse().ok()) {
+                conn.close(quinn::VarInt::from_u32(code), error.message.as_bytes());
+            }
+            return Err(error);
+        }
+    };
     // The server's hello: on its half of the control stream, flags exactly
     // `reliable`, `[max_packet_bytes u32][the chosen version]`.
     if header.kind != Kind::Hello
