@@ -74,6 +74,7 @@ export {
   MAX_PACKET_BYTES,
   type NetAddr,
   Transport,
+  type TransportOptions,
 } from "./bindings/transport/transport.ts";
 export {
   Link,

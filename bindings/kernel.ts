@@ -15,7 +15,7 @@ import { Store } from "./store/store.ts";
 import { Journal } from "./store/journal.ts";
 import { CommitPump } from "./store/_commit.ts";
 import { Guard } from "./guard.ts";
-import { Transport } from "./transport/transport.ts";
+import { encodeTransportOptions, Transport, type TransportOptions } from "./transport/transport.ts";
 import { Http } from "./http/http.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
@@ -38,6 +38,8 @@ export interface KernelOptions extends LibraryOptions {
   shutdownGraceMs?: number;
   /** The store in `<dataDir>/store`. */
   store?: StoreOptions;
+  /** The transport's budget: links and the memory their windows may hold. */
+  transport?: TransportOptions;
 }
 
 /** Options of the kernel's store. */
@@ -96,6 +98,14 @@ export interface TransportStats {
   readonly links: number;
   /** Listeners not yet closed. */
   readonly listeners: number;
+  /** Window bytes links hold now (given back when a link is freed). */
+  readonly windowBytes: number;
+  /** The kernel's budget for them ({@linkcode TransportOptions.maxWindowBytes}); 0 before the transport is used. */
+  readonly maxWindowBytes: number;
+  /** The kernel's link budget ({@linkcode TransportOptions.maxLinks}); 0 before the transport is used. */
+  readonly maxLinks: number;
+  /** Links refused because the kernel's budget was spent. */
+  readonly linksRefused: number;
 }
 
 function resolveDataDir(dataDir: string | URL | null | undefined): string {
@@ -192,6 +202,7 @@ export class Kernel implements AsyncDisposable {
   readonly #handle: number;
   readonly #owner: KernelOwner;
   readonly #dataDir: string | null;
+  readonly #transportOptions: Uint8Array;
   #closing: Promise<void> | undefined;
 
   private constructor(
@@ -199,8 +210,10 @@ export class Kernel implements AsyncDisposable {
     handle: number,
     events: KernelEvents,
     dataDir: string | null,
+    transportOptions: Uint8Array,
   ) {
     this.#dataDir = dataDir;
+    this.#transportOptions = transportOptions;
     this.#native = native;
     this.#handle = handle;
     this.#owner = new KernelOwner(native, handle, events);
@@ -241,6 +254,7 @@ export class Kernel implements AsyncDisposable {
     const shutdownGraceMs = options.shutdownGraceMs === undefined
       ? 0
       : checkInteger("shutdownGraceMs", options.shutdownGraceMs, 1, 3_600_000);
+    const transportOptions = encodeTransportOptions(options.transport);
     const native = await loadLibrary(options);
     const dataDir = resolveDataDir(options.dataDir);
     const store = options.store ?? {};
@@ -276,7 +290,13 @@ export class Kernel implements AsyncDisposable {
       throw error;
     }
     events.attach(out[0]);
-    return new Kernel(native, out[0], events, dataDir === "" ? null : dataDir);
+    return new Kernel(
+      native,
+      out[0],
+      events,
+      dataDir === "" ? null : dataDir,
+      transportOptions,
+    );
   }
 
   /**
@@ -311,7 +331,7 @@ export class Kernel implements AsyncDisposable {
   /** KNUL packet links between kernels (QUIC + TLS 1.3), delivered through rings. */
   get transport(): Transport {
     this.#assertOpen("Kernel.transport");
-    return this.#transport ??= new Transport(this.#owner);
+    return this.#transport ??= new Transport(this.#owner, this.#transportOptions);
   }
 
   /** The HTTP engine: native routes and proxying, JS handlers for the rest. */
@@ -378,6 +398,10 @@ export class Kernel implements AsyncDisposable {
       transport: {
         links: stats.transport?.links ?? 0,
         listeners: stats.transport?.listeners ?? 0,
+        windowBytes: Number(stats.transport?.windowBytes ?? 0),
+        maxWindowBytes: Number(stats.transport?.maxWindowBytes ?? 0),
+        maxLinks: Number(stats.transport?.maxLinks ?? 0),
+        linksRefused: Number(stats.transport?.linksRefused ?? 0),
       },
     };
   }

@@ -177,11 +177,20 @@
 // and a few varints fit with plenty to spare).
 #define KREPIS_LINK_INFO_MAX_BYTES 256
 
+// Datagrams QUIC buffers for a link before the receive pump takes them.
+#define KREPIS_DATAGRAM_BUFFER_BYTES (256 << 10)
+
+// Default links per kernel.
+#define KREPIS_DEFAULT_MAX_LINKS 10000
+
 // Header size in bytes.
 #define KREPIS_KNUL_HEADER_BYTES 40
 
 // The protocol version this codec speaks.
 #define KREPIS_KNUL_VERSION 1
+
+// Longest close reason, in bytes.
+#define KREPIS_CLOSE_REASON_MAX_BYTES 1024
 
 // Tag of a packet record in the receive ring: `[header 40 B][payload]`.
 #define KREPIS_LINK_RECORD_PACKET 1
@@ -202,9 +211,16 @@
 
 #define KREPIS_CLOSE_POLICY 5
 
+// Refused because the listener is busy: over its link or window-memory
+// budget, its backlog is full, or its handshake slots went to newer peers.
+#define KREPIS_CLOSE_BUSY 6
+
 // Header flag of a `close` that confirms the peer's close: "I have read
 // everything you sent, up to the end of your stream".
 #define KREPIS_FLAG_FINAL 2
+
+// Default handshakes in progress per listener.
+#define KREPIS_DEFAULT_MAX_HANDSHAKES 1024
 
 // JS's `Deno.UnsafeCallback.threadSafe` taking nothing: wakes its event pump.
 typedef void (*KREPIS_WakeCallback)(void);
@@ -390,12 +406,17 @@ int32_t krepis_kernel_stats(uint32_t kernel, uint8_t *out, uint32_t cap);
 int32_t krepis_last_error(uint8_t *out, uint32_t cap);
 
 // Starts closing a link gracefully with a KNUL close code and UTF-8 reason:
-// everything already published to its send ring is delivered first. An
+// everything already published to its send ring is delivered first, and
+// the peer's confirmation awaited at most `timeout_ms` (0: 30 s). An
 // `EVENT_LINK_CLOSED` follows when it has closed.
 //
 // # Safety
 // `reason` must point to `len` readable bytes.
-int32_t krepis_link_close(uint32_t link, uint32_t code, const uint8_t *reason, uint32_t len);
+int32_t krepis_link_close(uint32_t link,
+                          uint32_t code,
+                          const uint8_t *reason,
+                          uint32_t len,
+                          uint32_t timeout_ms);
 
 // Forgets a link JS is done with (closing it at once if still open).
 int32_t krepis_link_free(uint32_t link);
@@ -614,12 +635,17 @@ int32_t krepis_transport_listen(uint32_t transport,
                                 uint8_t *out,
                                 uint32_t cap);
 
-// Creates the kernel's transport (its client endpoints, pending connects);
-// writes the handle to `out`. Its events go to the kernel's event queue.
+// Creates the kernel's transport (its client endpoints, pending connects,
+// its budget: `krepis.v1.TransportOptions`); writes the handle to `out`.
+// Its events go to the kernel's event queue.
 //
 // # Safety
-// `out` must point to a writable, aligned `u32`.
-int32_t krepis_transport_open(uint32_t kernel_handle, uint32_t *out);
+// `request` must point to `len` readable bytes; `out` to a writable,
+// aligned `u32`.
+int32_t krepis_transport_open(uint32_t kernel_handle,
+                              const uint8_t *request,
+                              uint32_t len,
+                              uint32_t *out);
 
 // Writes the library's version (UTF-8, no terminator) into `out`; returns its
 // length (nothing is written when that exceeds `cap`).

@@ -5,6 +5,7 @@
 //! per link: docs/design.md, "One wait for everything"), the client
 //! endpoints connects go out from, and the outcomes of finished connects.
 
+use super::budget::Budget;
 use crate::error::{KernelError, KernelResult};
 use crate::events::EventQueue;
 use crate::handles::{HandleKind, HandleTable};
@@ -48,6 +49,10 @@ pub fn endpoint(
     )
 }
 
+/// How often the transport checks whether links gave back enough memory to
+/// return it to the OS.
+const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How long kernel close waits for the transport's thread to stop (its
 /// tasks are dropped, none is awaited).
 const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -67,6 +72,9 @@ pub struct Transport {
     /// Finished connects waiting for JS to collect them.
     pub(super) connects: Mutex<HashMap<u32, KernelResult<LinkInfo>>>,
     pub(super) next_connect: AtomicU32,
+    /// The kernel's link and window-memory budget (every listener's links
+    /// and every connect's count against it).
+    pub(super) budget: Arc<Budget>,
 }
 
 impl Transport {
@@ -79,7 +87,11 @@ impl Transport {
     /// workers, 4.0 and ~58 µs on one thread, and 25% more round trips/s).
     /// quinn drives each connection from one task anyway, so one thread
     /// loses little throughput (bulk: `bench:transport`).
-    pub fn new(kernel_id: u64, events: Arc<EventQueue>) -> KernelResult<Transport> {
+    pub fn new(
+        kernel_id: u64,
+        events: Arc<EventQueue>,
+        budget: Arc<Budget>,
+    ) -> KernelResult<Transport> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("krepis-knul")
@@ -87,6 +99,14 @@ impl Transport {
             .enable_io()
             .build()
             .map_err(|error| KernelError::io("starting the transport's runtime", &error))?;
+        // Freed link buffers go back to the OS from this thread's arena.
+        runtime.spawn(async {
+            let mut every = tokio::time::interval(TRIM_INTERVAL);
+            loop {
+                every.tick().await;
+                super::budget::give_memory_back();
+            }
+        });
         Ok(Transport {
             kernel_id,
             runtime: runtime.handle().clone(),
@@ -95,6 +115,7 @@ impl Transport {
             clients: Mutex::new(HashMap::new()),
             connects: Mutex::new(HashMap::new()),
             next_connect: AtomicU32::new(1),
+            budget,
         })
     }
 
