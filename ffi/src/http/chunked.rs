@@ -113,19 +113,12 @@ impl ChunkedScanner {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                         let digit = (byte as char).to_digit(16).unwrap_or(0);
                         if self.size > u64::MAX >> 4 {
-                            self.broken(if strict {
-                                ChunkError::TooLarge
-                            } else {
-                                ChunkError::Malformed
-                            });
+                            // Not a size at all (nginx: 400 too).
+                            self.broken(ChunkError::Malformed);
                             continue;
                         }
                         self.size = self.size * 16 + u64::from(digit);
                         self.digits += 1;
-                        if strict && self.total.saturating_add(self.size) > self.limit {
-                            self.broken(ChunkError::TooLarge);
-                            continue;
-                        }
                     }
                     _ if strict && self.digits == 0 => self.broken(ChunkError::Malformed),
                     b';' | b' ' | b'\t' => self.state = Chunk::Extension,
@@ -142,6 +135,11 @@ impl ChunkedScanner {
                 Chunk::SizeLf => {
                     if byte == b'\n' {
                         self.end_size_line();
+                        if strict && self.total > self.limit {
+                            // Refused now, not after waiting for its bytes.
+                            self.broken(ChunkError::TooLarge);
+                            continue;
+                        }
                     } else {
                         self.broken(ChunkError::Malformed);
                     }
@@ -280,13 +278,14 @@ mod tests {
         assert_eq!(strict_error(b"0\r\nX: 1\n\r\n", 100), Some(Malformed));
         assert_eq!(strict_error(b"\r\n", 100), Some(Malformed));
         assert_eq!(strict_error(b";x\r\n", 100), Some(Malformed));
-        assert_eq!(strict_error(b"8000000000000000", 100), Some(TooLarge));
+        assert_eq!(strict_error(b"8000000000000000\r\n", 100), Some(TooLarge));
         assert_eq!(
             strict_error(b"10000000000000000\r\n", u64::MAX),
-            Some(TooLarge)
+            Some(Malformed)
         );
         assert_eq!(strict_error(b"65\r\n", 100), Some(TooLarge));
         assert_eq!(strict_error(b"32\r\n", 100), None);
+        assert_eq!(strict_error(b"65;ext", 100), None, "judged once the line is complete");
         assert_eq!(
             strict_error(
                 &[b"32\r\n".repeat(1), vec![b'x'; 50], b"\r\n33\r\n".to_vec()].concat(),
