@@ -285,10 +285,14 @@ mod tests {
         );
         assert_eq!(strict_error(b"65\r\n", 100), Some(TooLarge));
         assert_eq!(strict_error(b"32\r\n", 100), None);
-        assert_eq!(strict_error(b"65;ext", 100), None, "judged once the line is complete");
+        assert_eq!(
+            strict_error(b"65;ext", 100),
+            None,
+            "judged once the line is complete"
+        );
         assert_eq!(
             strict_error(
-                &[b"32\r\n".repeat(1), vec![b'x'; 50], b"\r\n33\r\n".to_vec()].concat(),
+                &[b"32\r\n".to_vec(), vec![b'x'; 50], b"\r\n33\r\n".to_vec()].concat(),
                 100
             ),
             Some(TooLarge)
