@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "3da2583104626ae6d1ab462e77b8c47c3a2d0226b5c025171ac3d10ef91ec476";
+export const ABI_HASH = "5b5a1bd58815eef7c53aac4c216cd4fd2cdea34b04002bfd32a1fa205cf6eebc";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
