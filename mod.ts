@@ -59,6 +59,7 @@ export {
   GuardedProcess,
   type GuardOptions,
   type GuardPolicy,
+  type GuardPrivileges,
   type GuardResult,
   type GuardStatus,
   type GuardViolation,

@@ -41,7 +41,12 @@ async function serveDeno(): Promise<void> {
 }
 
 async function serveKrepis(mode: string, upstreamPort: number): Promise<void> {
-  await using kernel = await Kernel.open({ libraryPath: libraryPath(), dataDir: null });
+  const workerThreads = Number(Deno.env.get("KREPIS_BENCH_WORKERS") ?? 0) || undefined;
+  await using kernel = await Kernel.open({
+    libraryPath: libraryPath(),
+    dataDir: null,
+    workerThreads,
+  });
   const base = { hostname: HOSTNAME, port: 0 };
   const serve = () => {
     switch (mode) {

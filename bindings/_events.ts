@@ -1,7 +1,7 @@
 /**
  * The JS half of a kernel's event queue (`ffi/src/events.rs`): everything JS
  * waits for in a kernel (rings, listeners, connects, closed links, finished
- * commits) is announced through one queue, drained by one pump per kernel.
+ * commits, finished guarded commands) is announced through one queue, drained by one pump per kernel.
  *
  * The pump takes events with a synchronous call. When there are none the
  * kernel marks JS parked, and the next event wakes it: the kernel's waker
@@ -23,6 +23,7 @@ import { setImmediate } from "node:timers";
 import {
   KREPIS_EVENT_COMPLETIONS,
   KREPIS_EVENT_CONNECT,
+  KREPIS_EVENT_GUARD,
   KREPIS_EVENT_LINK_CLOSED,
   KREPIS_EVENT_LISTENER,
   KREPIS_EVENT_RECORD_BYTES,
@@ -37,6 +38,7 @@ export const EventKind = {
   connect: KREPIS_EVENT_CONNECT,
   linkClosed: KREPIS_EVENT_LINK_CLOSED,
   completions: KREPIS_EVENT_COMPLETIONS,
+  guard: KREPIS_EVENT_GUARD,
 } as const;
 
 /** Events taken per call. */

@@ -5,13 +5,15 @@
  * second.
  *
  * On Linux, each layer is applied when the host allows it and reported in
- * `isolation`: a new session, `no_new_privs`, no capabilities, rlimits,
- * Landlock file-system rules (`read`/`write` lists of absolute paths plus the
- * system's program directories) and signal scoping, a seccomp filter (no
- * ptrace/mount/kexec/bpf/io_uring; no IPv4/IPv6 sockets unless `net`), a
- * network namespace when `net` is off, and cgroups (tracking the whole tree,
- * and for `maxProcesses`/`maxMemoryBytes`/`maxCpuMs`) when writable. Denied file accesses are
- * refused *and* reported in `violations`. macOS gets timeouts, output
+ * `isolation`: a new session, no root (a root host switches to an
+ * unprivileged uid, `policy.privileges`), `no_new_privs`, no capabilities,
+ * rlimits, Landlock file-system rules (`read`/`write` lists of absolute paths
+ * plus the system's program directories) and signal scoping, a seccomp filter
+ * (no ptrace, mounts, namespaces, keyrings, SysV IPC, bpf, io_uring, set-id
+ * bits; without `net` no sockets but unix stream sockets of its own and no
+ * `connect`), a network namespace when `net` is off, and cgroups (tracking
+ * the whole tree, and for `maxProcesses`/`maxMemoryBytes`/`maxCpuMs`) when
+ * writable. Every refusal is also reported in `violations`. macOS gets timeouts, output
  * limits, CPU rlimits and process-group kill; Windows timeouts, output
  * limits and a job object. A feature that was not applied is never claimed.
  *
@@ -24,7 +26,26 @@ import type { KernelOwner } from "./_owner.ts";
 import { requirePermission } from "./_permissions.ts";
 import { openRing, type RingReader } from "./_ring.ts";
 import { checkStringList, invalidArgument } from "./_check.ts";
+import { EventKind } from "./_events.ts";
 import { ClosedError, InternalError, InvalidArgumentError } from "./errors.ts";
+
+/**
+ * What a command started by a root host gives up (Linux; ignored when the
+ * host is not root, except `drop: "userns"`).
+ */
+export interface GuardPrivileges {
+  /**
+   * `"setuid"` (default): switch to `uid`/`gid` with no supplementary groups.
+   * `"userns"`: the same, then a user namespace that maps no id (the kernel
+   * then also refuses set-id programs and nested namespaces).
+   * `"keep"`: stay uid 0 (without capabilities); reported as not applied.
+   */
+  drop?: "setuid" | "userns" | "keep";
+  /** The user id to run as (default 65534, nobody). */
+  uid?: number;
+  /** The group id to run as (default 65534, nogroup). */
+  gid?: number;
+}
 
 /** Limits and isolation of a guarded command. */
 export interface GuardPolicy {
@@ -32,7 +53,12 @@ export interface GuardPolicy {
   read?: string[];
   /** Paths the command may write. */
   write?: string[];
-  /** Allow IPv4/IPv6 network access (default false). */
+  /**
+   * Allow network access (default false). Without it the command gets no
+   * sockets but unix stream/seqpacket ones and cannot `connect` anywhere
+   * (`socketpair` works): no IP, no host unix sockets (docker.sock, D-Bus),
+   * no netlink or vsock.
+   */
   net?: boolean;
   /** Memory limit in bytes (cgroup; RLIMIT_AS where cgroups are unavailable). */
   maxMemoryBytes?: number;
@@ -48,6 +74,8 @@ export interface GuardPolicy {
   env?: string[];
   /** Isolation features that must be applied, else `UnsupportedError`. */
   require?: string[];
+  /** What a root host's command gives up (default: it runs as uid/gid 65534). */
+  privileges?: GuardPrivileges;
 }
 
 /** What to run. */
@@ -68,7 +96,10 @@ export interface GuardOptions {
 
 /** A limit or isolation rule the command ran into. */
 export interface GuardViolation {
-  /** "read", "write", "net", "syscall", "processes", "memory", "cpu", "timeout", "output" or "orphans". */
+  /**
+   * "read", "write", "net", "syscall", "privilege" (set-id bits), "processes",
+   * "memory", "cpu", "timeout", "output" or "orphans".
+   */
   readonly kind: string;
   /** What happened. */
   readonly detail: string;
@@ -88,6 +119,8 @@ export interface GuardStatus {
   readonly isolation: {
     readonly applied: readonly string[];
     readonly notApplied: readonly string[];
+    /** The user and group ids the command ran as (null where unknown). */
+    readonly runAs: { readonly uid: number; readonly gid: number } | null;
   };
   /** stdout was cut at `maxOutputBytes`. */
   readonly stdoutTruncated: boolean;
@@ -132,7 +165,11 @@ function outputStream(ring: RingReader): ReadableStream<Uint8Array> {
   });
 }
 
-/** Waits for a guarded process to end; its status and any collected output. */
+/**
+ * Waits for a guarded process to end; its status and any collected output.
+ * The kernel posts an event when the result is ready, read with a
+ * synchronous call: no Deno worker thread waits.
+ */
 async function waitFor(
   owner: KernelOwner,
   handle: number,
@@ -141,7 +178,7 @@ async function waitFor(
   let out = new Uint8Array(64 * 1024);
   for (;;) {
     if (owner.closed) throw new ClosedError("the kernel closed while the command ran");
-    const length = await native.symbols.krepis_guard_wait(handle, 1_000, out, out.length);
+    const length = native.symbols.krepis_guard_result(handle, out, out.length);
     if (
       length === -ErrorCode.ERROR_CODE_CLOSED || length === -ErrorCode.ERROR_CODE_INVALID_HANDLE
     ) {
@@ -152,7 +189,11 @@ async function waitFor(
       out = new Uint8Array(length); // the result is kept: read it again
       continue;
     }
-    if (length === 0) continue;
+    if (length === 0) {
+      // Still running: the kernel announces the result (or its own close).
+      await owner.events.wait(EventKind.guard, handle);
+      continue;
+    }
     const result = GuardResultMessage.decode(out.subarray(0, length));
     native.symbols.krepis_guard_close(handle);
     return {
@@ -168,6 +209,9 @@ async function waitFor(
         isolation: {
           applied: result.isolation?.applied ?? [],
           notApplied: result.isolation?.notApplied ?? [],
+          runAs: result.isolation?.runAs === undefined
+            ? null
+            : { uid: result.isolation.runAs.uid, gid: result.isolation.runAs.gid },
         },
         stdoutTruncated: result.stdoutTruncated,
         stderrTruncated: result.stderrTruncated,
@@ -185,6 +229,32 @@ function checkPaths(field: string, value: unknown): string[] {
     invalidArgument(field, `must hold absolute paths, got "${relative}"`);
   }
   return paths;
+}
+
+function checkId(field: string, value: unknown): number {
+  if (value === undefined) return 0;
+  if (typeof value !== "number" || !Number.isInteger(value) || value <= 0 || value >= 0xffffffff) {
+    invalidArgument(field, 'must be an id from 1 to 4294967294 (root is `drop: "keep"`)');
+  }
+  return value;
+}
+
+function checkPrivileges(
+  value: unknown,
+): { drop: string; uid: number; gid: number } | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== "object" || value === null) {
+    invalidArgument("policy.privileges", "must be an object");
+  }
+  const { drop, uid, gid } = value as GuardPrivileges;
+  if (drop !== undefined && drop !== "setuid" && drop !== "userns" && drop !== "keep") {
+    invalidArgument("policy.privileges.drop", 'must be "setuid", "userns" or "keep"');
+  }
+  return {
+    drop: drop ?? "",
+    uid: checkId("policy.privileges.uid", uid),
+    gid: checkId("policy.privileges.gid", gid),
+  };
 }
 
 function checkLimit(field: string, value: unknown): number {
@@ -307,6 +377,7 @@ export class Guard {
         maxOutputBytes: BigInt(checkLimit("policy.maxOutputBytes", policy.maxOutputBytes)),
         envAllow: checkStringList("policy.env", policy.env),
         require: checkStringList("policy.require", policy.require),
+        privileges: checkPrivileges(policy.privileges),
       },
       collectOutput: collect,
     }).finish();

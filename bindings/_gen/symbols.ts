@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "5b5a1bd58815eef7c53aac4c216cd4fd2cdea34b04002bfd32a1fa205cf6eebc";
+export const ABI_HASH = "340bb2b02be85cd31d2a81059ed9b65cba3239d237a2f9fcfa0b96ce1f3c1cab";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -14,8 +14,8 @@ export const symbols = {
   krepis_events_wait: { parameters: ["u32", "u32"], result: "i32", nonblocking: true },
   krepis_guard_close: { parameters: ["u32"], result: "i32" },
   krepis_guard_kill: { parameters: ["u32"], result: "i32" },
+  krepis_guard_result: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_guard_spawn: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer"], result: "i32" },
-  krepis_guard_wait: { parameters: ["u32", "u32", "buffer", "u32"], result: "i32", nonblocking: true },
   krepis_http_free: { parameters: ["u32"], result: "i32" },
   krepis_http_serve: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer", "u32"], result: "i32" },
   krepis_http_shutdown: { parameters: ["u32", "u32"], result: "i32" },
@@ -68,7 +68,12 @@ export const KREPIS_EVENT_LISTENER = 2;
 export const KREPIS_EVENT_CONNECT = 3;
 export const KREPIS_EVENT_LINK_CLOSED = 4;
 export const KREPIS_EVENT_COMPLETIONS = 5;
+export const KREPIS_EVENT_GUARD = 6;
 export const KREPIS_EVENT_RECORD_BYTES = 8;
+export const KREPIS_NOBODY = 65534;
+export const KREPIS_CLONE_NEWTIME = 128;
+export const KREPIS_SOCK_TYPE_MASK = 15;
+export const KREPIS_SYS_FCHMODAT2 = 452;
 export const KREPIS_MAX_REPORTED_VIOLATIONS = 64;
 export const KREPIS_HTTP_TO_JS_REQUEST = 1;
 export const KREPIS_HTTP_TO_JS_BODY = 2;
@@ -79,8 +84,10 @@ export const KREPIS_HTTP_TO_KERNEL_BODY = 2;
 export const KREPIS_HTTP_TO_KERNEL_CREDIT = 3;
 export const KREPIS_HTTP_TO_KERNEL_ABORT = 4;
 export const KREPIS_HTTP_FLAG_END = 1;
+export const KREPIS_HTTP_FLAG_INLINE_BODY = 2;
 export const KREPIS_HTTP_FLAG_HAS_BODY = 1;
 export const KREPIS_HTTP_FLAG_HTTP2 = 2;
+export const KREPIS_HTTP_FLAG_ASCII = 4;
 export const KREPIS_HTTP_BODY_WINDOW = 65536;
 export const KREPIS_HTTP_ABORT_CLIENT_GONE = 1;
 export const KREPIS_HTTP_ABORT_TIMEOUT = 2;

@@ -13,9 +13,11 @@
 
 import {
   KREPIS_HTTP_ABORT_STOPPING,
+  KREPIS_HTTP_FLAG_ASCII,
   KREPIS_HTTP_FLAG_END,
   KREPIS_HTTP_FLAG_HAS_BODY,
   KREPIS_HTTP_FLAG_HTTP2,
+  KREPIS_HTTP_FLAG_INLINE_BODY,
   KREPIS_HTTP_RING_BYTES,
   KREPIS_HTTP_TO_JS_ABORT,
   KREPIS_HTTP_TO_JS_BODY,
@@ -24,7 +26,6 @@ import {
   KREPIS_HTTP_TO_KERNEL_ABORT,
   KREPIS_HTTP_TO_KERNEL_BODY,
   KREPIS_HTTP_TO_KERNEL_CREDIT,
-  KREPIS_HTTP_TO_KERNEL_RESPONSE,
 } from "../_gen/symbols.ts";
 import type { KernelOwner } from "../_owner.ts";
 import { TurnBudget } from "../_events.ts";
@@ -107,14 +108,14 @@ function byteString(bytes: Uint8Array, start: number, end: number): string {
   return text;
 }
 
-/** Offsets of the CR of the first `count` CRLF-ended lines (the record's end for missing ones). */
-function lineEnds(bytes: Uint8Array, count: number): number[] {
+/** Offsets of the CR of the first `count` CRLF-ended lines (the text's end for missing ones). */
+function lineEnds(text: string, count: number): number[] {
   const ends: number[] = [];
   let at = 0;
   for (let line = 0; line < count; line++) {
-    const end = bytes.indexOf(13, at);
+    const end = text.indexOf("\r", at);
     if (end < 0) {
-      while (ends.length < count) ends.push(bytes.length);
+      while (ends.length < count) ends.push(text.length);
       break;
     }
     ends.push(end);
@@ -124,27 +125,37 @@ function lineEnds(bytes: Uint8Array, count: number): number[] {
 }
 
 /** The `name: value` lines from `start` on, as a header list (lines without a colon skipped). */
-function headerList(bytes: Uint8Array, start: number): [string, string][] {
+function headerList(text: string, start: number): [string, string][] {
   const headers: [string, string][] = [];
   let at = start;
-  while (at < bytes.length) {
-    let end = bytes.indexOf(13, at);
-    if (end < 0) end = bytes.length;
-    const colon = bytes.indexOf(58, at);
+  while (at < text.length) {
+    let end = text.indexOf("\r", at);
+    if (end < 0) end = text.length;
+    const colon = text.indexOf(":", at);
     if (colon > at && colon < end) {
+      // Optional whitespace around the value is not part of it (RFC 9110 §5.5).
       let valueStart = colon + 1;
       let valueEnd = end;
-      while (valueStart < valueEnd && (bytes[valueStart] === 32 || bytes[valueStart] === 9)) {
-        valueStart++;
-      }
-      while (valueEnd > valueStart && (bytes[valueEnd - 1] === 32 || bytes[valueEnd - 1] === 9)) {
-        valueEnd--;
-      }
-      headers.push([byteString(bytes, at, colon), byteString(bytes, valueStart, valueEnd)]);
+      while (valueStart < valueEnd && isBlank(text.charCodeAt(valueStart))) valueStart++;
+      while (valueEnd > valueStart && isBlank(text.charCodeAt(valueEnd - 1))) valueEnd--;
+      headers.push([text.slice(at, colon), text.slice(valueStart, valueEnd)]);
     }
     at = end + 2;
   }
   return headers;
+}
+
+/** A space or a tab (optional whitespace around header values). */
+function isBlank(code: number): boolean {
+  return code === 32 || code === 9;
+}
+
+/** True when every code unit of `text` is ASCII (its UTF-8 bytes are its code units). */
+function isAscii(text: string): boolean {
+  for (let index = 0; index < text.length; index++) {
+    if (text.charCodeAt(index) > 0x7f) return false;
+  }
+  return true;
 }
 
 /**
@@ -153,20 +164,20 @@ function headerList(bytes: Uint8Array, start: number): [string, string][] {
  * the inspector show them like a plain object's.
  */
 class RequestInfo implements HttpRequestInfo {
-  readonly #bytes: Uint8Array;
+  readonly #text: string;
   readonly #ends: number[];
   readonly httpVersion: "1.1" | "2";
   #context: Context | null = null;
   #remoteAddr: { readonly hostname: string; readonly port: number } | null = null;
 
-  constructor(bytes: Uint8Array, ends: number[], http2: boolean) {
-    this.#bytes = bytes;
+  constructor(text: string, ends: number[], http2: boolean) {
+    this.#text = text;
     this.#ends = ends;
     this.httpVersion = http2 ? "2" : "1.1";
   }
 
   #line(index: number): string {
-    return byteString(this.#bytes, this.#ends[index - 1] + 2, this.#ends[index]);
+    return this.#text.slice(this.#ends[index - 1] + 2, this.#ends[index]);
   }
 
   get context(): Context {
@@ -201,6 +212,8 @@ class RequestInfo implements HttpRequestInfo {
 }
 
 const encoder = new TextEncoder();
+/** Decodes ASCII text (UTF-8 decoding of ASCII is the identity, and the fastest path). */
+const asciiDecoder = new TextDecoder();
 const EMPTY = new Uint8Array(0);
 const INTERNAL_ERROR_BODY = encoder.encode("Internal Server Error");
 const BAD_REQUEST_BODY = encoder.encode("Bad Request");
@@ -241,8 +254,6 @@ export class HttpBridge {
   /** The last Host that passed the authority check (clients repeat theirs). */
   #validHost = "";
   #stopped = false;
-  /** Scratch for encoding response heads (grown when a head is larger). */
-  #scratch = new Uint8Array(16 * 1024);
   readonly #visit: (data: Uint8Array, offset: number, length: number, tag: number) => void;
 
   constructor(owner: KernelOwner, rings: HttpRings, options: HttpBridgeOptions) {
@@ -338,27 +349,31 @@ export class HttpBridge {
   /**
    * Parses a REQUEST record (see docs/http.md) into a `Request`. Text is
    * read as a byte string (each byte one code unit, as `Deno.serve` gives
-   * header values). A bodyless request is built lazily: its URL, headers and
-   * `info.context` only exist if someone reads them.
+   * header values), decoded once into a string (no copy of the bytes: their
+   * ring space is reused after this drain). A bodyless request is built
+   * lazily: its URL, headers and `info.context` only exist if someone reads
+   * them.
    */
   #request(id: number, flags: number, payload: Uint8Array): void {
-    // The payload is reused once this drain ends; the request may live on.
-    const bytes = payload.slice();
-    const ends = lineEnds(bytes, 6);
+    // ASCII (the kernel says so) decodes fastest as UTF-8; anything else byte by byte.
+    const text = (flags & KREPIS_HTTP_FLAG_ASCII) !== 0
+      ? asciiDecoder.decode(payload)
+      : byteString(payload, 0, payload.length);
+    const ends = lineEnds(text, 6);
     const requestLineEnd = ends[0];
-    let space = bytes.indexOf(32);
+    let space = text.indexOf(" ");
     if (space < 0 || space > requestLineEnd) space = requestLineEnd;
-    const method = byteString(bytes, 0, space);
-    let target = byteString(bytes, space + 1, requestLineEnd);
+    const method = text.slice(0, space);
+    let target = text.slice(space + 1, requestLineEnd);
     // The authority only: a Host like "a/admin?" must not move the path the
     // handler sees away from the one the kernel routed (then: 400).
-    const rawHost = byteString(bytes, ends[0] + 2, ends[1]) || this.#fallbackHost;
+    const rawHost = text.slice(ends[0] + 2, ends[1]) || this.#fallbackHost;
     let host: string | null = rawHost;
     if (rawHost !== this.#validHost) {
       if (isAuthority(rawHost)) this.#validHost = rawHost;
       else host = null;
     }
-    const info = new RequestInfo(bytes, ends, (flags & KREPIS_HTTP_FLAG_HTTP2) !== 0);
+    const info = new RequestInfo(text, ends, (flags & KREPIS_HTTP_FLAG_HTTP2) !== 0);
     const hasBody = (flags & KREPIS_HTTP_FLAG_HAS_BODY) !== 0;
     // GET and HEAD cannot carry a body in a Request: such a body is discarded.
     const bodyAllowed = hasBody && method !== "GET" && method !== "HEAD";
@@ -388,10 +403,10 @@ export class HttpBridge {
       if (body === null && LAZY_REQUESTS && KNOWN_METHODS.has(method)) {
         request = lazyRequest(HttpRequest, method, {
           url: () => url,
-          headerList: () => headerList(bytes, headersStart),
+          headerList: () => headerList(text, headersStart),
         });
       } else {
-        const headers = headerList(bytes, headersStart);
+        const headers = headerList(text, headersStart);
         // GET is the default: naming it costs ~1.4 µs of method normalization.
         request = new HttpRequest(
           url,
@@ -533,21 +548,31 @@ export class HttpBridge {
 
   #respondStatic(exchange: Exchange, status: number, body: Uint8Array): void {
     if (exchange.over) return;
-    const bodyless = body.length === 0 || exchange.head;
-    this.#writeHead(
+    this.#respondComplete(
       exchange,
       status,
       `content-type: text/plain;charset=UTF-8\r\ncontent-length: ${body.length}\r\n`,
-      bodyless,
+      exchange.head ? EMPTY : body,
     );
-    if (bodyless) this.#complete(exchange);
-    else this.#putWholeBody(exchange, body);
   }
 
-  /** Ends the response with `bytes` as its whole body, one record within the credit window. */
-  #putWholeBody(exchange: Exchange, bytes: Uint8Array): void {
-    this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, KREPIS_HTTP_FLAG_END, 0, bytes);
-    exchange.window -= bytes.length;
+  /**
+   * Sends a complete response in one record: head and (within the credit
+   * window) the whole body (bytes, or an ASCII string).
+   */
+  #respondComplete(
+    exchange: Exchange,
+    status: number,
+    lines: string,
+    body: Uint8Array | string,
+  ): void {
+    if (exchange.abortReason === null) {
+      const flags = body.length === 0
+        ? KREPIS_HTTP_FLAG_END
+        : KREPIS_HTTP_FLAG_END | KREPIS_HTTP_FLAG_INLINE_BODY;
+      this.#records.putResponse(exchange.id, status, flags, lines, body);
+      exchange.window -= body.length;
+    }
     this.#complete(exchange);
   }
 
@@ -607,22 +632,20 @@ export class HttpBridge {
     }
     if (body === null || exchange.head || isBodyless(status)) {
       if (!hasLength && !exchange.head && !isBodyless(status)) lines += "content-length: 0\r\n";
-      this.#writeHead(exchange, status, lines, true);
-      this.#complete(exchange);
+      this.#respondComplete(exchange, status, lines, EMPTY);
       return;
     }
-    const bytes = typeof body === "string" ? encoder.encode(body) : body;
+    // An ASCII string goes into the ring as it is; anything else is encoded first.
+    const bytes = typeof body === "string" && !isAscii(body) ? encoder.encode(body) : body;
     if (!hasLength) lines += `content-length: ${bytes.length}\r\n`;
-    this.#writeHead(exchange, status, lines, bytes.length === 0);
-    if (bytes.length === 0) {
-      this.#complete(exchange);
-      return;
-    }
     if (bytes.length <= exchange.window) {
-      this.#putWholeBody(exchange, bytes);
+      // The common case: one record, no promise.
+      this.#respondComplete(exchange, status, lines, bytes);
       return;
     }
-    void this.#sendChunk(exchange, bytes, true).then((sent) => {
+    this.#writeHead(exchange, status, lines, false);
+    const whole = typeof bytes === "string" ? encoder.encode(bytes) : bytes;
+    void this.#sendChunk(exchange, whole, true).then((sent) => {
       if (sent) this.#complete(exchange);
     });
   }
@@ -692,7 +715,7 @@ export class HttpBridge {
       }
       // The head is out: the kernel aborts the response (HTTP/1 closes the
       // connection, HTTP/2 resets the stream).
-      this.#put(KREPIS_HTTP_TO_KERNEL_ABORT, exchange, 0, 0, EMPTY);
+      this.#put(KREPIS_HTTP_TO_KERNEL_ABORT, exchange, 0, EMPTY);
       this.#complete(exchange);
     }
   }
@@ -705,7 +728,7 @@ export class HttpBridge {
     if (bytes.length === 0) {
       if (!last) return !exchange.over;
       if (exchange.over) return false;
-      this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, KREPIS_HTTP_FLAG_END, 0, EMPTY);
+      this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, KREPIS_HTTP_FLAG_END, EMPTY);
       return true;
     }
     let offset = 0;
@@ -718,27 +741,22 @@ export class HttpBridge {
       }
       const end = offset + take;
       const flags = last && end === bytes.length ? KREPIS_HTTP_FLAG_END : 0;
-      this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, flags, 0, bytes.subarray(offset, end));
+      this.#put(KREPIS_HTTP_TO_KERNEL_BODY, exchange, flags, bytes.subarray(offset, end));
       exchange.window -= take;
       offset = end;
     }
     return true;
   }
 
+  /** Sends a response head (its body, if any, follows in BODY records). */
   #writeHead(exchange: Exchange, status: number, lines: string, complete: boolean): void {
-    let scratch = this.#scratch;
-    if (lines.length * 3 > scratch.length) {
-      scratch = this.#scratch = new Uint8Array(lines.length * 3);
-    }
-    const { written } = encoder.encodeInto(lines, scratch);
-    // Copied again when the record has to wait for ring space (rare).
-    this.#put(
-      KREPIS_HTTP_TO_KERNEL_RESPONSE,
-      exchange,
+    if (exchange.abortReason !== null) return;
+    this.#records.putResponse(
+      exchange.id,
       status,
       complete ? KREPIS_HTTP_FLAG_END : 0,
-      scratch.subarray(0, written),
-      true,
+      lines,
+      EMPTY,
     );
   }
 
@@ -777,17 +795,10 @@ export class HttpBridge {
     this.#records.put(KREPIS_HTTP_TO_KERNEL_CREDIT, id, bytes, 0, 2, EMPTY);
   }
 
-  /** Writes (or queues) a record of `exchange`; RESPONSE has three head words. */
-  #put(
-    tag: number,
-    exchange: Exchange,
-    word1: number,
-    word2: number,
-    payload: Uint8Array,
-    response = false,
-  ): void {
+  /** Writes (or queues) a BODY or ABORT record of `exchange`. */
+  #put(tag: number, exchange: Exchange, word1: number, payload: Uint8Array): void {
     if (exchange.abortReason !== null) return;
-    this.#records.put(tag, exchange.id, word1, word2, response ? 3 : 2, payload);
+    this.#records.put(tag, exchange.id, word1, 0, 2, payload);
   }
 
   /** The kernel stopped the server (or closed): fail what is still open. */

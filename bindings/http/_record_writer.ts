@@ -7,7 +7,13 @@
  * @module
  */
 
+import { KREPIS_HTTP_TO_KERNEL_RESPONSE } from "../_gen/symbols.ts";
 import { recordSize, type RingWriter } from "../_ring.ts";
+
+/** Writes `text` at `offset`, one byte per code unit (code units are below 256). */
+function writeByteString(data: Uint8Array, offset: number, text: string): void {
+  for (let index = 0; index < text.length; index++) data[offset + index] = text.charCodeAt(index);
+}
 
 /** A record waiting for ring space. */
 interface Pending {
@@ -15,6 +21,7 @@ interface Pending {
   id: number;
   word1: number;
   word2: number;
+  word3: number;
   headWords: number;
   payload: Uint8Array;
 }
@@ -55,12 +62,67 @@ export class RecordWriter {
   ): void {
     const writer = this.#ring;
     if (this.#stopped || writer.detached) return;
-    if (this.#backlog.length === 0 && this.#tryPut(tag, id, word1, word2, headWords, payload)) {
+    if (
+      this.#backlog.length === 0 && this.#tryPut(tag, id, word1, word2, 0, headWords, payload)
+    ) {
       this.#scheduleFlush();
       return;
     }
-    // Keep the order: everything after a waiting record waits too.
-    this.#backlog.push({ tag, id, word1, word2, headWords, payload: payload.slice() });
+    this.#queue({ tag, id, word1, word2, word3: 0, headWords, payload: payload.slice() });
+  }
+
+  /**
+   * Writes a RESPONSE record, `[id][status][flags][lines length]` then the
+   * header `lines` as a byte string (each code unit one byte, as headers
+   * are) and `body` (bytes, or an ASCII string: one byte per code unit),
+   * straight into the ring: one copy of each.
+   */
+  putResponse(
+    id: number,
+    status: number,
+    flags: number,
+    lines: string,
+    body: Uint8Array | string,
+  ): void {
+    const writer = this.#ring;
+    if (this.#stopped || writer.detached) return;
+    const length = lines.length;
+    if (this.#backlog.length === 0) {
+      const offset = writer.reserve(16 + length + body.length, KREPIS_HTTP_TO_KERNEL_RESPONSE);
+      if (offset >= 0) {
+        const words = this.#words;
+        const word = offset >> 2;
+        words[word] = id;
+        words[word + 1] = status;
+        words[word + 2] = flags;
+        words[word + 3] = length;
+        const data = writer.data;
+        const start = offset + 16;
+        writeByteString(data, start, lines);
+        if (typeof body === "string") writeByteString(data, start + length, body);
+        else if (body.length > 0) data.set(body, start + length);
+        this.#scheduleFlush();
+        return;
+      }
+    }
+    const payload = new Uint8Array(length + body.length);
+    writeByteString(payload, 0, lines);
+    if (typeof body === "string") writeByteString(payload, length, body);
+    else payload.set(body, length);
+    this.#queue({
+      tag: KREPIS_HTTP_TO_KERNEL_RESPONSE,
+      id,
+      word1: status,
+      word2: flags,
+      word3: length,
+      headWords: 4,
+      payload,
+    });
+  }
+
+  /** Keeps the order: everything after a waiting record waits too. */
+  #queue(record: Pending): void {
+    this.#backlog.push(record);
     if (!this.#backlogDraining) void this.#drainBacklog();
   }
 
@@ -69,6 +131,7 @@ export class RecordWriter {
     id: number,
     word1: number,
     word2: number,
+    word3: number,
     headWords: number,
     payload: Uint8Array,
   ): boolean {
@@ -80,7 +143,8 @@ export class RecordWriter {
     const word = offset >> 2;
     words[word] = id;
     words[word + 1] = word1;
-    if (headWords === 3) words[word + 2] = word2;
+    if (headWords >= 3) words[word + 2] = word2;
+    if (headWords === 4) words[word + 3] = word3;
     if (payload.length > 0) writer.data.set(payload, offset + head);
     return true;
   }
@@ -92,7 +156,15 @@ export class RecordWriter {
       while (backlog.length > 0 && !this.#stopped) {
         const next = backlog[0];
         if (
-          this.#tryPut(next.tag, next.id, next.word1, next.word2, next.headWords, next.payload)
+          this.#tryPut(
+            next.tag,
+            next.id,
+            next.word1,
+            next.word2,
+            next.word3,
+            next.headWords,
+            next.payload,
+          )
         ) {
           backlog.shift();
           continue;

@@ -36,8 +36,25 @@
 // `krepis_store_completions` (the handle is 0).
 #define KREPIS_EVENT_COMPLETIONS 5
 
+// A guarded command ended: its result is ready for `krepis_guard_result`
+// (the handle is the process handle).
+#define KREPIS_EVENT_GUARD 6
+
 // Bytes per event record.
 #define KREPIS_EVENT_RECORD_BYTES 8
+
+// The nobody user and group, the default ids a root host drops to.
+#define KREPIS_NOBODY 65534
+
+
+
+#define KREPIS_CLONE_NEWTIME 128
+
+// `socket()`'s type without `SOCK_NONBLOCK`/`SOCK_CLOEXEC`.
+#define KREPIS_SOCK_TYPE_MASK 15
+
+// `fchmodat2` (Linux 6.6; the same number everywhere).
+#define KREPIS_SYS_FCHMODAT2 452
 
 // Most file violations reported per command (the first ones).
 #define KREPIS_MAX_REPORTED_VIOLATIONS 64
@@ -54,7 +71,8 @@
 // Kernel → JS record: the request is over (`[id][reason]`).
 #define KREPIS_HTTP_TO_JS_ABORT 4
 
-// JS → kernel record: the response head (`[id][status][flags]` + header lines).
+// JS → kernel record: the response head (`[id][status][flags][lines length]`
+// + header lines, + the whole body with `HTTP_FLAG_INLINE_BODY`).
 #define KREPIS_HTTP_TO_KERNEL_RESPONSE 1
 
 // JS → kernel record: response body bytes (`[id][flags]` + bytes).
@@ -69,11 +87,19 @@
 // Flag of BODY, RESPONSE_BODY and RESPONSE records: nothing follows.
 #define KREPIS_HTTP_FLAG_END 1
 
+// Flag of RESPONSE records: the whole body follows the header lines (the
+// response is complete; set together with `HTTP_FLAG_END`).
+#define KREPIS_HTTP_FLAG_INLINE_BODY 2
+
 // Flag of REQUEST records: BODY records follow.
 #define KREPIS_HTTP_FLAG_HAS_BODY 1
 
 // Flag of REQUEST records: the request came over HTTP/2.
 #define KREPIS_HTTP_FLAG_HTTP2 2
+
+// Flag of REQUEST records: every byte of the text is ASCII (JS may decode
+// it as UTF-8, which is faster than reading it byte by byte).
+#define KREPIS_HTTP_FLAG_ASCII 4
 
 // Body bytes either side may send ahead of the other side's credit, per request.
 #define KREPIS_HTTP_BODY_WINDOW 65536
@@ -230,6 +256,16 @@ int32_t krepis_guard_close(uint32_t process);
 // Kills a guarded process and its whole tree (idempotent).
 int32_t krepis_guard_kill(uint32_t process);
 
+// The result of a guarded process that ended: writes its
+// `krepis.v1.GuardResult` into `out` and returns its length (more than
+// `cap`: nothing written, ask again with a buffer that large), or 0 while
+// it still runs. Never blocks: an `EVENT_GUARD` with the process handle
+// announces the result.
+//
+// # Safety
+// `out` must point to `cap` writable bytes.
+int32_t krepis_guard_result(uint32_t process, uint8_t *out, uint32_t cap);
+
 // Starts `request` (an encoded `krepis.v1.GuardRequest`) under the guard.
 // stdout/stderr go to the given kernel → JS rings (0 = discard). Writes the
 // process handle to `out_handle`.
@@ -242,14 +278,6 @@ int32_t krepis_guard_spawn(uint32_t kernel,
                            uint32_t stdout_ring,
                            uint32_t stderr_ring,
                            uint32_t *out_handle);
-
-// [nonblocking] Waits up to `timeout_ms` for a guarded process to end and
-// writes its `krepis.v1.GuardResult` into `out`; returns its length, or 0
-// when it is still running.
-//
-// # Safety
-// `out` must point to `cap` writable bytes.
-int32_t krepis_guard_wait(uint32_t process, uint32_t timeout_ms, uint8_t *out, uint32_t cap);
 
 // Frees a server's handle; a server still running is aborted first.
 // Returns 1 when it had finished on its own, 0 when it was aborted.

@@ -1,6 +1,6 @@
 //! Readiness events: everything JS waits for in a kernel (rings with records
 //! or room, listeners with links, finished connects, closed links, finished
-//! commits) is announced through ONE queue per kernel, and JS sleeps at one
+//! commits, finished guarded commands) is announced through ONE queue per kernel, and JS sleeps at one
 //! place per kernel however many objects it waits on.
 //!
 //! An event is `[kind u32][handle u32]` (little-endian). Objects post an event
@@ -41,6 +41,9 @@ pub const EVENT_LINK_CLOSED: u32 = 4;
 /// Commits (or flushes, undos) finished: collect them with
 /// `krepis_store_completions` (the handle is 0).
 pub const EVENT_COMPLETIONS: u32 = 5;
+/// A guarded command ended: its result is ready for `krepis_guard_result`
+/// (the handle is the process handle).
+pub const EVENT_GUARD: u32 = 6;
 /// Bytes per event record.
 pub const EVENT_RECORD_BYTES: u32 = 8;
 

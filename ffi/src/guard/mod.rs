@@ -2,8 +2,9 @@
 //! process with limits the kernel enforces (timeout, CPU, output, memory,
 //! processes) and, on Linux, the isolation of [`sandbox`]. stdout and
 //! stderr stream to JS through kernel → JS rings; the result (exit status,
-//! usage, violations, the isolation actually applied) comes from one
-//! `nonblocking` wait.
+//! usage, violations, the isolation actually applied) is announced by an
+//! `EVENT_GUARD` on the kernel's event queue and read with a synchronous
+//! call (`krepis_guard_result`).
 //!
 //! Every guarded process gets its own process group (session), so a kill
 //! reaches its whole tree; on Linux the cgroups catch children that start
@@ -81,7 +82,6 @@ use spawned::Started;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use stopper::{Stopper, Violations};
 use waiter::{Outcome, Waiting};
 
@@ -188,9 +188,10 @@ fn watch(
             isolation,
             started: at,
             done,
-            net: policy.net,
             max_cpu_ms: policy.max_cpu_ms,
             outcome,
+            events: Arc::clone(kernel.events()),
+            handle,
         },
     );
     Ok(handle)
@@ -237,27 +238,23 @@ pub unsafe extern "C" fn krepis_guard_spawn(
     })
 }
 
-/// [nonblocking] Waits up to `timeout_ms` for a guarded process to end and
-/// writes its `krepis.v1.GuardResult` into `out`; returns its length, or 0
-/// when it is still running.
+/// The result of a guarded process that ended: writes its
+/// `krepis.v1.GuardResult` into `out` and returns its length (more than
+/// `cap`: nothing written, ask again with a buffer that large), or 0 while
+/// it still runs. Never blocks: an `EVENT_GUARD` with the process handle
+/// announces the result.
 ///
 /// # Safety
 /// `out` must point to `cap` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn krepis_guard_wait(
-    process: u32,
-    timeout_ms: u32,
-    out: *mut u8,
-    cap: u32,
-) -> i32 {
-    call("krepis_guard_wait", || {
+pub unsafe extern "C" fn krepis_guard_result(process: u32, out: *mut u8, cap: u32) -> i32 {
+    call("krepis_guard_result", || {
         // SAFETY: forwarded from this function's contract.
         let out = unsafe { out_bytes(out, cap, "out")? };
         let process = PROCESSES.get(process)?;
-        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
         process
             .outcome
-            .wait(deadline, |result| write_out(result, out))
+            .read(|result| write_out(result, out))
             .unwrap_or(Ok(0))
     })
 }

@@ -28,6 +28,15 @@ pub fn validate(request: &GuardRequest, policy: &GuardPolicy) -> KernelResult<()
             .with_detail("field", field));
         }
     }
+    if let Some(privileges) = &policy.privileges {
+        if !["", "setuid", "userns", "keep"].contains(&privileges.drop.as_str()) {
+            return Err(KernelError::invalid_argument(format!(
+                "policy.privileges.drop must be \"setuid\", \"userns\" or \"keep\", got {:?}",
+                privileges.drop
+            ))
+            .with_detail("field", "policy.privileges.drop"));
+        }
+    }
     if request.cmd.is_empty() {
         return Err(
             KernelError::invalid_argument("cmd must not be empty").with_detail("field", "cmd")
@@ -40,6 +49,32 @@ pub fn validate(request: &GuardRequest, policy: &GuardPolicy) -> KernelResult<()
 /// unless `envAllow` names some.
 pub fn passes_env(policy: &GuardPolicy, key: &str) -> bool {
     policy.env_allow.is_empty() || policy.env_allow.iter().any(|allowed| allowed == key)
+}
+
+/// How a command started by a root host stops being root.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Drop {
+    /// setgroups/setresgid/setresuid to these ids.
+    Setuid { uid: u32, gid: u32 },
+    /// The same, then a user namespace in which the uid is not mapped.
+    UserNamespace { uid: u32, gid: u32 },
+    /// Stay root (without capabilities).
+    Keep,
+}
+
+/// The nobody user and group, the default ids a root host drops to.
+pub const NOBODY: u32 = 65534;
+
+/// What `policy.privileges` asks for (validated: an unknown mode is `Setuid`).
+pub fn privileges(policy: &GuardPolicy) -> Drop {
+    let privileges = policy.privileges.clone().unwrap_or_default();
+    let id = |value: u32| if value == 0 { NOBODY } else { value };
+    let (uid, gid) = (id(privileges.uid), id(privileges.gid));
+    match privileges.drop.as_str() {
+        "keep" => Drop::Keep,
+        "userns" => Drop::UserNamespace { uid, gid },
+        _ => Drop::Setuid { uid, gid },
+    }
 }
 
 /// Bytes a stream may produce before the command is killed (0 = no limit).
@@ -100,6 +135,40 @@ mod tests {
     }
 
     #[test]
+    fn privileges_default_to_nobody_and_unknown_modes_are_refused() {
+        let mut policy = GuardPolicy::default();
+        let nobody = Drop::Setuid {
+            uid: NOBODY,
+            gid: NOBODY,
+        };
+        assert_eq!(privileges(&policy), nobody);
+        policy.privileges = Some(crate::proto::GuardPrivileges {
+            drop: "userns".into(),
+            uid: 1234,
+            gid: 0,
+        });
+        assert_eq!(
+            privileges(&policy),
+            Drop::UserNamespace {
+                uid: 1234,
+                gid: NOBODY
+            }
+        );
+        let request = GuardRequest {
+            cmd: "true".into(),
+            ..Default::default()
+        };
+        assert!(validate(&request, &policy).is_ok());
+        policy.privileges.as_mut().unwrap().drop = "root".into();
+        let error = validate(&request, &policy).unwrap_err();
+        assert!(
+            error.message.contains("policy.privileges.drop"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
     fn collected_output_is_bounded_even_without_a_limit() {
         let mut policy = GuardPolicy::default();
         assert_eq!(output_limit(&policy, false), 0);
@@ -123,6 +192,7 @@ mod tests {
         let isolation = GuardIsolation {
             applied: vec!["session".into()],
             not_applied: vec!["landlock: not supported by this kernel".into()],
+            ..Default::default()
         };
         let mut policy = GuardPolicy {
             require: vec!["session".into()],

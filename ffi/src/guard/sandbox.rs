@@ -8,14 +8,17 @@
 //!
 //! Layers, each applied when the host allows it and reported either way: a
 //! new session (process group), cgroups, rlimits, a network namespace when
-//! `net` is off, no capabilities, `no_new_privs`, Landlock, and the seccomp
-//! filter whose notifications the supervisor answers.
+//! `net` is off, no root (a root host switches to `policy.privileges`' ids,
+//! optionally inside a user namespace that maps nothing), no capabilities,
+//! `no_new_privs`, Landlock, and the seccomp filter whose notifications the
+//! supervisor answers.
 
 use super::access::FileAccess;
 use super::cgroup::Cgroups;
 use super::child::send_fd;
+use super::policy::{privileges, Drop};
 use super::{landlock, netns, seccomp};
-use crate::proto::{GuardIsolation, GuardPolicy};
+use crate::proto::{GuardIdentity, GuardIsolation, GuardPolicy};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -26,6 +29,7 @@ const FAILED_LANDLOCK: u32 = 2;
 const FAILED_SECCOMP: u32 = 4;
 const FAILED_CAPABILITIES: u32 = 8;
 const FAILED_CGROUP: u32 = 16;
+const FAILED_USERNS: u32 = 32;
 
 /// What was decided for the child, prepared in the parent.
 pub struct Sandbox {
@@ -41,8 +45,10 @@ pub struct Sandbox {
     unshare_net: bool,
     /// A ready network namespace to enter instead of creating one.
     netns: Option<OwnedFd>,
-    /// Root: empty the bounding set and the capability sets before exec.
-    drop_capabilities: bool,
+    /// Root: the ids to switch to before exec.
+    switch_to: Option<(u32, u32)>,
+    /// Enter a user namespace that maps nothing (after switching ids).
+    user_namespace: bool,
     /// Layers the child could not apply (FAILED_* bits), written before exec.
     failed: AtomicU32,
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)>,
@@ -59,6 +65,7 @@ impl Sandbox {
                     .into(),
                 "mount_namespace: not needed (Landlock restricts the file system)".into(),
             ],
+            run_as: None,
         };
         let filter = seccomp::program(policy.net);
         let netns = if policy.net { None } else { netns::take() };
@@ -66,6 +73,8 @@ impl Sandbox {
         let cgroups = Cgroups::prepare(policy, &name, &mut isolation);
         let mut sandbox = Sandbox {
             isolation,
+            switch_to: None,
+            user_namespace: false,
             access: Arc::new(FileAccess::of(policy)),
             failed: AtomicU32::new(if cgroups.unjoinable { FAILED_CGROUP } else { 0 }),
             cgroups,
@@ -75,7 +84,6 @@ impl Sandbox {
             listener_rx: None,
             unshare_net: !policy.net,
             netns,
-            drop_capabilities: false,
             rlimits: Vec::new(),
         };
         sandbox.prepare_rlimits(policy);
@@ -84,12 +92,55 @@ impl Sandbox {
         if sandbox.unshare_net {
             sandbox.isolation.applied.push("net_namespace".into());
         }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            sandbox.drop_capabilities = true;
-        }
+        sandbox.prepare_identity(policy);
         sandbox.isolation.applied.push("no_capabilities".into());
         sandbox
+    }
+
+    /// Who the command runs as: a root host switches to the policy's ids
+    /// (unless it says "keep"); "userns" adds a user namespace.
+    fn prepare_identity(&mut self, policy: &GuardPolicy) {
+        // SAFETY: these calls have no preconditions.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let drop = privileges(policy);
+        let isolation = &mut self.isolation;
+        let run_as = match (euid, drop) {
+            (0, Drop::Keep) => {
+                isolation.not_applied.push(
+                    "no_root: policy.privileges.drop is \"keep\": the command runs as uid 0 (without capabilities)"
+                        .into(),
+                );
+                isolation
+                    .not_applied
+                    .push("setuid: policy.privileges.drop is \"keep\"".into());
+                (0, egid)
+            }
+            (0, Drop::Setuid { uid, gid } | Drop::UserNamespace { uid, gid }) => {
+                self.switch_to = Some((uid, gid));
+                isolation.applied.push("no_root".into());
+                isolation.applied.push("setuid".into());
+                (uid, gid)
+            }
+            _ => {
+                isolation.applied.push("no_root".into());
+                isolation
+                    .not_applied
+                    .push("setuid: not needed (the host does not run as root)".into());
+                (euid, egid)
+            }
+        };
+        if matches!(drop, Drop::UserNamespace { .. }) {
+            self.user_namespace = true;
+            isolation.applied.push("user_namespace".into());
+        } else {
+            isolation
+                .not_applied
+                .push("user_namespace: policy.privileges.drop is not \"userns\"".into());
+        }
+        isolation.run_as = Some(GuardIdentity {
+            uid: run_as.0,
+            gid: run_as.1,
+        });
     }
 
     fn prepare_rlimits(&mut self, policy: &GuardPolicy) {
@@ -176,7 +227,26 @@ impl Sandbox {
         // Descriptors inherited without CLOEXEC must not reach the command.
         // SAFETY: marks descriptors close-on-exec; touches no memory.
         unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 1u32 << 2) };
-        if !drop_capabilities(self.drop_capabilities) {
+        if let Some((uid, gid)) = self.switch_to {
+            // Root gives root up, or the command does not run: never a
+            // command left as root by accident. The bounding set goes
+            // first (emptying it needs CAP_SETPCAP, which setresuid drops).
+            drop_bounding_set();
+            // The stdio pipes (root's, made by the parent) become the
+            // command's, so that it can reopen them (/dev/stdout).
+            for fd in 0..=2 {
+                // SAFETY: changes the owner of one of this child's pipes.
+                unsafe { libc::fchown(fd, uid, gid) };
+            }
+            switch_ids(uid, gid)?;
+        }
+        // SAFETY: a plain system call without pointers.
+        if self.user_namespace && unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+            self.failed.fetch_or(FAILED_USERNS, Ordering::SeqCst);
+        }
+        // After a new user namespace the bounding set is full again (inside it).
+        drop_bounding_set();
+        if !drop_capabilities() {
             self.failed.fetch_or(FAILED_CAPABILITIES, Ordering::SeqCst);
         }
         // SAFETY: a plain system call without pointers.
@@ -235,6 +305,7 @@ impl Sandbox {
             (FAILED_LANDLOCK, "signal_scope"),
             (FAILED_SECCOMP, "seccomp"),
             (FAILED_CAPABILITIES, "no_capabilities"),
+            (FAILED_USERNS, "user_namespace"),
             (FAILED_CGROUP, "cgroup_pids"),
             (FAILED_CGROUP, "cgroup_memory"),
             (FAILED_CGROUP, "cgroup_cpu"),
@@ -266,11 +337,36 @@ impl Sandbox {
     }
 }
 
+/// Empties the bounding set, so that no exec grants a capability (root's
+/// included); a refusal (no CAP_SETPCAP: an unprivileged host, whose set
+/// grants nothing anyway) is ignored. Between fork and exec: only system calls.
+fn drop_bounding_set() {
+    for capability in 0..=63 {
+        // SAFETY: prctl without pointers.
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0) };
+    }
+}
+
+/// Root becomes `uid`/`gid` with no supplementary groups (in that order:
+/// changing the uid first would take the right to change groups away).
+/// Between fork and exec: only system calls.
+fn switch_ids(uid: u32, gid: u32) -> std::io::Result<()> {
+    // SAFETY: setgroups reads no memory for an empty list; the others take ids.
+    let failed = unsafe {
+        libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(gid, gid, gid) != 0
+            || libc::setresuid(uid, uid, uid) != 0
+    };
+    if failed {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Leaves the calling process no capabilities, now or after exec: clears
-/// the ambient set, empties the bounding set when `bounding` (root), and
-/// clears the effective, permitted and inheritable sets; false when the
-/// last step was refused. Between fork and exec: only system calls.
-fn drop_capabilities(bounding: bool) -> bool {
+/// the ambient set and the effective, permitted and inheritable sets; false
+/// when the last step was refused. Between fork and exec: only system calls.
+fn drop_capabilities() -> bool {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -282,7 +378,7 @@ fn drop_capabilities(bounding: bool) -> bool {
         permitted: u32,
         inheritable: u32,
     }
-    // SAFETY: prctl calls without pointers.
+    // SAFETY: prctl without pointers.
     unsafe {
         libc::prctl(
             libc::PR_CAP_AMBIENT,
@@ -291,12 +387,6 @@ fn drop_capabilities(bounding: bool) -> bool {
             0,
             0,
         );
-        if bounding {
-            // An empty bounding set means exec grants root nothing either.
-            for capability in 0..=63 {
-                libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0);
-            }
-        }
     }
     let header = Header {
         version: 0x2008_0522,

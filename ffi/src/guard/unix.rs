@@ -40,9 +40,13 @@ pub fn start(
             Ok(())
         })
     };
-    let isolation = GuardIsolation {
+    // SAFETY: these calls have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let mut isolation = GuardIsolation {
         applied: vec!["session".into(), "rlimits".into()],
         not_applied: [
+            "setuid",
+            "user_namespace",
             "no_new_privs",
             "landlock",
             "seccomp",
@@ -53,7 +57,14 @@ pub fn start(
         .iter()
         .map(|name| format!("{name}: not available on this OS"))
         .collect(),
+        run_as: Some(crate::proto::GuardIdentity { uid, gid }),
     };
+    if uid == 0 {
+        let why = "no_root: the host runs as root and this OS has no privilege drop in the guard";
+        isolation.not_applied.push(why.into());
+    } else {
+        isolation.applied.push("no_root".into());
+    }
     check_required(policy, &isolation)?;
     let at = Instant::now();
     let child = command

@@ -2,16 +2,20 @@
 //! the command exits, stops what is left of its tree, gathers the exit
 //! status, usage, violations, output and isolation into one `GuardResult`,
 //! and publishes it, encoded once, in the command's [`Outcome`], where
-//! `krepis_guard_wait` finds it. Finally it removes the command's cgroups.
+//! `krepis_guard_result` finds it, then posts an `EVENT_GUARD` with the
+//! command's handle on the kernel's event queue (after publishing, so JS
+//! never wakes to a result that is not there). Finally it removes the
+//! command's cgroups.
 
 use super::output::Output;
 use super::spawned::{Exit, Waiter};
 use super::stopper::Stopper;
 use super::tree::Tree;
+use crate::events::{EventQueue, EVENT_GUARD};
 use crate::proto::{GuardIsolation, GuardResult, GuardUsage};
 use prost::Message;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The result of a command once it ended.
@@ -20,13 +24,11 @@ pub struct Outcome {
     /// The encoded `GuardResult`: encoded once, since JS may read it twice
     /// (a first buffer too small for collected output).
     result: Mutex<Option<Vec<u8>>>,
-    finished: Condvar,
 }
 
 impl Outcome {
     fn publish(&self, result: &GuardResult) {
         *self.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.encode_to_vec());
-        self.finished.notify_all();
     }
 
     /// Whether the command ended (and its result is published).
@@ -37,21 +39,10 @@ impl Outcome {
             .is_some()
     }
 
-    /// Waits until the result is published or `deadline` passes; then
-    /// hands the encoded result to `read` (`None`: still running).
-    pub fn wait<T>(&self, deadline: Instant, read: impl FnOnce(&[u8]) -> T) -> Option<T> {
-        let mut result = self.result.lock().unwrap_or_else(|p| p.into_inner());
-        while result.is_none() {
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            result = self
-                .finished
-                .wait_timeout(result, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+    /// Hands the encoded result to `read` once it is published (`None`:
+    /// still running). Never blocks on the command.
+    pub fn read<T>(&self, read: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        let result = self.result.lock().unwrap_or_else(|p| p.into_inner());
         result.as_deref().map(read)
     }
 }
@@ -66,10 +57,12 @@ pub struct Waiting {
     pub started: Instant,
     /// Set once the command exited: the monitor's signal to end.
     pub done: Arc<AtomicBool>,
-    /// From the policy: what a SIGSYS or SIGXCPU means.
-    pub net: bool,
+    /// From the policy: what a SIGXCPU means.
     pub max_cpu_ms: u64,
     pub outcome: Arc<Outcome>,
+    /// Where JS learns that the command ended, and its handle there.
+    pub events: Arc<EventQueue>,
+    pub handle: u32,
 }
 
 /// Starts the waiter of a command.
@@ -86,9 +79,10 @@ fn finish(waiting: Waiting) {
         isolation,
         started,
         done,
-        net,
         max_cpu_ms,
         outcome,
+        events,
+        handle,
     } = waiting;
     // Whatever happens below (even a panic), the cgroups are removed, after
     // the result is published.
@@ -112,13 +106,13 @@ fn finish(waiting: Waiting) {
             #[cfg(unix)]
             if let Some(signal) = exit.signal {
                 result.signal = signal_name(signal);
-                record_signal(signal, &stop, net, max_cpu_ms);
+                record_signal(signal, &stop, max_cpu_ms);
             }
         }
         Err(error) => result.signal = format!("wait failed: {error}"),
     }
     #[cfg(not(unix))]
-    let _ = (net, max_cpu_ms);
+    let _ = max_cpu_ms;
     // Anything of the tree still alive is an orphan: stop it.
     if tree.stop_leftovers(left_orphans, &stop) {
         stop.record(
@@ -138,14 +132,19 @@ fn finish(waiting: Waiting) {
     result.violations = stop.violations().clone();
     result.isolation = Some(isolation);
     outcome.publish(&result);
+    events.push(EVENT_GUARD, handle);
 }
 
 /// The violation a fatal signal stands for, if any.
 #[cfg(unix)]
-fn record_signal(signal: i32, stop: &Stopper, net: bool, max_cpu_ms: u64) {
+fn record_signal(signal: i32, stop: &Stopper, max_cpu_ms: u64) {
+    // Every call the policy refuses is refused (and reported) by the
+    // supervisor; the filter kills only on a call it cannot judge.
     if signal == libc::SIGSYS {
-        let kind = if net { "syscall" } else { "net" };
-        stop.record(kind, "killed by seccomp: a forbidden system call (an IPv4/IPv6 socket with net: false, or ptrace/mount/kexec/bpf)");
+        stop.record(
+            "syscall",
+            "killed by seccomp: a system call of another architecture (x32 or 32-bit)",
+        );
     }
     if signal == libc::SIGXCPU && !stop.was_killed() {
         stop.record("cpu", format!("exceeded maxCpuMs ({max_cpu_ms} ms)"));

@@ -48,6 +48,7 @@ pub fn start(
         .iter()
         .map(|name| format!("{name}: not available on this OS"))
         .collect(),
+        run_as: None,
     };
     check_required(policy, &isolation)?;
     let at = Instant::now();

@@ -6,9 +6,9 @@
 //! request's task.
 
 use super::protocol::{
-    HTTP_ABORT_STOPPING, HTTP_FLAG_END, HTTP_TO_JS_ABORT, HTTP_TO_JS_BODY, HTTP_TO_JS_CREDIT,
-    HTTP_TO_JS_REQUEST, HTTP_TO_KERNEL_ABORT, HTTP_TO_KERNEL_BODY, HTTP_TO_KERNEL_CREDIT,
-    HTTP_TO_KERNEL_RESPONSE,
+    HTTP_ABORT_STOPPING, HTTP_FLAG_ASCII, HTTP_FLAG_END, HTTP_FLAG_INLINE_BODY, HTTP_TO_JS_ABORT,
+    HTTP_TO_JS_BODY, HTTP_TO_JS_CREDIT, HTTP_TO_JS_REQUEST, HTTP_TO_KERNEL_ABORT,
+    HTTP_TO_KERNEL_BODY, HTTP_TO_KERNEL_CREDIT, HTTP_TO_KERNEL_RESPONSE,
 };
 use crate::ring::{Consumer, Producer, Ring};
 use bytes::Bytes;
@@ -44,9 +44,16 @@ pub enum FromJs {
     Abort,
 }
 
+/// Where the records JS sends for a request go: `(request id, record)`.
+/// One channel may serve many requests in turn (an HTTP/1 connection keeps
+/// its own), so a receiver skips records of ids it is not serving.
+pub type FromJsSender = mpsc::UnboundedSender<(u32, FromJs)>;
+/// The receiving side of a [`FromJsSender`].
+pub type FromJsReceiver = mpsc::UnboundedReceiver<(u32, FromJs)>;
+
 pub struct Bridge {
     outbox: Mutex<Option<mpsc::UnboundedSender<ToJs>>>,
-    requests: Mutex<HashMap<u32, mpsc::UnboundedSender<FromJs>>>,
+    requests: Mutex<HashMap<u32, FromJsSender>>,
     next_id: AtomicU32,
     pub in_flight: AtomicU64,
 }
@@ -84,9 +91,19 @@ impl Bridge {
         }
     }
 
-    /// Registers a request; `None` once the bridge stopped.
-    pub fn open(self: &Arc<Self>, flags: u32, head: Vec<u8>) -> Option<JsRequest> {
-        let (sender, receiver) = mpsc::unbounded_channel();
+    /// Registers a request whose records from JS go to `sender`; `None` once
+    /// the bridge stopped.
+    pub fn open(
+        self: &Arc<Self>,
+        flags: u32,
+        head: Vec<u8>,
+        sender: &FromJsSender,
+    ) -> Option<JsRequest> {
+        let flags = if head.is_ascii() {
+            flags | HTTP_FLAG_ASCII
+        } else {
+            flags
+        };
         let id = loop {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             if id != 0 {
@@ -96,7 +113,7 @@ impl Bridge {
         self.requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, sender);
+            .insert(id, sender.clone());
         if !self.send(ToJs::Request { id, flags, head }) {
             self.requests
                 .lock()
@@ -108,7 +125,6 @@ impl Bridge {
         Some(JsRequest {
             bridge: Arc::clone(self),
             id,
-            receiver,
             abort_reason: Some(HTTP_ABORT_STOPPING),
         })
     }
@@ -138,24 +154,53 @@ impl Bridge {
         }
         let word = |at: usize| u32::from_le_bytes(payload[at..at + 4].try_into().unwrap());
         let id = word(0);
-        let message = match tag {
-            HTTP_TO_KERNEL_RESPONSE if payload.len() >= 12 => FromJs::Response {
-                status: word(4).min(u32::from(u16::MAX)) as u16,
-                end: word(8) & HTTP_FLAG_END != 0,
-                headers: Bytes::copy_from_slice(&payload[12..]),
-            },
-            HTTP_TO_KERNEL_BODY => FromJs::Body {
-                end: word(4) & HTTP_FLAG_END != 0,
-                data: Bytes::copy_from_slice(&payload[8..]),
-            },
-            HTTP_TO_KERNEL_CREDIT => FromJs::Credit(word(4)),
-            HTTP_TO_KERNEL_ABORT => FromJs::Abort,
-            _ => return,
-        };
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         // An unknown id is a request already over (aborted): ignore.
-        if let Some(sender) = requests.get(&id) {
-            let _ = sender.send(message);
+        let Some(sender) = requests.get(&id) else {
+            return;
+        };
+        match tag {
+            HTTP_TO_KERNEL_RESPONSE if payload.len() >= 16 => {
+                let flags = word(8);
+                let lines_end = 16usize.saturating_add(word(12) as usize).min(payload.len());
+                // One copy out of the ring; the head and the body share it.
+                let record = Bytes::copy_from_slice(&payload[16..]);
+                let headers = record.slice(..lines_end - 16);
+                let inline = flags & HTTP_FLAG_INLINE_BODY != 0;
+                let _ = sender.send((
+                    id,
+                    FromJs::Response {
+                        status: word(4).min(u32::from(u16::MAX)) as u16,
+                        end: flags & HTTP_FLAG_END != 0 && !inline,
+                        headers,
+                    },
+                ));
+                if inline {
+                    let _ = sender.send((
+                        id,
+                        FromJs::Body {
+                            end: true,
+                            data: record.slice(lines_end - 16..),
+                        },
+                    ));
+                }
+            }
+            HTTP_TO_KERNEL_BODY => {
+                let _ = sender.send((
+                    id,
+                    FromJs::Body {
+                        end: word(4) & HTTP_FLAG_END != 0,
+                        data: Bytes::copy_from_slice(&payload[8..]),
+                    },
+                ));
+            }
+            HTTP_TO_KERNEL_CREDIT => {
+                let _ = sender.send((id, FromJs::Credit(word(4))));
+            }
+            HTTP_TO_KERNEL_ABORT => {
+                let _ = sender.send((id, FromJs::Abort));
+            }
+            _ => {}
         }
     }
 }
@@ -183,12 +228,22 @@ pub fn response_header_lines(lines: &[u8]) -> impl Iterator<Item = (&[u8], &[u8]
 pub struct JsRequest {
     bridge: Arc<Bridge>,
     pub id: u32,
-    pub receiver: mpsc::UnboundedReceiver<FromJs>,
     /// What JS is told when this is dropped unfinished.
     abort_reason: Option<u32>,
 }
 
 impl JsRequest {
+    /// The next record JS sent for this request from `receiver` (records of
+    /// requests that are over are skipped); `None` once the bridge stopped.
+    pub async fn next(&self, receiver: &mut FromJsReceiver) -> Option<FromJs> {
+        loop {
+            let (id, message) = receiver.recv().await?;
+            if id == self.id {
+                return Some(message);
+            }
+        }
+    }
+
     pub fn send_body(&self, data: Bytes, end: bool) {
         if data.len() <= MAX_CHUNK {
             self.bridge.send(ToJs::Body {

@@ -185,13 +185,23 @@ impl Engine {
         remote: Option<std::net::SocketAddr>,
         headers: &[(&str, &[u8])],
     ) -> Vec<u8> {
-        let find = |wanted: &str| {
-            headers
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
-                .and_then(|(_, value)| std::str::from_utf8(value).ok())
-        };
-        let mut head = Vec::with_capacity(256);
+        // One pass over the headers for the three the context comes from.
+        let (mut request_id, mut tenant, mut traceparent) = (None, None, None);
+        for (name, value) in headers {
+            let text = || std::str::from_utf8(value).ok();
+            if name.eq_ignore_ascii_case("x-request-id") {
+                request_id = request_id.or_else(text);
+            } else if name.eq_ignore_ascii_case(&self.tenant_header) {
+                tenant = tenant.or_else(text);
+            } else if name.eq_ignore_ascii_case("traceparent") {
+                traceparent = traceparent.or_else(text);
+            }
+        }
+        let capacity = headers.iter().fold(
+            method.len() + target.len() + authority.len() + 128,
+            |sum, (name, value)| sum + name.len() + value.len() + 4,
+        );
+        let mut head = Vec::with_capacity(capacity);
         head.extend_from_slice(method.as_bytes());
         head.push(b' ');
         head.extend_from_slice(target.as_bytes());
@@ -200,24 +210,29 @@ impl Engine {
         head.extend_from_slice(b"\r\n");
         match remote {
             Some(address) => {
-                head.extend_from_slice(format!("{} {}", address.ip(), address.port()).as_bytes())
+                // Into the head directly: no String per request.
+                let _ = std::io::Write::write_fmt(&mut head, format_args!("{}", address.ip()));
+                head.push(b' ');
+                head.extend_from_slice(itoa::Buffer::new().format(address.port()).as_bytes());
             }
             None => head.extend_from_slice(b"0.0.0.0 0"),
         }
         head.extend_from_slice(b"\r\n");
-        match find("x-request-id").filter(|id| !id.is_empty() && id.len() <= 256) {
+        match request_id.filter(|id| !id.is_empty() && id.len() <= 256) {
             Some(id) => head.extend_from_slice(id.as_bytes()),
             None => {
                 let sequence = self.id_sequence.fetch_add(1, Ordering::Relaxed);
-                head.extend_from_slice(format!("{:08x}-{sequence:x}", self.id_nonce).as_bytes());
+                push_hex(&mut head, u64::from(self.id_nonce), 8);
+                head.push(b'-');
+                push_hex(&mut head, sequence, 1);
             }
         }
         head.extend_from_slice(b"\r\n");
-        if let Some(tenant) = find(&self.tenant_header).filter(|t| t.len() <= 256) {
+        if let Some(tenant) = tenant.filter(|t| t.len() <= 256) {
             head.extend_from_slice(tenant.as_bytes());
         }
         head.extend_from_slice(b"\r\n");
-        if let Some(trace) = find("traceparent").and_then(trace_id) {
+        if let Some(trace) = traceparent.and_then(trace_id) {
             head.extend_from_slice(trace.as_bytes());
         }
         head.extend_from_slice(b"\r\n");
@@ -240,7 +255,8 @@ impl Engine {
         let head_request = session.req_header().method == http::Method::HEAD;
         let flags =
             if has_body { HTTP_FLAG_HAS_BODY } else { 0 } | if http2 { HTTP_FLAG_HTTP2 } else { 0 };
-        let Some(mut request) = bridge.open(flags, self.request_head(session)) else {
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let Some(mut request) = bridge.open(flags, self.request_head(session), &sender) else {
             return self.refuse(session, 503).await;
         };
         let mut body = RequestBody {
@@ -269,18 +285,18 @@ impl Engine {
                 // still comes: duplex streaming, or an early answer).
                 tokio::select! {
                     biased;
-                    message = request.receiver.recv() => Event::Js(message),
+                    message = request.next(&mut receiver) => Event::Js(message),
                     chunk = session.read_request_body() => Event::Body(chunk),
                 }
             } else if body.read_all {
                 // Nothing left to read: watch the client while JS works.
                 tokio::select! {
                     biased;
-                    message = request.receiver.recv() => Event::Js(message),
+                    message = request.next(&mut receiver) => Event::Js(message),
                     gone = session.read_body_or_idle(true) => Event::ClientGone(gone.err()),
                 }
             } else {
-                Event::Js(request.receiver.recv().await)
+                Event::Js(request.next(&mut receiver).await)
             };
             let message = match event {
                 Event::Body(Ok(Some(chunk))) => {
@@ -459,6 +475,17 @@ fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
 }
 
 /// The trace-id field of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+/// Appends `value` in lower-case hex, zero-padded to at least `digits` digits.
+fn push_hex(out: &mut Vec<u8>, value: u64, digits: usize) {
+    let used = (64 - value.leading_zeros() as usize)
+        .div_ceil(4)
+        .max(digits)
+        .max(1);
+    for shift in (0..used).rev() {
+        out.push(b"0123456789abcdef"[((value >> (shift * 4)) & 0xf) as usize]);
+    }
+}
+
 fn trace_id(traceparent: &str) -> Option<&str> {
     let mut parts = traceparent.split('-');
     let (_version, trace) = (parts.next()?, parts.next()?);
@@ -669,5 +696,29 @@ impl ProxyHttp for Shared {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{push_hex, trace_id};
+
+    #[test]
+    fn hex_is_padded_lower_case() {
+        let mut out = Vec::new();
+        push_hex(&mut out, 0xbeef, 8);
+        out.push(b'-');
+        push_hex(&mut out, 0, 1);
+        out.push(b'-');
+        push_hex(&mut out, u64::MAX, 1);
+        assert_eq!(out, b"0000beef-0-ffffffffffffffff");
+    }
+
+    #[test]
+    fn trace_ids_come_from_valid_traceparents_only() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), Some(id));
+        assert_eq!(trace_id("00-xyz-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id("garbage"), None);
     }
 }

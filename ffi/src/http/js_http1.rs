@@ -4,7 +4,7 @@
 //! share of a small JS response). Requests with bodies, and HTTP/2, go
 //! through `engine::serve_js` on Pingora.
 
-use super::bridge::{response_header_lines, Bridge, FromJs};
+use super::bridge::{response_header_lines, Bridge, FromJs, FromJsReceiver, FromJsSender};
 use super::engine::Engine;
 use super::protocol::{HTTP_ABORT_CLIENT_GONE, HTTP_ABORT_TIMEOUT};
 use super::relay::Next;
@@ -33,12 +33,17 @@ enum Framing {
     Chunked,
 }
 
+/// The connection's channel for JS's records, made for its first JS request
+/// and kept for the next ones (no channel per request).
+pub type JsChannel = Option<(FromJsSender, FromJsReceiver)>;
+
 /// Serves one request from JS. `pipelined` holds bytes the client sent
 /// after this request (read while JS works, to notice a client that goes
 /// away); they stay there for the next request.
 pub async fn serve(
     client: &mut GatheredStream,
     pipelined: &mut Vec<u8>,
+    channel: &mut JsChannel,
     bridge: &Arc<Bridge>,
     request: JsRequestHead,
     engine: &Engine,
@@ -51,7 +56,8 @@ pub async fn serve(
         head_only,
         close,
     } = request;
-    let Some(mut js) = bridge.open(0, text) else {
+    let (sender, receiver) = channel.get_or_insert_with(tokio::sync::mpsc::unbounded_channel);
+    let Some(mut js) = bridge.open(0, text, sender) else {
         let _ = write(
             client,
             b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
@@ -73,7 +79,7 @@ pub async fn serve(
             // that JS put right behind it (random order: ~1.5 sends per
             // small response).
             biased;
-            message = js.receiver.recv() => message,
+            message = js.next(receiver) => message,
             read = client.read_buf(pipelined), if pipelined.len() < read_ahead_limit => {
                 match read {
                     Ok(n) if n > 0 => continue,

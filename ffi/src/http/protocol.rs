@@ -11,7 +11,8 @@ pub const HTTP_TO_JS_BODY: u32 = 2;
 pub const HTTP_TO_JS_CREDIT: u32 = 3;
 /// Kernel → JS record: the request is over (`[id][reason]`).
 pub const HTTP_TO_JS_ABORT: u32 = 4;
-/// JS → kernel record: the response head (`[id][status][flags]` + header lines).
+/// JS → kernel record: the response head (`[id][status][flags][lines length]`
+/// + header lines, + the whole body with `HTTP_FLAG_INLINE_BODY`).
 pub const HTTP_TO_KERNEL_RESPONSE: u32 = 1;
 /// JS → kernel record: response body bytes (`[id][flags]` + bytes).
 pub const HTTP_TO_KERNEL_BODY: u32 = 2;
@@ -21,10 +22,16 @@ pub const HTTP_TO_KERNEL_CREDIT: u32 = 3;
 pub const HTTP_TO_KERNEL_ABORT: u32 = 4;
 /// Flag of BODY, RESPONSE_BODY and RESPONSE records: nothing follows.
 pub const HTTP_FLAG_END: u32 = 1;
+/// Flag of RESPONSE records: the whole body follows the header lines (the
+/// response is complete; set together with `HTTP_FLAG_END`).
+pub const HTTP_FLAG_INLINE_BODY: u32 = 2;
 /// Flag of REQUEST records: BODY records follow.
 pub const HTTP_FLAG_HAS_BODY: u32 = 1;
 /// Flag of REQUEST records: the request came over HTTP/2.
 pub const HTTP_FLAG_HTTP2: u32 = 2;
+/// Flag of REQUEST records: every byte of the text is ASCII (JS may decode
+/// it as UTF-8, which is faster than reading it byte by byte).
+pub const HTTP_FLAG_ASCII: u32 = 4;
 /// Body bytes either side may send ahead of the other side's credit, per request.
 pub const HTTP_BODY_WINDOW: u32 = 65536;
 /// ABORT reason: the client went away.

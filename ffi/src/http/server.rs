@@ -498,6 +498,7 @@ async fn serve_http1(
 ) {
     let header_timeout = engine.limits.header_timeout;
     let mut buffer = Vec::with_capacity(4096);
+    let mut js_channel: js_http1::JsChannel = None;
     // Until the first bytes tell HTTP/1 from an HTTP/2 preface.
     let mut first_bytes = h2c;
     let mut settings = None;
@@ -580,7 +581,15 @@ async fn serve_http1(
             fast::Parsed::Js { request, length } => {
                 buffer.drain(..length);
                 let Some(bridge) = &engine.bridge else { return };
-                let next = js_http1::serve(&mut stream, &mut buffer, bridge, request, engine).await;
+                let next = js_http1::serve(
+                    &mut stream,
+                    &mut buffer,
+                    &mut js_channel,
+                    bridge,
+                    request,
+                    engine,
+                )
+                .await;
                 if matches!(next, relay::Next::Close) || *shutdown.borrow() {
                     let _ = stream.flush().await;
                     return;

@@ -19,7 +19,10 @@ export interface GuardPolicy {
   read: string[];
   /** Paths the command may write (and read). */
   write: string[];
-  /** Allow network sockets (default false: no IPv4/IPv6 sockets). */
+  /**
+   * Allow network sockets (default false: no socket() of any family, no
+   * connect(); socketpair() of stream/seqpacket unix sockets still works).
+   */
   net: boolean;
   maxMemoryBytes: bigint;
   maxCpuMs: bigint;
@@ -30,6 +33,22 @@ export interface GuardPolicy {
   envAllow: string[];
   /** Isolation features that must be applied, else the spawn fails. */
   require: string[];
+  /** What the command gives up when the host runs as root. */
+  privileges: GuardPrivileges | undefined;
+}
+
+/** How a command started by a root host stops being root (Linux). */
+export interface GuardPrivileges {
+  /**
+   * "" or "setuid": setgroups/setresgid/setresuid to uid/gid before exec.
+   * "userns": the same, then a new user namespace in which that uid is not
+   * mapped (the kernel then refuses set-id execs and nested namespaces too).
+   * "keep": stay uid 0 (without capabilities), reported as not applied.
+   */
+  drop: string;
+  /** The ids to switch to (0 = 65534, nobody/nogroup). */
+  uid: number;
+  gid: number;
 }
 
 export interface GuardRequest {
@@ -55,8 +74,8 @@ export interface GuardRequest_EnvEntry {
 
 export interface GuardViolation {
   /**
-   * "read", "write", "net", "syscall", "processes", "memory", "cpu",
-   * "timeout", "output", "orphans".
+   * "read", "write", "net", "syscall", "privilege", "processes", "memory",
+   * "cpu", "timeout", "output", "orphans".
    */
   kind: string;
   detail: string;
@@ -70,6 +89,13 @@ export interface GuardIsolation {
   applied: string[];
   /** Features that were not, with why ("landlock: not supported by this kernel"). */
   notApplied: string[];
+  /** The user and group ids the command runs as (unset where not known). */
+  runAs: GuardIdentity | undefined;
+}
+
+export interface GuardIdentity {
+  uid: number;
+  gid: number;
 }
 
 export interface GuardUsage {
@@ -105,6 +131,7 @@ function createBaseGuardPolicy(): GuardPolicy {
     maxOutputBytes: 0n,
     envAllow: [],
     require: [],
+    privileges: undefined,
   };
 }
 
@@ -151,6 +178,9 @@ export const GuardPolicy: MessageFns<GuardPolicy> = {
     }
     for (const v of message.require) {
       writer.uint32(82).string(v!);
+    }
+    if (message.privileges !== undefined) {
+      GuardPrivileges.encode(message.privileges, writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -246,6 +276,82 @@ export const GuardPolicy: MessageFns<GuardPolicy> = {
             }
 
             message.require.push(reader.string());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.privileges = GuardPrivileges.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+};
+
+function createBaseGuardPrivileges(): GuardPrivileges {
+  return { drop: "", uid: 0, gid: 0 };
+}
+
+export const GuardPrivileges: MessageFns<GuardPrivileges> = {
+  encode(message: GuardPrivileges, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.drop !== "") {
+      writer.uint32(10).string(message.drop);
+    }
+    if (message.uid !== 0) {
+      writer.uint32(16).uint32(message.uid);
+    }
+    if (message.gid !== 0) {
+      writer.uint32(24).uint32(message.gid);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GuardPrivileges {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGuardPrivileges();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.drop = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.uid = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.gid = reader.uint32();
             continue;
           }
         }
@@ -491,7 +597,7 @@ export const GuardViolation: MessageFns<GuardViolation> = {
 };
 
 function createBaseGuardIsolation(): GuardIsolation {
-  return { applied: [], notApplied: [] };
+  return { applied: [], notApplied: [], runAs: undefined };
 }
 
 export const GuardIsolation: MessageFns<GuardIsolation> = {
@@ -501,6 +607,9 @@ export const GuardIsolation: MessageFns<GuardIsolation> = {
     }
     for (const v of message.notApplied) {
       writer.uint32(18).string(v!);
+    }
+    if (message.runAs !== undefined) {
+      GuardIdentity.encode(message.runAs, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -532,6 +641,71 @@ export const GuardIsolation: MessageFns<GuardIsolation> = {
             }
 
             message.notApplied.push(reader.string());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.runAs = GuardIdentity.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+};
+
+function createBaseGuardIdentity(): GuardIdentity {
+  return { uid: 0, gid: 0 };
+}
+
+export const GuardIdentity: MessageFns<GuardIdentity> = {
+  encode(message: GuardIdentity, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.uid !== 0) {
+      writer.uint32(8).uint32(message.uid);
+    }
+    if (message.gid !== 0) {
+      writer.uint32(16).uint32(message.gid);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GuardIdentity {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGuardIdentity();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.uid = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.gid = reader.uint32();
             continue;
           }
         }
