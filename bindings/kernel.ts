@@ -460,7 +460,12 @@ export class Kernel implements AsyncDisposable {
    * Stops the kernel's runtime (waiting up to `shutdownGraceMs` for its tasks)
    * and releases everything it owns: every view of its shared buffers and
    * rings is detached first. Idempotent: later calls resolve when the first
-   * finishes.
+   * finishes. The kernel is closed even when this rejects.
+   *
+   * @throws {IoError} puts or deletes that returned could not be made durable
+   * (the disk failed or is full, and no `store.flush()` reported it):
+   * `details.lostWrites` says how many at most. Closing never waits for a
+   * disk that stopped answering longer than `store.ioTimeoutMs`.
    *
    * @example
    * ```ts

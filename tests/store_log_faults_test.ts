@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { CorruptError, Kernel } from "../mod.ts";
 import { fixture, libraryPath, tempDir } from "./_helpers.ts";
 
-const COMMITS = 160;
+const COMMIT_MS = 1200;
 const WORKERS = 4;
 const LOG = "commit.log";
 const decoder = new TextDecoder();
@@ -45,7 +45,7 @@ async function commitAndKill(dataDir: string): Promise<Crashed> {
 
 async function commitAndKillOnce(dataDir: string): Promise<Crashed> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", fixture("commit_then_wait.ts"), dataDir, String(COMMITS)],
+    args: ["run", "-A", fixture("commit_then_wait.ts"), dataDir, String(COMMIT_MS)],
     env: { KREPIS_LIBRARY_PATH: libraryPath() },
     stdout: "piped",
     stderr: "piped",

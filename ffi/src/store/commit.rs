@@ -256,16 +256,21 @@ fn flush_failed(error: &KernelError, lost: u64) -> KernelError {
         "No put/delete made since the last successful flush is affected".to_owned()
     } else {
         format!(
-            "Up to {lost} put/delete calls made since the last successful flush were not made \
-             durable: they are lost once the kernel closes"
+            "Up to {lost} put/delete calls made since the last successful flush may not have \
+             been made durable: they may be lost once the kernel closes"
         )
+    };
+    // A store that failed earlier says how to recover already.
+    let advice = if error.message.contains("open it again") {
+        ""
+    } else {
+        ". Free space or fix the disk, then close the kernel and open it again"
     };
     let mut failed = KernelError::new(
         error.code,
         format!(
             "the flush failed: {}. {affected}; commits that resolved are not affected (the \
-             commit log has them). Free space or fix the disk, then close the kernel and open it \
-             again",
+             commit log has them){advice}",
             error.message
         ),
     )

@@ -142,8 +142,9 @@ impl Store {
     /// Refuses further commits, flushes and releases the data dir, within
     /// the I/O timeout whatever the disk does (threads stuck in a write that
     /// never returns are left behind). Idempotent. `Err` (`IO`) when puts or
-    /// deletes acknowledged since the last successful flush were not made
-    /// durable (they are lost) and no flush reported it.
+    /// deletes acknowledged since the last successful flush may not have been
+    /// made durable (a crash or the next open may not have them) and no flush
+    /// reported it.
     pub fn close(&self) -> KernelResult<()> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
@@ -198,8 +199,8 @@ impl Store {
             ErrorCode::Io,
             format!(
                 "closing the store: up to {lost} put/delete calls made since the last successful \
-                 flush were not made durable and are lost ({cause}). Commits that resolved are \
-                 not affected"
+                 flush may not have been made durable and may be lost ({cause}). Commits that \
+                 resolved are not affected"
             ),
         )
         .with_detail("path", self.dir.display().to_string())
