@@ -148,7 +148,7 @@ Deno.test("library cache: cold open downloads once; warm opens need no net and n
 
   // Warm: the README's flags for later runs. No net permission, and the
   // default downloader (real plug, which cannot even be imported here).
-  const warmFlags = [`--allow-ffi=${denoDir}`, `--allow-read=${denoDir}`, ENV_FLAG];
+  const warmFlags = [`--allow-ffi=${denoDir}/krepis`, `--allow-read=${denoDir}/krepis`, ENV_FLAG];
   for (const cache of ["use", "only"]) {
     const warm = await load(warmFlags, { baseUrl: mirror.baseUrl, cache }, env);
     assert.equal(warm.ok, true, `${cache}: ${warm.message}`);
