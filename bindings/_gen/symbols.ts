@@ -2,14 +2,17 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "340bb2b02be85cd31d2a81059ed9b65cba3239d237a2f9fcfa0b96ce1f3c1cab";
+export const ABI_HASH = "f918c51d0bfa0e04c987f0014bdf39eeec3f8fe0b8f8f29d3f8821cb0c5b075d";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
   krepis_abi_hash: { parameters: ["buffer", "u32"], result: "i32" },
   krepis_buffer_alloc: { parameters: ["u32", "u32", "buffer"], result: "i32" },
   krepis_buffer_release: { parameters: ["u32", "u32"], result: "i32" },
+  krepis_events_poll: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_events_quiesce: { parameters: ["u32"], result: "i32" },
+  krepis_events_spin: { parameters: ["u32", "u32"], result: "u32" },
+  krepis_events_spin_allowed: { parameters: [], result: "i32" },
   krepis_events_take: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_events_wait: { parameters: ["u32", "u32"], result: "i32", nonblocking: true },
   krepis_guard_close: { parameters: ["u32"], result: "i32" },

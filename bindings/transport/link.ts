@@ -280,6 +280,8 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
     this.#owner = owner;
     this.#handle = info.handle;
     this.#receive = rings.receive;
+    // A link's packets are often replies due within microseconds.
+    this.#receive.spinWhileWaiting = true;
     this.#send = rings.send;
     const data = this.#send.data;
     this.#sendWords = new Uint32Array(data.buffer, data.byteOffset, data.length >> 2);

@@ -230,10 +230,28 @@ int32_t krepis_buffer_alloc(uint32_t kernel, uint32_t byte_length, uint64_t *out
 // constants). The SDK has detached every JS view first, except in mode 2.
 int32_t krepis_buffer_release(uint32_t buffer, uint32_t mode);
 
+// Like `krepis_events_take`, but when there are none JS is not marked
+// parked: it is about to spin (`krepis_events_spin`) and takes with
+// `krepis_events_take` before it sleeps.
+//
+// # Safety
+// `out` must be null or point to `cap` writable bytes.
+int32_t krepis_events_poll(uint32_t kernel, uint8_t *out, uint32_t cap);
+
 // Stops calling the `wake` callback for good and returns how many calls are
 // in flight. JS calls it before closing the kernel and lets the calls in
 // flight run first (each needs the JS thread).
 int32_t krepis_events_quiesce(uint32_t kernel);
+
+// Busy-waits up to `max_micros` (at most 1000) until any kernel of this
+// process queued an event since JS saw the push count `seen`; returns the
+// count now (equal to `seen` when nothing came). Returns at once where the
+// process may use only one core.
+uint32_t krepis_events_spin(uint32_t seen, uint32_t max_micros);
+
+// 1 when spinning can pay off in this process (it may use two cores or
+// more), 0 when `krepis_events_spin` would return at once.
+int32_t krepis_events_spin_allowed(void);
 
 // Moves the kernel's pending events (`[kind u32][handle u32]` each, see
 // `KREPIS_EVENT_*`) into `out` and returns how many. When there are none

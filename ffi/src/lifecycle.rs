@@ -175,6 +175,40 @@ pub unsafe extern "C" fn krepis_events_take(kernel: u32, out: *mut u8, cap: u32)
     })
 }
 
+/// Like `krepis_events_take`, but when there are none JS is not marked
+/// parked: it is about to spin (`krepis_events_spin`) and takes with
+/// `krepis_events_take` before it sleeps.
+///
+/// # Safety
+/// `out` must be null or point to `cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn krepis_events_poll(kernel: u32, out: *mut u8, cap: u32) -> i32 {
+    call("krepis_events_poll", || {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { out_bytes(out, cap, "out")? };
+        Ok(kernel::kernel(kernel)?.events().poll(out) as i32)
+    })
+}
+
+/// Busy-waits up to `max_micros` (at most 1000) until any kernel of this
+/// process queued an event since JS saw the push count `seen`; returns the
+/// count now (equal to `seen` when nothing came). Returns at once where the
+/// process may use only one core.
+#[no_mangle]
+pub extern "C" fn krepis_events_spin(seen: u32, max_micros: u32) -> u32 {
+    crate::events::spin(
+        seen,
+        std::time::Duration::from_micros(u64::from(max_micros.min(1000))),
+    )
+}
+
+/// 1 when spinning can pay off in this process (it may use two cores or
+/// more), 0 when `krepis_events_spin` would return at once.
+#[no_mangle]
+pub extern "C" fn krepis_events_spin_allowed() -> i32 {
+    i32::from(crate::events::spin_allowed())
+}
+
 /// [nonblocking] Waits up to `timeout_ms` until the kernel has events (JS
 /// then takes them with `krepis_events_take`): the wait of a JS side that
 /// could not register a `wake` callback. Returns 1 when events are queued,

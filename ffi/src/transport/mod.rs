@@ -39,10 +39,8 @@ use listener::{ListenOptions, LISTENERS};
 use setup::LINKS;
 
 use prost::Message;
-use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default and largest `maxPacketBytes`.
@@ -106,7 +104,8 @@ pub fn release_owned(kernel_id: u64) {
         endpoints.push(listener.endpoint.clone());
     }
     let mut runtime = None;
-    for transport in TRANSPORTS.drain_where(|transport| transport.kernel_id == kernel_id) {
+    let transports = TRANSPORTS.drain_where(|transport| transport.kernel_id == kernel_id);
+    for transport in &transports {
         endpoints.extend(
             transport
                 .clients
@@ -132,6 +131,9 @@ pub fn release_owned(kernel_id: u64) {
             let idle = wait_all(endpoints.iter().map(|endpoint| endpoint.wait_idle()));
             let _ = tokio::time::timeout(SHUTDOWN_FLUSH, idle).await;
         });
+    }
+    for transport in &transports {
+        transport.stop();
     }
 }
 
@@ -159,14 +161,7 @@ pub unsafe extern "C" fn krepis_transport_open(kernel_handle: u32, out: *mut u32
             ));
         }
         let owner = kernel(kernel_handle)?;
-        let transport = Transport {
-            kernel_id: owner.id(),
-            runtime: owner.runtime_handle()?,
-            events: Arc::clone(owner.events()),
-            clients: Mutex::new(HashMap::new()),
-            connects: Mutex::new(HashMap::new()),
-            next_connect: AtomicU32::new(1),
-        };
+        let transport = Transport::new(owner.id(), Arc::clone(owner.events()))?;
         let handle = TRANSPORTS.insert(Arc::new(transport))?;
         // SAFETY: checked non-null and aligned; the caller guarantees a u32.
         unsafe { out.write(handle) };
@@ -366,14 +361,18 @@ pub unsafe extern "C" fn krepis_link_close(
         // SAFETY: forwarded from this function's contract.
         let reason = unsafe { in_bytes(reason, len, "reason")? };
         let reason = String::from_utf8_lossy(reason).into_owned();
-        let runtime = kernel_runtime(link.kernel_id)?;
+        let runtime = transport_runtime(link.kernel_id)?;
         link.close(code, reason, &runtime);
         Ok(0)
     })
 }
 
-fn kernel_runtime(kernel_id: u64) -> KernelResult<tokio::runtime::Handle> {
-    crate::kernel::kernel_by_id(kernel_id)?.runtime_handle()
+/// The runtime a kernel's links run on (their transport's).
+fn transport_runtime(kernel_id: u64) -> KernelResult<tokio::runtime::Handle> {
+    TRANSPORTS
+        .find(|transport| transport.kernel_id == kernel_id)
+        .map(|transport| transport.runtime.clone())
+        .ok_or_else(|| KernelError::new(ErrorCode::Closed, "the kernel's transport is closed"))
 }
 
 /// Writes the link's `krepis.v1.LinkStatus` (open/closed, close code and
