@@ -26,6 +26,7 @@ export {
   type KernelStats,
   MAX_WORKER_THREADS,
   type StoreOptions,
+  type StoreRecovery,
   type StoreStats,
   type TransportStats,
 } from "./bindings/kernel.ts";

@@ -5,6 +5,7 @@
  */
 
 import { KernelConfig, Stats } from "./_gen/proto/krepis/v1/kernel.ts";
+import type { StoreRecovery as StoreRecoveryMessage } from "./_gen/proto/krepis/v1/store.ts";
 import { type LibraryOptions, loadLibrary } from "./_loader.ts";
 import type { NativeLibrary } from "./_native.ts";
 import { KernelOwner, registerOwner, warnEscaped } from "./_owner.ts";
@@ -52,6 +53,48 @@ export interface StoreOptions {
   cacheBytes?: number;
   /** Largest value accepted, in bytes (default 256 MiB). */
   maxValueBytes?: number;
+  /**
+   * What opening does when the commit log cannot be replayed completely
+   * (damaged, missing or emptied, so acknowledged commits may be gone):
+   * `"refuse"` (default) fails with `CorruptError` naming the file, the
+   * offset and the transaction ids at risk, and changes nothing; `"truncate"`
+   * opens anyway, replays what it can, drops the rest and reports exactly what
+   * in `kernel.stats().store.recovery`. Transaction ids of dropped commits are
+   * never handed out again.
+   */
+  recover?: "refuse" | "truncate";
+  /**
+   * How long a commit, flush or undo may wait for the disk before it is
+   * rejected with `IoError` (its outcome then unknown), in ms. Default 30000.
+   */
+  ioTimeoutMs?: number;
+}
+
+/** What recovering the commit log did when the store opened. */
+export interface StoreRecovery {
+  /** The `store.recover` mode it ran with. */
+  readonly mode: "refuse" | "truncate";
+  /** Acknowledged commits re-applied from the commit log. */
+  readonly replayed: number;
+  /**
+   * A last record cut short by a crash: never acknowledged, dropped.
+   * `null` when there was none.
+   */
+  readonly torn: { readonly offset: number; readonly txId: number } | null;
+  /**
+   * Commits dropped by `recover: "truncate"` (acknowledged ones may be
+   * among them): where the damage starts in `commit.log` (0 when the log was
+   * missing), the transaction ids that may be gone, and why. `null` when
+   * nothing was dropped.
+   */
+  readonly dropped: {
+    readonly offset: number;
+    readonly firstTxId: number;
+    readonly lastTxId: number;
+    readonly reason: string;
+  } | null;
+  /** Damaged records skipped because the store had them already. */
+  readonly skipped: readonly string[];
 }
 
 /** Counters of the store, in {@linkcode KernelStats.store}. */
@@ -66,6 +109,8 @@ export interface StoreStats {
   readonly flushes: number;
   /** Size of the store on disk, in bytes. */
   readonly sizeOnDiskBytes: number;
+  /** What recovering the commit log did when the store opened. */
+  readonly recovery: StoreRecovery;
 }
 
 /** A snapshot of a kernel's counters, from {@linkcode Kernel.stats}. */
@@ -146,6 +191,25 @@ function resolveDataDir(dataDir: string | URL | null | undefined): string {
   requirePermission({ name: "read", path }, `opening the data dir ${path}`, `--allow-read`);
   requirePermission({ name: "write", path }, `opening the data dir ${path}`, `--allow-write`);
   return path;
+}
+
+function recoveryOf(recovery: StoreRecoveryMessage | undefined): StoreRecovery {
+  return {
+    mode: recovery?.mode === "truncate" ? "truncate" : "refuse",
+    replayed: Number(recovery?.replayed ?? 0),
+    torn: recovery === undefined || recovery.tornTxId === 0n
+      ? null
+      : { offset: Number(recovery.tornOffset), txId: Number(recovery.tornTxId) },
+    dropped: recovery?.dropped === true
+      ? {
+        offset: Number(recovery.droppedOffset),
+        firstTxId: Number(recovery.droppedFirstTxId),
+        lastTxId: Number(recovery.droppedLastTxId),
+        reason: recovery.droppedReason,
+      }
+      : null,
+    skipped: Object.freeze([...(recovery?.skipped ?? [])]),
+  };
 }
 
 const leaks = new FinalizationRegistry<KernelOwner>((owner) => {
@@ -263,12 +327,19 @@ export class Kernel implements AsyncDisposable {
         details: { field: "store" },
       });
     }
-    const storeNumber = (field: keyof StoreOptions) =>
+    const storeNumber = (
+      field: Exclude<keyof StoreOptions, "recover">,
+      max = Number.MAX_SAFE_INTEGER,
+    ) =>
       BigInt(
-        store[field] === undefined
-          ? 0
-          : checkInteger(`store.${field}`, store[field], 1, Number.MAX_SAFE_INTEGER),
+        store[field] === undefined ? 0 : checkInteger(`store.${field}`, store[field], 1, max),
       );
+    if (store.recover !== undefined && store.recover !== "refuse" && store.recover !== "truncate") {
+      throw new InvalidArgumentError(
+        `store.recover must be "refuse" or "truncate", got ${JSON.stringify(store.recover)}`,
+        { details: { field: "store.recover" } },
+      );
+    }
     const config = KernelConfig.encode({
       workerThreads,
       dataDir,
@@ -279,6 +350,8 @@ export class Kernel implements AsyncDisposable {
         journalMaxAgeMs: storeNumber("journalMaxAgeMs"),
         cacheCapacityBytes: storeNumber("cacheBytes"),
         maxValueBytes: storeNumber("maxValueBytes"),
+        recover: store.recover ?? "",
+        ioTimeoutMs: storeNumber("ioTimeoutMs", 3_600_000),
       },
     }).finish();
     const out = new Uint32Array(1);
@@ -394,6 +467,7 @@ export class Kernel implements AsyncDisposable {
         commits: Number(store.commits),
         flushes: Number(store.flushes),
         sizeOnDiskBytes: Number(store.sizeOnDiskBytes),
+        recovery: recoveryOf(store.recovery),
       },
       transport: {
         links: stats.transport?.links ?? 0,
@@ -410,7 +484,12 @@ export class Kernel implements AsyncDisposable {
    * Stops the kernel's runtime (waiting up to `shutdownGraceMs` for its tasks)
    * and releases everything it owns: every view of its shared buffers and
    * rings is detached first. Idempotent: later calls resolve when the first
-   * finishes.
+   * finishes. The kernel is closed even when this rejects.
+   *
+   * @throws {IoError} puts or deletes that returned could not be made durable
+   * (the disk failed or is full, and no `store.flush()` reported it):
+   * `details.lostWrites` says how many at most. Closing never waits for a
+   * disk that stopped answering longer than `store.ioTimeoutMs`.
    *
    * @example
    * ```ts

@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "b8e07694ae1a98d0b3e45d98db7b5020fee8e7c278852f9f4d957d659a2921b0";
+export const ABI_HASH = "849980ca8ebdafb02f8df395f8dc100ae3548298adfa54b329954617e8ececb6";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {

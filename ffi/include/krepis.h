@@ -369,9 +369,11 @@ int32_t krepis_journal_undo(uint32_t kernel,
                             uint64_t *out_ticket);
 
 // Closes a kernel: stops its runtime and waits for its threads. A closed or
-// forged handle returns an error status (`CLOSED` / `INVALID_HANDLE`). JS
-// calls `krepis_events_quiesce` first and lets the `wake` calls in flight
-// run: it closes its callback once this returned.
+// forged handle returns an error status (`CLOSED` / `INVALID_HANDLE`). The
+// kernel is closed even when this returns `IO`: that reports puts or
+// deletes that were acknowledged but could not be made durable. JS calls
+// `krepis_events_quiesce` first and lets the `wake` calls in flight run: it
+// closes its callback once this returned.
 int32_t krepis_kernel_close(uint32_t kernel);
 
 // Opens a kernel configured by `config` (an encoded `krepis.v1.KernelConfig`
@@ -536,7 +538,8 @@ int32_t krepis_store_get_buffer(uint32_t tree, const uint8_t *key, uint32_t key_
 // `key` must point to `key_len` readable bytes.
 int32_t krepis_store_has(uint32_t tree, const uint8_t *key, uint32_t key_len);
 
-// Stores `value` under `key` (not journaled, durable at the next flush).
+// Stores `value` under `key` (not journaled, durable at the next flush:
+// until then a crash or a failed flush loses it, and the flush says so).
 //
 // # Safety
 // `key`/`value` must point to `key_len`/`value_len` readable bytes.
