@@ -104,6 +104,7 @@ export {
   Http,
   type HttpErrorHandler,
   type HttpHandler,
+  type HttpHandlerObject,
   type HttpHealthCheck,
   type HttpLimits,
   type HttpLoadBalancingMode,

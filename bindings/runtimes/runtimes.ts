@@ -194,6 +194,8 @@ export type RuntimeEvent =
     readonly stderrTail: string;
     /** What the guard stopped or limited (reads, connects, memory...). */
     readonly violations: readonly GuardViolation[];
+    /** The guard's isolation report: each layer applied, or not and why (null: kernel closed). */
+    readonly isolation: GuardStatus["isolation"] | null;
   }
   | {
     /** A new process replaces an instance that ended (after the backoff). */
@@ -480,6 +482,7 @@ export class RuntimePool implements AsyncDisposable {
       detail,
       stderrTail: instance.stderrTail,
       violations: status?.violations ?? [],
+      isolation: status?.isolation ?? null,
     });
     if (slot.current === instance) slot.current = null;
     if (this.#settleReady !== undefined && !this.#closed) {

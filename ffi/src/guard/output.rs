@@ -40,6 +40,9 @@ pub type StreamReader = Box<dyn FnOnce(Box<dyn Read + Send>) -> Option<GuardViol
 /// The pumps of one command, as the waiter sees them.
 pub struct Output {
     collect: bool,
+    /// A reader of another capability reads stdout: its violation must be
+    /// in the result, so the result waits (briefly) for it too.
+    read_elsewhere: bool,
     /// Collected output accumulates here, so whatever was read is kept even
     /// if a pump never finishes.
     sinks: Arc<[Mutex<Vec<u8>>; 2]>,
@@ -66,6 +69,7 @@ pub fn start(
     let sinks: Arc<[Mutex<Vec<u8>>; 2]> = Arc::default();
     let truncated: Arc<[AtomicBool; 2]> = Arc::default();
     let (pumped, pumps_done) = channel::<()>();
+    let read_elsewhere = stdout_reader.is_some();
     for (index, ((source, ring), name)) in sources
         .into_iter()
         .zip(rings)
@@ -111,6 +115,7 @@ pub fn start(
     }
     Output {
         collect,
+        read_elsewhere,
         sinks,
         truncated,
         pumps_done,
@@ -119,11 +124,12 @@ pub fn start(
 
 impl Output {
     /// Puts the output into `result` once the command ended. Collected
-    /// output: waits (briefly) for the pumps first. A process that escaped
+    /// output, or stdout read by another capability (whose violation belongs
+    /// in the result): waits (briefly) for the pumps first. A process that escaped
     /// every kill may still hold the output open; streamed output is the
     /// reader's business and does not hold the result back.
     pub fn complete(self, result: &mut GuardResult, stop: &Stopper) {
-        if self.collect {
+        if self.collect || self.read_elsewhere {
             let deadline = Instant::now() + Duration::from_millis(500);
             for _ in 0..2 {
                 let left = deadline.saturating_duration_since(Instant::now());
