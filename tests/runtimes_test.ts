@@ -178,6 +178,31 @@ Deno.test("bounded messages: typed errors both ways, the pool serves on", async 
   );
 });
 
+Deno.test("back-pressure: a runtime that stops reading fills its channel; requests wait, none is lost", async () => {
+  if (!linux) return;
+  await using kernel = await open();
+  await using pool = await kernel.runtimes.spawn({ module: echo, health: false });
+  const blocked = pool.request("block 1500");
+  // ~12 MiB of requests: far more than the pipe and the 4 MiB ring hold.
+  const bodies = Array.from({ length: 40 }, (_, index) => new Uint8Array(300_000).fill(index));
+  const replies = bodies.map((body) => pool.request(body));
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const stats = pool.stats();
+  assert.equal(stats.instances[0].state, "ready");
+  assert.equal(stats.inFlight, 41);
+  // The channel to the child is full (the rest waits in request()).
+  assert.ok(
+    kernel.stats().buffers.ringUsedBytes >= 3 << 20,
+    `ring use ${kernel.stats().buffers.ringUsedBytes}`,
+  );
+  assert.equal(text(await blocked), "unblocked");
+  const answered = await Promise.all(replies);
+  answered.forEach((reply, index) => {
+    assert.equal(reply.length, 300_000);
+    assert.ok(reply.every((byte) => byte === index), `reply ${index} intact`);
+  });
+});
+
 Deno.test("a module that does not start is a RuntimeError with its stderr", async () => {
   if (!linux) return;
   await using kernel = await open();

@@ -98,7 +98,7 @@ export interface RuntimeRestart {
 export interface RuntimeHealth {
   /** Between pings (default 1000 ms; 0 = no health checks). */
   intervalMs?: number;
-  /** How long a ping may go unanswered (default 2000 ms). */
+  /** How long a ping may go unanswered (default 5000 ms). */
   timeoutMs?: number;
 }
 
@@ -334,6 +334,15 @@ function parentDenoDir(): string | null {
     return home ? `${home}/.cache/deno` : null;
   } catch {
     return null;
+  }
+}
+
+/** True when this process runs as root (its runtimes then run as another uid). */
+function rootHost(): boolean {
+  try {
+    return Deno.uid() === 0;
+  } catch {
+    return false; // without --allow-sys=uid: the pool's DENO_DIR keeps this process's owner
   }
 }
 
@@ -914,7 +923,7 @@ export class Runtimes {
     // instances and writable by the uid they run as.
     const denoDir = Deno.makeTempDirSync({ prefix: "krepis-runtime-" });
     const privileges = (policy as RuntimePolicy).privileges;
-    if (Deno.build.os !== "windows" && Deno.uid() === 0 && privileges?.drop !== "keep") {
+    if (Deno.build.os !== "windows" && rootHost() && privileges?.drop !== "keep") {
       Deno.chownSync(denoDir, privileges?.uid ?? 65534, privileges?.gid ?? 65534);
     }
     const env: Record<string, string> = {
@@ -967,7 +976,7 @@ export class Runtimes {
       backoffMs: number("restart.backoffMs", restart.backoffMs, 100, 0, 3_600_000),
       maxBackoffMs: number("restart.maxBackoffMs", restart.maxBackoffMs, 5000, 0, 3_600_000),
       healthIntervalMs: number("health.intervalMs", health.intervalMs, 1000, 0, 3_600_000),
-      healthTimeoutMs: number("health.timeoutMs", health.timeoutMs, 2000, 1, 3_600_000),
+      healthTimeoutMs: number("health.timeoutMs", health.timeoutMs, 5000, 1, 3_600_000),
       maxInFlight: number("maxInFlight", options.maxInFlight, 256, 1, 1_000_000),
       startTimeoutMs: number("startTimeoutMs", options.startTimeoutMs, 30_000, 1, 3_600_000),
       maxMessageBytes,
