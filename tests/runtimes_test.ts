@@ -143,6 +143,15 @@ Deno.test("requests reach the least-busy instance with their context; stats show
       error.message.includes("nope"),
   );
   assert.equal(text(await pool.request("echo still")), "still");
+  // A deadline (ctx or timeoutMs) bounds the wait; the late answer is dropped.
+  await assert.rejects(
+    pool.request("sleep 3000", { timeoutMs: 100 }),
+    (error) => error instanceof RuntimeError && error.details.reason === "deadline",
+  );
+  await assert.rejects(
+    pool.request("sleep 3000", { ctx: createContext({ timeoutMs: 100 }) }),
+    (error) => error instanceof RuntimeError && error.details.reason === "deadline",
+  );
   // Messages from the runtime.
   const events = watch(pool);
   assert.equal(text(await pool.request("send hello parent")), "sent");

@@ -669,7 +669,7 @@ export class RuntimePool implements AsyncDisposable {
       }, Math.max(0, deadline - Date.now()));
     }
     try {
-      await instance.send(
+      const sent = instance.send(
         FrameKind.request,
         id,
         flags,
@@ -678,6 +678,9 @@ export class RuntimePool implements AsyncDisposable {
         contextJson,
         bytes,
       );
+      // The deadline also bounds a wait for room in a full channel.
+      sent.catch(() => {});
+      await Promise.race([sent, promise]);
       return await promise;
     } catch (error) {
       instance.pending.delete(id);
