@@ -284,8 +284,6 @@ interface Slot {
 
 interface Config {
   spec: InstanceSpec;
-  /** The instances' private Deno dir, removed with the pool. */
-  denoDir: string;
   instances: number;
   maxRestarts: number;
   backoffMs: number;
@@ -815,11 +813,6 @@ export class RuntimePool implements AsyncDisposable {
     for (const instance of live) instance.kill("closed", "the pool closed");
     await Promise.all(live.map((instance) => instance.ended.catch(() => {})));
     this.#emit(null);
-    try {
-      Deno.removeSync(this.#config.denoDir, { recursive: true });
-    } catch {
-      // already gone
-    }
     this.#onClosed?.();
     this.#onClosed = undefined;
   }
@@ -848,6 +841,13 @@ export class RuntimePool implements AsyncDisposable {
 export class Runtimes {
   readonly #owner: KernelOwner;
   readonly #pools = new Set<RuntimePool>();
+  /**
+   * Private Deno dirs (module and code caches), one per trust domain: the
+   * same module, Deno, flags and uid. Pools of one domain reuse it (a
+   * respawn starts warm); pools of different ones never share a cache they
+   * could write into. Removed when the kernel closes.
+   */
+  readonly #denoDirs = new Map<string, string>();
 
   /** @internal Use `kernel.runtimes`. */
   constructor(owner: KernelOwner) {
@@ -874,6 +874,14 @@ export class Runtimes {
   /** @internal Closes every pool (kernel close): in-flight requests get no grace. */
   async closeAll(): Promise<void> {
     await Promise.all([...this.#pools].map((pool) => pool.close({ graceMs: 0 })));
+    for (const dir of this.#denoDirs.values()) {
+      try {
+        Deno.removeSync(dir, { recursive: true });
+      } catch {
+        // already gone
+      }
+    }
+    this.#denoDirs.clear();
   }
 
   #config(options: RuntimeSpawnOptions): Config {
@@ -922,12 +930,17 @@ export class Runtimes {
         invalidArgument("env", "must map names to strings");
       }
     }
-    // The child's own Deno dir (its module cache), shared by the pool's
-    // instances and writable by the uid they run as.
-    const denoDir = Deno.makeTempDirSync({ prefix: "krepis-runtime-" });
+    // The children's own Deno dir (their module cache), writable by the uid
+    // they run as, shared only within a trust domain.
     const privileges = (policy as RuntimePolicy).privileges;
-    if (Deno.build.os !== "windows" && rootHost() && privileges?.drop !== "keep") {
-      Deno.chownSync(denoDir, privileges?.uid ?? 65534, privileges?.gid ?? 65534);
+    const domain = JSON.stringify([denoPath, module, permissions.flags, privileges ?? null]);
+    let denoDir = this.#denoDirs.get(domain);
+    if (denoDir === undefined) {
+      denoDir = Deno.makeTempDirSync({ prefix: "krepis-runtime-" });
+      if (Deno.build.os !== "windows" && rootHost() && privileges?.drop !== "keep") {
+        Deno.chownSync(denoDir, privileges?.uid ?? 65534, privileges?.gid ?? 65534);
+      }
+      this.#denoDirs.set(domain, denoDir);
     }
     const env: Record<string, string> = {
       DENO_DIR: denoDir,
@@ -973,7 +986,6 @@ export class Runtimes {
     }, false);
     return {
       spec: { guard, maxMessageBytes },
-      denoDir,
       instances,
       maxRestarts: number("restart.maxRestarts", restart.maxRestarts, 5, 0, 1_000_000),
       backoffMs: number("restart.backoffMs", restart.backoffMs, 100, 0, 3_600_000),
