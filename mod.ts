@@ -65,6 +65,22 @@ export {
   type GuardViolation,
 } from "./bindings/guard.ts";
 export {
+  DEFAULT_MAX_MESSAGE_BYTES,
+  MAX_RUNTIME_MESSAGE_BYTES,
+  type RuntimeEvent,
+  type RuntimeExitReason,
+  type RuntimeHealth,
+  type RuntimeInstanceStats,
+  type RuntimePermissions,
+  type RuntimePolicy,
+  RuntimePool,
+  type RuntimePoolStats,
+  type RuntimeRequestOptions,
+  type RuntimeRestart,
+  Runtimes,
+  type RuntimeSpawnOptions,
+} from "./bindings/runtimes/runtimes.ts";
+export {
   type ConnectOptions,
   DEFAULT_MAX_PACKET_BYTES,
   type DevCertificate,
@@ -90,6 +106,7 @@ export {
   Http,
   type HttpErrorHandler,
   type HttpHandler,
+  type HttpHandlerObject,
   type HttpHealthCheck,
   type HttpLimits,
   type HttpLoadBalancingMode,
@@ -133,6 +150,7 @@ export {
   PermissionError,
   ProtocolError,
   ResourceExhaustedError,
+  RuntimeError,
   UnsupportedError,
 } from "./bindings/errors.ts";
 export { type LibraryOptions } from "./bindings/_loader.ts";

@@ -7,6 +7,7 @@
  *   deno run -A bench/_http_server.ts krepis-static        # native static route
  *   deno run -A bench/_http_server.ts krepis-js            # JS handler
  *   deno run -A bench/_http_server.ts krepis-proxy PORT    # proxy to 127.0.0.1:PORT
+ *   deno run -A bench/_http_server.ts krepis-runtimes N    # a pool of N runtimes answers
  *
  * Prints one line on stdout once it listens: `listening <port>` (or
  * `unsupported <message>` when the kernel has no HTTP engine on this
@@ -48,6 +49,12 @@ async function serveKrepis(mode: string, upstreamPort: number): Promise<void> {
     workerThreads,
   });
   const base = { hostname: HOSTNAME, port: 0 };
+  const pool = mode === "krepis-runtimes"
+    ? await kernel.runtimes.spawn({
+      module: new URL("./_runtime_echo.ts", import.meta.url),
+      instances: upstreamPort || 2,
+    })
+    : null;
   const serve = () => {
     switch (mode) {
       case "krepis-static":
@@ -57,6 +64,8 @@ async function serveKrepis(mode: string, upstreamPort: number): Promise<void> {
         });
       case "krepis-js":
         return kernel.http.serve({ ...base, handler: () => new Response(BODY) });
+      case "krepis-runtimes":
+        return kernel.http.serve({ ...base, handler: pool! });
       case "krepis-proxy":
         return kernel.http.serve({
           ...base,
@@ -82,6 +91,7 @@ async function serveKrepis(mode: string, upstreamPort: number): Promise<void> {
   console.log(`listening ${server.addr.port}`);
   await stdinClosed();
   await server.shutdown({ graceMs: 1000 });
+  await pool?.close();
 }
 
 if (import.meta.main) {

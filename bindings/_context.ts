@@ -1,9 +1,10 @@
 /**
  * The wire forms of a {@linkcode Context} for kernel calls: the protobuf
  * message (journal undo, and the commit record through the next form) and the
- * pre-encoded bytes the store's hand-written commit encoder takes. A context
- * travels in a KNUL packet header differently (tenant hash and trace id
- * bytes): that encoding is part of the header codec, `transport/_knul.ts`.
+ * pre-encoded bytes the store's hand-written commit encoder takes, and the
+ * tenant hash that KNUL headers (links, runtime frames) carry. A context
+ * travels in a KNUL packet header as that hash and trace id bytes: the rest
+ * of that encoding is part of the header codec, `transport/_knul.ts`.
  *
  * @module
  */
@@ -22,6 +23,16 @@ export interface EncodedContext {
 }
 
 const encoder = new TextEncoder();
+
+/** FNV-1a 64 of a tenant id, as KNUL headers carry it (0n for none). */
+export function tenantHash(tenant: string): bigint {
+  if (tenant === "") return 0n;
+  let hash = 0xcbf29ce484222325n;
+  for (const byte of encoder.encode(tenant)) {
+    hash = ((hash ^ BigInt(byte)) * 0x100000001b3n) & 0xffffffffffffffffn;
+  }
+  return hash;
+}
 
 /**
  * The protobuf form of `ctx` (`undefined` stays `undefined`). Checks the

@@ -24,7 +24,8 @@ export type KrepisErrorCode =
   | "NOT_FOUND"
   | "UNSUPPORTED"
   | "PROTOCOL"
-  | "CONNECTION";
+  | "CONNECTION"
+  | "RUNTIME";
 
 /** Options shared by every error constructor. */
 export interface KrepisErrorOptions {
@@ -373,5 +374,26 @@ export class ConnectionError extends KrepisError {
   /** Creates a connection error. */
   constructor(message: string, options?: KrepisErrorOptions) {
     super("CONNECTION", message, options);
+  }
+}
+
+/**
+ * A request to a runtime pool failed in the runtime: its handler threw
+ * (`details.reason` `"handler"`, the message is the runtime's), the instance
+ * that had it ended (`"crashed"`, `"protocol"`, `"unhealthy"`, with
+ * `details.instance`), its deadline passed (`"deadline"`), or no instance is
+ * left to serve it (`"unavailable"`). Requests on other instances are not
+ * affected.
+ *
+ * @example
+ * ```ts
+ * import { RuntimeError } from "@krepis/sdk";
+ * new RuntimeError("instance 0 crashed", { details: { reason: "crashed" } }).code; // "RUNTIME"
+ * ```
+ */
+export class RuntimeError extends KrepisError {
+  /** Creates a runtime error. */
+  constructor(message: string, options?: KrepisErrorOptions) {
+    super("RUNTIME", message, options);
   }
 }

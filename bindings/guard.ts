@@ -20,7 +20,11 @@
  * @module
  */
 
-import { GuardRequest, GuardResult as GuardResultMessage } from "./_gen/proto/krepis/v1/guard.ts";
+import {
+  GuardRequest,
+  type GuardRequest as GuardRequestMessage,
+  GuardResult as GuardResultMessage,
+} from "./_gen/proto/krepis/v1/guard.ts";
 import { ErrorCode } from "./_gen/proto/krepis/v1/error.ts";
 import type { KernelOwner } from "./_owner.ts";
 import { requirePermission } from "./_permissions.ts";
@@ -166,11 +170,12 @@ function outputStream(ring: RingReader): ReadableStream<Uint8Array> {
 }
 
 /**
- * Waits for a guarded process to end; its status and any collected output.
- * The kernel posts an event when the result is ready, read with a
- * synchronous call: no Deno worker thread waits.
+ * Waits for a guarded process to end; its status and any collected output,
+ * then releases its handle (SDK-internal: the runtimes wait for their Deno
+ * children the same way). The kernel posts an event when the result is
+ * ready, read with a synchronous call: no Deno worker thread waits.
  */
-async function waitFor(
+export async function waitFor(
   owner: KernelOwner,
   handle: number,
 ): Promise<{ status: GuardStatus; stdout: Uint8Array; stderr: Uint8Array }> {
@@ -266,6 +271,65 @@ function checkLimit(field: string, value: unknown): number {
 }
 
 /**
+ * Checks `options` and builds the kernel's request (SDK-internal: the guard
+ * and the runtimes, which start Deno through the guard, share it).
+ *
+ * @throws {InvalidArgumentError} naming the wrong field.
+ * @throws {PermissionError} without `--allow-run` for the command.
+ */
+export function guardRequest(
+  owner: KernelOwner,
+  operation: string,
+  options: GuardOptions,
+  collect: boolean,
+): GuardRequestMessage {
+  owner.assertOpen(operation);
+  if (
+    typeof options !== "object" || options === null || typeof options.cmd !== "string" ||
+    options.cmd === ""
+  ) {
+    throw new InvalidArgumentError("guard: cmd must be a non-empty string", {
+      details: { field: "cmd" },
+    });
+  }
+  requirePermission(
+    { name: "run", command: options.cmd },
+    `running ${options.cmd}`,
+    `--allow-run=${options.cmd}`,
+  );
+  const policy = options.policy ?? {};
+  const env = options.env ?? {};
+  if (typeof env !== "object" || Object.values(env).some((v) => typeof v !== "string")) {
+    throw new InvalidArgumentError("guard: env must map names to strings", {
+      details: { field: "env" },
+    });
+  }
+  return {
+    cmd: options.cmd,
+    args: checkStringList("args", options.args),
+    cwd: options.cwd ?? "",
+    env,
+    stdin: typeof options.stdin === "string"
+      ? new TextEncoder().encode(options.stdin)
+      : options.stdin ?? new Uint8Array(),
+    policy: {
+      read: checkPaths("policy.read", policy.read),
+      write: checkPaths("policy.write", policy.write),
+      net: policy.net === true,
+      maxMemoryBytes: BigInt(checkLimit("policy.maxMemoryBytes", policy.maxMemoryBytes)),
+      maxCpuMs: BigInt(checkLimit("policy.maxCpuMs", policy.maxCpuMs)),
+      maxProcesses: checkLimit("policy.maxProcesses", policy.maxProcesses),
+      timeoutMs: BigInt(checkLimit("policy.timeoutMs", policy.timeoutMs)),
+      maxOutputBytes: BigInt(checkLimit("policy.maxOutputBytes", policy.maxOutputBytes)),
+      envAllow: checkStringList("policy.env", policy.env),
+      require: checkStringList("policy.require", policy.require),
+      privileges: checkPrivileges(policy.privileges),
+    },
+    collectOutput: collect,
+  };
+}
+
+/**
  * A running guarded command: stream its output, wait for `status`, `kill()` it.
  *
  * @example
@@ -337,51 +401,8 @@ export class Guard {
 
   /** Checks and encodes a request (SDK-internal). */
   #encode(options: GuardOptions, collect: boolean): Uint8Array<ArrayBuffer> {
-    this.#owner.assertOpen(collect ? "guard.run" : "guard.spawn");
-    if (
-      typeof options !== "object" || options === null || typeof options.cmd !== "string" ||
-      options.cmd === ""
-    ) {
-      throw new InvalidArgumentError("guard: cmd must be a non-empty string", {
-        details: { field: "cmd" },
-      });
-    }
-    requirePermission(
-      { name: "run", command: options.cmd },
-      `running ${options.cmd}`,
-      `--allow-run=${options.cmd}`,
-    );
-    const policy = options.policy ?? {};
-    const env = options.env ?? {};
-    if (typeof env !== "object" || Object.values(env).some((v) => typeof v !== "string")) {
-      throw new InvalidArgumentError("guard: env must map names to strings", {
-        details: { field: "env" },
-      });
-    }
-    const request = GuardRequest.encode({
-      cmd: options.cmd,
-      args: checkStringList("args", options.args),
-      cwd: options.cwd ?? "",
-      env,
-      stdin: typeof options.stdin === "string"
-        ? new TextEncoder().encode(options.stdin)
-        : options.stdin ?? new Uint8Array(),
-      policy: {
-        read: checkPaths("policy.read", policy.read),
-        write: checkPaths("policy.write", policy.write),
-        net: policy.net === true,
-        maxMemoryBytes: BigInt(checkLimit("policy.maxMemoryBytes", policy.maxMemoryBytes)),
-        maxCpuMs: BigInt(checkLimit("policy.maxCpuMs", policy.maxCpuMs)),
-        maxProcesses: checkLimit("policy.maxProcesses", policy.maxProcesses),
-        timeoutMs: BigInt(checkLimit("policy.timeoutMs", policy.timeoutMs)),
-        maxOutputBytes: BigInt(checkLimit("policy.maxOutputBytes", policy.maxOutputBytes)),
-        envAllow: checkStringList("policy.env", policy.env),
-        require: checkStringList("policy.require", policy.require),
-        privileges: checkPrivileges(policy.privileges),
-      },
-      collectOutput: collect,
-    }).finish();
-    return request;
+    const operation = collect ? "guard.run" : "guard.spawn";
+    return GuardRequest.encode(guardRequest(this.#owner, operation, options, collect)).finish();
   }
 
   /** Starts a command under the guard; see {@linkcode GuardedProcess}. */

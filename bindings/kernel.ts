@@ -18,6 +18,7 @@ import { CommitPump } from "./store/_commit.ts";
 import { Guard } from "./guard.ts";
 import { encodeTransportOptions, Transport, type TransportOptions } from "./transport/transport.ts";
 import { Http } from "./http/http.ts";
+import { Runtimes } from "./runtimes/runtimes.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
 import { checkInteger, checkOptions } from "./_check.ts";
@@ -259,6 +260,7 @@ export class Kernel implements AsyncDisposable {
   #guard: Guard | undefined;
   #transport: Transport | undefined;
   #http: Http | undefined;
+  #runtimes: Runtimes | undefined;
   #journal: Journal | undefined;
   /** Collects the results of the store's commits, flushes and undos. */
   readonly #commits: CommitPump;
@@ -413,6 +415,12 @@ export class Kernel implements AsyncDisposable {
     return this.#http ??= new Http(this.#owner);
   }
 
+  /** Supervised, sandboxed Deno runtimes: pools of child processes the kernel talks to. */
+  get runtimes(): Runtimes {
+    this.#assertOpen("Kernel.runtimes");
+    return this.#runtimes ??= new Runtimes(this.#owner);
+  }
+
   /** True once {@linkcode Kernel.close} was called. */
   get closed(): boolean {
     return this.#closing !== undefined;
@@ -506,6 +514,8 @@ export class Kernel implements AsyncDisposable {
       this.#closing = (async () => {
         // Commits already submitted finish and report their real outcome.
         await this.#commits.idle();
+        // Runtime pools stop restarting and their children are killed.
+        await this.#runtimes?.closeAll();
         this.#native.check(await shutDown(this.#owner));
       })();
     }

@@ -16,6 +16,7 @@ fn main() {
         "guard.proto",
         "transport.proto",
         "http.proto",
+        "runtimes.proto",
     ]
     .map(|file| manifest_dir.join("proto/krepis/v1").join(file));
     for proto in &protos {

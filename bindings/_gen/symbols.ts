@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "849980ca8ebdafb02f8df395f8dc100ae3548298adfa54b329954617e8ececb6";
+export const ABI_HASH = "8477ca401d01ab0af7e9f84ee9d15b49418af56f66d009c0b063976b82c42878";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -19,6 +19,7 @@ export const symbols = {
   krepis_guard_kill: { parameters: ["u32"], result: "i32" },
   krepis_guard_result: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_guard_spawn: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer"], result: "i32" },
+  krepis_guard_usage: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_http_free: { parameters: ["u32"], result: "i32" },
   krepis_http_serve: { parameters: ["u32", "buffer", "u32", "u32", "u32", "buffer", "u32"], result: "i32" },
   krepis_http_shutdown: { parameters: ["u32", "u32"], result: "i32" },
@@ -39,6 +40,7 @@ export const symbols = {
   krepis_ring_create: { parameters: ["u32", "u32", "u32", "buffer"], result: "i32" },
   krepis_ring_notify: { parameters: ["u32"], result: "i32" },
   krepis_ring_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
+  krepis_runtime_spawn: { parameters: ["u32", "buffer", "u32", "u32", "u32", "u32", "buffer"], result: "i32" },
   krepis_store_commit_submit: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_store_completions: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_store_delete: { parameters: ["u32", "buffer", "u32"], result: "i32" },
@@ -110,6 +112,18 @@ export const KREPIS_RING_RECORD_HEADER_BYTES = 8;
 export const KREPIS_RING_PAD = 4294967295;
 export const KREPIS_RING_MIN_CAPACITY = 64;
 export const KREPIS_RING_MAX_CAPACITY = 1073741824;
+export const KREPIS_RUNTIME_FRAME_HEADER_BYTES = 48;
+export const KREPIS_RUNTIME_MAX_MESSAGE_BYTES = 268435456;
+export const KREPIS_RUNTIME_KIND_REQUEST = 16;
+export const KREPIS_RUNTIME_KIND_REPLY = 17;
+export const KREPIS_RUNTIME_KIND_FAIL = 18;
+export const KREPIS_RUNTIME_KIND_MESSAGE = 19;
+export const KREPIS_RUNTIME_KIND_READY = 20;
+export const KREPIS_RUNTIME_KIND_PING = 3;
+export const KREPIS_RUNTIME_KIND_PONG = 4;
+export const KREPIS_RUNTIME_FLAG_HTTP = 256;
+export const KREPIS_RUNTIME_RECORD_FRAME = 1;
+export const KREPIS_RUNTIME_RECORD_PROTOCOL_ERROR = 2;
 export const KREPIS_MAX_TREE_NAME_BYTES = 255;
 export const KREPIS_COMPLETION_HEADER_BYTES = 16;
 export const KREPIS_SCAN_ENTRY_HEADER_BYTES = 8;

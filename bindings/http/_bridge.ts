@@ -52,6 +52,15 @@ export type HttpHandler = (
   info: HttpRequestInfo,
 ) => Response | Promise<Response>;
 
+/**
+ * An object that answers a server's requests, such as a runtime pool
+ * (`handler: pool`: requests are answered by its sandboxed runtimes).
+ */
+export interface HttpHandlerObject {
+  /** Answers one request. */
+  handleHttp(request: Request, info: HttpRequestInfo): Response | Promise<Response>;
+}
+
 /** Turns a handler failure into the response the client gets. */
 export type HttpErrorHandler = (error: unknown) => Response | Promise<Response>;
 

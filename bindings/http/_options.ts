@@ -15,7 +15,7 @@ import {
 } from "../_gen/proto/krepis/v1/http.ts";
 import { checkInteger, checkObject, checkOptionalString, invalidArgument } from "../_check.ts";
 import { InvalidArgumentError } from "../errors.ts";
-import type { HttpErrorHandler, HttpHandler } from "./_bridge.ts";
+import type { HttpErrorHandler, HttpHandler, HttpHandlerObject } from "./_bridge.ts";
 
 /** Longest timeout or interval any option accepts, in ms (one day). */
 export const MAX_TIMEOUT_MS: number = 86_400_000;
@@ -184,8 +184,12 @@ export interface HttpServeOptions {
   port?: number;
   /** Native routes, tried in order; the first match answers. */
   routes?: HttpRoute[];
-  /** Answers requests no route matched. Without it they get 404. */
-  handler?: HttpHandler;
+  /**
+   * Answers requests no route matched: a function, or an object with
+   * `handleHttp` such as a runtime pool (`handler: pool` forwards each request
+   * from the JS thread to the pool's least-busy runtime). Without it they get 404.
+   */
+  handler?: HttpHandler | HttpHandlerObject;
   /**
    * Turns an error of `handler` (a throw, a rejection, a value that is not a
    * `Response`) into a response. Default: an empty-handed 500.

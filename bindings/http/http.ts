@@ -35,6 +35,7 @@ import {
   HttpBridge,
   type HttpErrorHandler,
   type HttpHandler,
+  type HttpHandlerObject,
   type HttpRequestInfo,
   openHttpRings,
 } from "./_bridge.ts";
@@ -49,7 +50,7 @@ import {
   TOKEN,
 } from "./_options.ts";
 
-export type { HttpErrorHandler, HttpHandler, HttpRequestInfo };
+export type { HttpErrorHandler, HttpHandler, HttpHandlerObject, HttpRequestInfo };
 export type {
   HttpHealthCheck,
   HttpLimits,
@@ -200,8 +201,19 @@ export class Http {
       for (const upstream of proxy.upstreams) upstreams.add(upstream);
       return { match, proxy };
     });
-    if (opts.handler !== undefined && typeof opts.handler !== "function") {
-      invalidArgument("handler", "must be a function");
+    const given = opts.handler;
+    let handler: HttpHandler | null = null;
+    if (typeof given === "function") {
+      handler = given;
+    } else if (
+      typeof given === "object" && given !== null && typeof given.handleHttp === "function"
+    ) {
+      handler = (request, info) => given.handleHttp(request, info);
+    } else if (given !== undefined) {
+      invalidArgument(
+        "handler",
+        "must be a function or an object with handleHttp (a runtime pool)",
+      );
     }
     if (opts.onError !== undefined && typeof opts.onError !== "function") {
       invalidArgument("onError", "must be a function");
@@ -233,7 +245,7 @@ export class Http {
       hostname,
       port,
       routes,
-      jsHandler: opts.handler !== undefined,
+      jsHandler: handler !== null,
       limits,
       tenantHeader,
       disableH2c: opts.h2c === false,
@@ -263,7 +275,7 @@ export class Http {
     }
     const addr = { hostname: info.hostname, port: info.port };
     const bridge = new HttpBridge(owner, rings, {
-      handler: opts.handler ?? null,
+      handler,
       onError: opts.onError ?? null,
       fallbackHost: addr.hostname.includes(":")
         ? `[${addr.hostname}]:${addr.port}`

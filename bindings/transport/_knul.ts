@@ -18,6 +18,9 @@ import {
 } from "../_gen/symbols.ts";
 import type { Context } from "../context.ts";
 import { InvalidArgumentError } from "../errors.ts";
+import { tenantHash } from "../_context.ts";
+
+export { tenantHash };
 
 /** Header size in bytes (from the ABI header, so Rust and TS agree). */
 export const KNUL_HEADER_BYTES: number = KREPIS_KNUL_HEADER_BYTES;
@@ -80,18 +83,6 @@ export class KnulHeaderError extends Error {
     this.field = field;
     this.name = "KnulHeaderError";
   }
-}
-
-const encoder = new TextEncoder();
-
-/** FNV-1a 64 of a tenant id, as the header carries it (0n for none). */
-export function tenantHash(tenant: string): bigint {
-  if (tenant === "") return 0n;
-  let hash = 0xcbf29ce484222325n;
-  for (const byte of encoder.encode(tenant)) {
-    hash = ((hash ^ BigInt(byte)) * 0x100000001b3n) & 0xffffffffffffffffn;
-  }
-  return hash;
 }
 
 /** Writes a header's 40 bytes. */

@@ -146,6 +146,43 @@
 
 #define KREPIS_RING_MAX_CAPACITY (1 << 30)
 
+// Bytes of a frame header: the KNUL header plus the channel header.
+#define KREPIS_RUNTIME_FRAME_HEADER_BYTES 48
+
+// Largest `maxMessageBytes` a pool may ask for.
+#define KREPIS_RUNTIME_MAX_MESSAGE_BYTES (256 << 20)
+
+// Parent → child: a request (payload: context JSON, then the body).
+#define KREPIS_RUNTIME_KIND_REQUEST 16
+
+// Child → parent: the answer to the request with the same id.
+#define KREPIS_RUNTIME_KIND_REPLY 17
+
+// Child → parent: the request with the same id failed (payload: UTF-8 message).
+#define KREPIS_RUNTIME_KIND_FAIL 18
+
+// Child → parent: a message of the child's own (id 0).
+#define KREPIS_RUNTIME_KIND_MESSAGE 19
+
+// Child → parent: the module is loaded and serving (id 0).
+#define KREPIS_RUNTIME_KIND_READY 20
+
+// Parent → child: a health check (KNUL's ping); answered with a pong, same id.
+#define KREPIS_RUNTIME_KIND_PING 3
+
+// Child → parent: the answer to a ping (KNUL's pong).
+#define KREPIS_RUNTIME_KIND_PONG 4
+
+// Flag: the payload is an HTTP request or response (docs/runtimes.md).
+#define KREPIS_RUNTIME_FLAG_HTTP 256
+
+// Ring record tag: one frame (header and payload) from the child.
+#define KREPIS_RUNTIME_RECORD_FRAME 1
+
+// Ring record tag: the child broke the protocol (payload: UTF-8 reason);
+// the last record before the ring closes.
+#define KREPIS_RUNTIME_RECORD_PROTOCOL_ERROR 2
+
 #define KREPIS_MAX_TREE_NAME_BYTES 255
 
 // Bytes of one completion's header in `krepis_store_completions` output.
@@ -313,6 +350,15 @@ int32_t krepis_guard_spawn(uint32_t kernel,
                            uint32_t stderr_ring,
                            uint32_t *out_handle);
 
+// The usage of a running guarded process so far: writes a
+// `krepis.v1.GuardUsage` (wall time, the tree's CPU time, the first
+// process's resident memory now; 0 where the OS does not tell) into `out`
+// and returns its length (more than `cap`: nothing written).
+//
+// # Safety
+// `out` must point to `cap` writable bytes.
+int32_t krepis_guard_usage(uint32_t process, uint8_t *out, uint32_t cap);
+
 // Frees a server's handle; a server still running is aborted first.
 // Returns 1 when it had finished on its own, 0 when it was aborted.
 int32_t krepis_http_free(uint32_t server);
@@ -473,6 +519,24 @@ int32_t krepis_ring_notify(uint32_t ring);
 // # Safety
 // `out` must be null or point to `cap` writable bytes.
 int32_t krepis_ring_stats(uint32_t ring, uint8_t *out, uint32_t cap);
+
+// Starts a runtime: `request` is an encoded `krepis.v1.RuntimeSpawn` (the
+// guarded Deno command and the channel's message bound). Frames JS writes
+// into `to_child` (a JS → kernel ring) go to the child's stdin; the child's
+// frames come back through `from_child` (kernel → JS), its stderr through
+// `stderr_ring` (0 = discarded). Writes the process handle (a guard handle:
+// `krepis_guard_result`, `_kill`, `_usage`, `_close` apply) and the pid to
+// `out[0]` and `out[1]`.
+//
+// # Safety
+// `request` must point to `request_len` readable bytes; `out` to two u32s.
+int32_t krepis_runtime_spawn(uint32_t kernel,
+                             const uint8_t *request,
+                             uint32_t request_len,
+                             uint32_t to_child,
+                             uint32_t from_child,
+                             uint32_t stderr_ring,
+                             uint32_t *out);
 
 // Queues `request` (an encoded `krepis.v1.CommitRequest`) for an atomic,
 // journaled, durable commit on `tree` and returns at once, writing the

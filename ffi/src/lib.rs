@@ -16,7 +16,8 @@
 //!   between the kernel and JS), [`kernel`] (the Kernel and handle lookup);
 //! - capabilities, one folder each: [`buffers`], [`store`], [`transport`]
 //!   (KNUL over QUIC), [`guard`] (sandboxed child processes), [`http`]
-//!   (Pingora, native routes and JS handlers);
+//!   (Pingora, native routes and JS handlers), [`runtimes`] (supervised Deno
+//!   children over a framed channel, started through the guard);
 //! - [`lifecycle`]: opening and closing kernels, the release order, stats;
 //! - [`diagnostics`]: test and benchmark exports, outside the public ABI.
 
@@ -35,5 +36,6 @@ pub mod lifecycle;
 pub mod memory;
 pub mod proto;
 pub mod ring;
+pub mod runtimes;
 pub mod store;
 pub mod transport;

@@ -25,10 +25,14 @@
 //!   [`reap`] waits for the raw child without signalling a recycled pid;
 //! - starting a command, one file per OS: [`linux`], `unix` (macOS),
 //!   `windows`;
-//! - [`output`] (stdout/stderr pumps: streamed, collected), [`monitor`]
+//! - [`input`] (stdin: bytes once, or a ring's records), [`output`]
+//!   (stdout/stderr pumps: streamed, collected, or read by another
+//!   capability), [`monitor`]
 //!   (timeout, CPU, cgroup limits while it runs), [`waiter`] (the result);
-//! - this file: the handle table, spawning step by step, the exports.
+//! - this file: the handle table, spawning step by step ([`spawn_with`] is
+//!   also how `runtimes` starts its Deno children), the exports.
 
+mod input;
 mod monitor;
 mod output;
 mod policy;
@@ -71,15 +75,17 @@ use unix::start;
 #[cfg(windows)]
 use windows::start;
 
+pub use input::Input;
+pub use output::StreamReader;
+
 use crate::boundary::{call, in_bytes, out_bytes, write_out};
 use crate::error::{KernelError, KernelResult};
 use crate::handles::{HandleKind, HandleTable};
 use crate::kernel::Kernel;
-use crate::proto::{GuardPolicy, GuardRequest};
+use crate::proto::{GuardPolicy, GuardRequest, GuardUsage};
 use monitor::Limits;
 use prost::Message;
 use spawned::Started;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use stopper::{Stopper, Violations};
@@ -95,17 +101,33 @@ pub struct Guarded {
     stop: Arc<Stopper>,
     /// Published by the waiter once the command ended.
     outcome: Arc<Outcome>,
+    /// For its usage while it runs.
+    tree: Arc<tree::Tree>,
+    pid: u32,
+    at: std::time::Instant,
+}
+
+/// How a command's stdio is wired besides the output rings.
+#[derive(Default)]
+pub struct Stdio {
+    /// stdin from a ring instead of the request's bytes.
+    pub stdin: Option<Input>,
+    /// Reads stdout instead of the stdout pump (the ring is then unused).
+    pub stdout: Option<StreamReader>,
 }
 
 /// Starts `request` for the kernel `kernel_handle`: checks it, claims the
 /// output rings, starts the command the way this OS does, and hands it to
 /// its handle and the threads that watch it.
-fn spawn(
+/// Returns its handle and pid. `stdio` wires stdin and stdout differently
+/// (the runtimes' channel); the sandbox, limits and result are the same.
+pub fn spawn_with(
     kernel_handle: u32,
     request: GuardRequest,
     stdout_ring: u32,
     stderr_ring: u32,
-) -> KernelResult<u32> {
+    stdio: Stdio,
+) -> KernelResult<(u32, u32)> {
     let kernel = crate::kernel::kernel(kernel_handle)?;
     let policy = request.policy.clone().unwrap_or_default();
     policy::validate(&request, &policy)?;
@@ -113,7 +135,7 @@ fn spawn(
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let violations = Violations::default();
     let started = start(&kernel, &request, &policy, id, &violations)?;
-    watch(&kernel, started, request, policy, violations, rings)
+    watch(&kernel, started, request, policy, violations, rings, stdio)
 }
 
 /// Gives a started command its handle, then its threads: one writes its
@@ -126,7 +148,8 @@ fn watch(
     policy: GuardPolicy,
     violations: Violations,
     rings: [Option<Arc<crate::ring::Ring>>; 2],
-) -> KernelResult<u32> {
+    stdio: Stdio,
+) -> KernelResult<(u32, u32)> {
     let Started {
         mut spawned,
         isolation,
@@ -141,19 +164,21 @@ fn watch(
         spawned.job.take(),
     ));
     let outcome = Arc::new(Outcome::default());
+    let tree = Arc::new(tree);
+    let pid = spawned.pid;
     let handle = PROCESSES.insert(Arc::new(Guarded {
         kernel_id: kernel.id(),
         stop: Arc::clone(&stop),
         outcome: Arc::clone(&outcome),
+        tree: Arc::clone(&tree),
+        pid,
+        at,
     }))?;
     let runtime = kernel.runtime_handle()?;
 
-    // stdin: written from a thread, then closed.
-    if let Some(mut stdin) = spawned.stdin.take() {
-        let input = request.stdin;
-        runtime.spawn_blocking(move || {
-            let _ = stdin.write_all(&input);
-        });
+    if let Some(stdin) = spawned.stdin.take() {
+        let input = stdio.stdin.unwrap_or(Input::Bytes(request.stdin));
+        input::start(&runtime, stdin, input);
     }
     let collect = request.collect_output;
     let output = output::start(
@@ -163,8 +188,8 @@ fn watch(
         policy::output_limit(&policy, collect),
         collect,
         &stop,
+        stdio.stdout,
     );
-    let tree = Arc::new(tree);
     let done = Arc::new(AtomicBool::new(false));
     let limits = Limits {
         timeout_ms: policy.timeout_ms,
@@ -194,7 +219,7 @@ fn watch(
             handle,
         },
     );
-    Ok(handle)
+    Ok((handle, pid))
 }
 
 /// Kills every guarded process of a kernel (on kernel close), zombie-free:
@@ -231,7 +256,7 @@ pub unsafe extern "C" fn krepis_guard_spawn(
         let request = GuardRequest::decode(bytes).map_err(|error| {
             KernelError::invalid_argument(format!("not a krepis.v1.GuardRequest: {error}"))
         })?;
-        let handle = spawn(kernel, request, stdout_ring, stderr_ring)?;
+        let (handle, _) = spawn_with(kernel, request, stdout_ring, stderr_ring, Stdio::default())?;
         // SAFETY: checked non-null and aligned above.
         unsafe { out_handle.write(handle) };
         Ok(0)
@@ -277,5 +302,37 @@ pub extern "C" fn krepis_guard_close(process: u32) -> i32 {
             process.stop.kill(None);
         }
         Ok(0)
+    })
+}
+
+/// The usage of a running guarded process so far: writes a
+/// `krepis.v1.GuardUsage` (wall time, the tree's CPU time, the first
+/// process's resident memory now; 0 where the OS does not tell) into `out`
+/// and returns its length (more than `cap`: nothing written).
+///
+/// # Safety
+/// `out` must point to `cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn krepis_guard_usage(process: u32, out: *mut u8, cap: u32) -> i32 {
+    call("krepis_guard_usage", || {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { out_bytes(out, cap, "out")? };
+        let process = PROCESSES.get(process)?;
+        let running = !process.outcome.is_published();
+        let usage = GuardUsage {
+            wall_ms: process.at.elapsed().as_millis() as u64,
+            cpu_ms: if running {
+                process.tree.cpu_ms().unwrap_or(0)
+            } else {
+                0
+            },
+            max_rss_bytes: 0,
+            rss_bytes: if running {
+                tree::rss_bytes(process.pid).unwrap_or(0)
+            } else {
+                0
+            },
+        };
+        write_out(&usage.encode_to_vec(), out)
     })
 }

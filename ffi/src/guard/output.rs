@@ -3,9 +3,11 @@
 //! kernel → JS ring (`spawn()`), collects it in memory (`run()`), or both.
 //! A stream past its byte limit is cut and the command's tree killed; the
 //! pumps keep draining otherwise, so a command never blocks on a full pipe.
+//! stdout may instead go to a [`StreamReader`] of another capability (the
+//! runtimes' framer), which reads it to the end itself.
 
 use super::stopper::Stopper;
-use crate::proto::GuardResult;
+use crate::proto::{GuardResult, GuardViolation};
 use crate::ring::{ring, Producer, Ring, RING_RECORD_HEADER_BYTES};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,9 +33,16 @@ pub fn claim_rings(stdout: u32, stderr: u32) -> crate::error::KernelResult<[Opti
     Ok([stdout_ring, stderr_ring])
 }
 
+/// Reads a stream to its end in place of the pump (on the pump's thread);
+/// a violation it returns kills the command's tree and is reported.
+pub type StreamReader = Box<dyn FnOnce(Box<dyn Read + Send>) -> Option<GuardViolation> + Send>;
+
 /// The pumps of one command, as the waiter sees them.
 pub struct Output {
     collect: bool,
+    /// A reader of another capability reads stdout: its violation must be
+    /// in the result, so the result waits (briefly) for it too.
+    read_elsewhere: bool,
     /// Collected output accumulates here, so whatever was read is kept even
     /// if a pump never finishes.
     sinks: Arc<[Mutex<Vec<u8>>; 2]>,
@@ -46,7 +55,8 @@ pub struct Output {
 /// Starts a pump for each of `sources` (stdout, stderr) on `runtime`'s
 /// blocking pool. Each stream goes to its ring (closed when the stream
 /// ends) and, when `collect`, into memory; past `limit` bytes (0 = none) it
-/// is cut and `stop` kills the tree.
+/// is cut and `stop` kills the tree. `stdout_reader`, when given, reads
+/// stdout instead of its pump.
 pub fn start(
     runtime: &tokio::runtime::Handle,
     sources: [Option<Box<dyn Read + Send>>; 2],
@@ -54,10 +64,12 @@ pub fn start(
     limit: u64,
     collect: bool,
     stop: &Arc<Stopper>,
+    mut stdout_reader: Option<StreamReader>,
 ) -> Output {
     let sinks: Arc<[Mutex<Vec<u8>>; 2]> = Arc::default();
     let truncated: Arc<[AtomicBool; 2]> = Arc::default();
     let (pumped, pumps_done) = channel::<()>();
+    let read_elsewhere = stdout_reader.is_some();
     for (index, ((source, ring), name)) in sources
         .into_iter()
         .zip(rings)
@@ -67,20 +79,33 @@ pub fn start(
         let (stop, pump_runtime) = (Arc::clone(stop), runtime.clone());
         let (sinks, truncated, pumped) =
             (Arc::clone(&sinks), Arc::clone(&truncated), pumped.clone());
+        let reader = if index == 0 {
+            stdout_reader.take()
+        } else {
+            None
+        };
         runtime.spawn_blocking(move || {
-            if let Some(source) = source {
-                let sink = collect.then(|| &sinks[index]);
-                if pump(
-                    source,
-                    ring.clone(),
-                    limit,
-                    &stop,
-                    name,
-                    &pump_runtime,
-                    sink,
-                ) {
-                    truncated[index].store(true, Ordering::SeqCst);
+            match (reader, source) {
+                (Some(reader), Some(source)) => {
+                    if let Some(violation) = reader(source) {
+                        stop.kill(Some((violation.kind.as_str(), violation.detail)));
+                    }
                 }
+                (None, Some(source)) => {
+                    let sink = collect.then(|| &sinks[index]);
+                    if pump(
+                        source,
+                        ring.clone(),
+                        limit,
+                        &stop,
+                        name,
+                        &pump_runtime,
+                        sink,
+                    ) {
+                        truncated[index].store(true, Ordering::SeqCst);
+                    }
+                }
+                _ => {}
             }
             if let Some(ring) = ring {
                 ring.close();
@@ -90,6 +115,7 @@ pub fn start(
     }
     Output {
         collect,
+        read_elsewhere,
         sinks,
         truncated,
         pumps_done,
@@ -98,11 +124,12 @@ pub fn start(
 
 impl Output {
     /// Puts the output into `result` once the command ended. Collected
-    /// output: waits (briefly) for the pumps first. A process that escaped
+    /// output, or stdout read by another capability (whose violation belongs
+    /// in the result): waits (briefly) for the pumps first. A process that escaped
     /// every kill may still hold the output open; streamed output is the
     /// reader's business and does not hold the result back.
     pub fn complete(self, result: &mut GuardResult, stop: &Stopper) {
-        if self.collect {
+        if self.collect || self.read_elsewhere {
             let deadline = Instant::now() + Duration::from_millis(500);
             for _ in 0..2 {
                 let left = deadline.saturating_duration_since(Instant::now());

@@ -126,6 +126,14 @@ fn process_cpu_ms(pid: u32) -> Option<u64> {
     Some(ticks * 1000 / hz)
 }
 
+/// Resident memory of a running process now (Linux's `/proc`), in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// utime + stime of a `/proc/<pid>/stat` line, in clock ticks (the command
 /// name in parentheses may hold spaces and parentheses itself).
 fn stat_cpu_ticks(stat: &str) -> Option<u64> {

@@ -128,6 +128,7 @@ fn finish(waiting: Waiting) {
         wall_ms,
         cpu_ms,
         max_rss_bytes,
+        rss_bytes: 0,
     });
     result.violations = stop.violations().clone();
     result.isolation = Some(isolation);

@@ -102,6 +102,8 @@ export interface GuardUsage {
   wallMs: bigint;
   cpuMs: bigint;
   maxRssBytes: bigint;
+  /** While it runs (krepis_guard_usage): resident memory of its first process now. */
+  rssBytes: bigint;
 }
 
 export interface GuardResult {
@@ -722,7 +724,7 @@ export const GuardIdentity: MessageFns<GuardIdentity> = {
 };
 
 function createBaseGuardUsage(): GuardUsage {
-  return { wallMs: 0n, cpuMs: 0n, maxRssBytes: 0n };
+  return { wallMs: 0n, cpuMs: 0n, maxRssBytes: 0n, rssBytes: 0n };
 }
 
 export const GuardUsage: MessageFns<GuardUsage> = {
@@ -744,6 +746,12 @@ export const GuardUsage: MessageFns<GuardUsage> = {
         throw new globalThis.Error("value provided for field message.maxRssBytes of type uint64 too large");
       }
       writer.uint32(24).uint64(message.maxRssBytes);
+    }
+    if (message.rssBytes !== 0n) {
+      if (BigInt.asUintN(64, message.rssBytes) !== message.rssBytes) {
+        throw new globalThis.Error("value provided for field message.rssBytes of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.rssBytes);
     }
     return writer;
   },
@@ -783,6 +791,14 @@ export const GuardUsage: MessageFns<GuardUsage> = {
             }
 
             message.maxRssBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.rssBytes = reader.uint64() as bigint;
             continue;
           }
         }
