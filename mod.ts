@@ -21,6 +21,7 @@
  */
 
 export {
+  type ClusterOptions,
   Kernel,
   type KernelOptions,
   type KernelStats,
@@ -35,6 +36,7 @@ export {
   type CommitOptions,
   type CommitResult,
   JsonStore,
+  type ReplicaState,
   type ScanOptions,
   Store,
   type StoreBytes,
@@ -44,6 +46,7 @@ export {
   StoreScan,
   StoreValue,
   StoreWatch,
+  type SyncOptions,
 } from "./bindings/store/store.ts";
 export { Journal, type JournalReadOptions, type JournalRecord } from "./bindings/store/journal.ts";
 export {

@@ -19,7 +19,16 @@ import { Transport } from "./transport/transport.ts";
 import { Http } from "./http/http.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
-import { checkInteger, checkOptions } from "./_check.ts";
+import {
+  checkInteger,
+  checkObject,
+  checkOptions,
+  checkString,
+  checkStringList,
+  invalidArgument,
+} from "./_check.ts";
+import { requireNetPermission } from "./_net.ts";
+import type { ClusterConfig } from "./_gen/proto/krepis/v1/store.ts";
 
 /** Most worker threads a kernel accepts. */
 export const MAX_WORKER_THREADS = 256;
@@ -50,6 +59,43 @@ export interface StoreOptions {
   cacheBytes?: number;
   /** Largest value accepted, in bytes (default 256 MiB). */
   maxValueBytes?: number;
+  /**
+   * Keep the store on an etcd v3 cluster instead of `<dataDir>/store`: the
+   * same API, with reads served by a local replica of `prefix` (see
+   * {@linkcode ClusterOptions}). Needs net permission for each endpoint.
+   */
+  cluster?: ClusterOptions;
+}
+
+/**
+ * The store on a prefix of an etcd v3 cluster: several kernels (processes,
+ * machines) opened with the same endpoints and prefix share one store,
+ * journal and watches.
+ *
+ * @example
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({
+ *   dataDir: null,
+ *   store: { cluster: { endpoints: ["127.0.0.1:2379"], prefix: "/shop/" } },
+ * });
+ * await kernel.store.commit([{ type: "put", key: "sku-1", value: "3" }]);
+ * ```
+ */
+export interface ClusterOptions {
+  /** etcd members, `"host:port"` or `"http://host:port"` (at least one). */
+  endpoints: string[];
+  /** Every key of the store lives under this etcd key prefix (non-empty). */
+  prefix: string;
+  /**
+   * Deadline of a commit, undo or linearizable read without a context
+   * deadline, and of opening, in ms (default 5000).
+   */
+  timeoutMs?: number;
+  /** The cluster's `--max-txn-ops` (default 128, etcd's default). */
+  maxTxnOps?: number;
+  /** The cluster's `--max-request-bytes` (default 1572864, etcd's default). */
+  maxRequestBytes?: number;
 }
 
 /** Counters of the store, in {@linkcode KernelStats.store}. */
@@ -96,6 +142,34 @@ export interface TransportStats {
   readonly links: number;
   /** Listeners not yet closed. */
   readonly listeners: number;
+}
+
+/** The cluster options as the kernel takes them, checked; net permission for every member. */
+function clusterConfig(cluster: unknown): ClusterConfig | undefined {
+  if (cluster === undefined) return undefined;
+  const options = checkObject("store.cluster", cluster);
+  const endpoints = checkStringList("store.cluster.endpoints", options.endpoints);
+  if (endpoints.length === 0) {
+    invalidArgument("store.cluster.endpoints", 'needs at least one etcd member ("host:port")');
+  }
+  for (const endpoint of endpoints) {
+    const host = endpoint.replace(/^http:\/\//, "");
+    if (host === "" || host.includes("/")) {
+      invalidArgument("store.cluster.endpoints", `${JSON.stringify(endpoint)} is not "host:port"`);
+    }
+    requireNetPermission(host, `connecting to the etcd member ${host}`);
+  }
+  const limit = (field: "timeoutMs" | "maxTxnOps" | "maxRequestBytes", max: number): number =>
+    options[field] === undefined
+      ? 0
+      : checkInteger(`store.cluster.${field}`, options[field], 1, max);
+  return {
+    endpoints,
+    prefix: new TextEncoder().encode(checkString("store.cluster.prefix", options.prefix)),
+    timeoutMs: limit("timeoutMs", 3_600_000),
+    maxTxnOps: limit("maxTxnOps", 1_000_000),
+    maxRequestBytes: limit("maxRequestBytes", 0x7fffffff),
+  };
 }
 
 function resolveDataDir(dataDir: string | URL | null | undefined): string {
@@ -192,6 +266,8 @@ export class Kernel implements AsyncDisposable {
   readonly #handle: number;
   readonly #owner: KernelOwner;
   readonly #dataDir: string | null;
+  /** The store is on an etcd cluster (it needs no data dir). */
+  readonly #cluster: boolean;
   #closing: Promise<void> | undefined;
 
   private constructor(
@@ -199,8 +275,10 @@ export class Kernel implements AsyncDisposable {
     handle: number,
     events: KernelEvents,
     dataDir: string | null,
+    cluster: boolean,
   ) {
     this.#dataDir = dataDir;
+    this.#cluster = cluster;
     this.#native = native;
     this.#handle = handle;
     this.#owner = new KernelOwner(native, handle, events);
@@ -249,12 +327,13 @@ export class Kernel implements AsyncDisposable {
         details: { field: "store" },
       });
     }
-    const storeNumber = (field: keyof StoreOptions) =>
+    const storeNumber = (field: Exclude<keyof StoreOptions, "cluster">) =>
       BigInt(
         store[field] === undefined
           ? 0
           : checkInteger(`store.${field}`, store[field], 1, Number.MAX_SAFE_INTEGER),
       );
+    const cluster = clusterConfig(store.cluster);
     const config = KernelConfig.encode({
       workerThreads,
       dataDir,
@@ -265,6 +344,7 @@ export class Kernel implements AsyncDisposable {
         journalMaxAgeMs: storeNumber("journalMaxAgeMs"),
         cacheCapacityBytes: storeNumber("cacheBytes"),
         maxValueBytes: storeNumber("maxValueBytes"),
+        cluster,
       },
     }).finish();
     const out = new Uint32Array(1);
@@ -276,7 +356,13 @@ export class Kernel implements AsyncDisposable {
       throw error;
     }
     events.attach(out[0]);
-    return new Kernel(native, out[0], events, dataDir === "" ? null : dataDir);
+    return new Kernel(
+      native,
+      out[0],
+      events,
+      dataDir === "" ? null : dataDir,
+      cluster !== undefined,
+    );
   }
 
   /**
@@ -287,13 +373,19 @@ export class Kernel implements AsyncDisposable {
    */
   get store(): Store {
     this.#assertOpen("Kernel.store");
-    if (this.#dataDir === null) {
+    if (this.#dataDir === null && !this.#cluster) {
       throw new InvalidArgumentError(
         "this kernel has no store: it was opened with dataDir: null",
         { details: { field: "dataDir" } },
       );
     }
-    return this.#store ??= Store.open(this.#owner, this.buffers, this, this.#commits);
+    return this.#store ??= Store.open(
+      this.#owner,
+      this.buffers,
+      this,
+      this.#commits,
+      this.#cluster,
+    );
   }
 
   /** The transaction journal of the kernel's store. */

@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "b3f5863f218a7ca0bb42d66274c9e8ada15a5ebb913c7a01e68422d6b2bef9a6";
+export const ABI_HASH = "05c35309c36cec7836d2d7a59a815a444634f600d910d0e82ff4b6fa3cf013f6";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -44,9 +44,11 @@ export const symbols = {
   krepis_store_get_buffer: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_store_has: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_store_put: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
+  krepis_store_replica: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_store_scan: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_store_scan_close: { parameters: ["u32"], result: "i32" },
   krepis_store_scan_next: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
+  krepis_store_sync: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_store_tree: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_store_tree_close: { parameters: ["u32"], result: "i32" },
   krepis_store_watch: { parameters: ["u32", "buffer", "u32", "u32"], result: "i32" },
@@ -107,6 +109,7 @@ export const KREPIS_RING_RECORD_HEADER_BYTES = 8;
 export const KREPIS_RING_PAD = 4294967295;
 export const KREPIS_RING_MIN_CAPACITY = 64;
 export const KREPIS_RING_MAX_CAPACITY = 1073741824;
+export const KREPIS_MAX_DECODING_BYTES = 67108864;
 export const KREPIS_MAX_TREE_NAME_BYTES = 255;
 export const KREPIS_COMPLETION_HEADER_BYTES = 16;
 export const KREPIS_SCAN_ENTRY_HEADER_BYTES = 8;

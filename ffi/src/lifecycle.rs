@@ -39,7 +39,7 @@ fn open(config: &KernelConfig, wake: WakeCallback) -> Result<u32, KernelError> {
         .events()
         .register(wake)
         .map_err(|error| KernelError::io("starting the kernel's waker thread", &error))?;
-    if let Err(error) = store::open_for(&kernel, &config.store.unwrap_or_default()) {
+    if let Err(error) = store::open_for(&kernel, &config.store.clone().unwrap_or_default()) {
         shutdown(&kernel);
         return Err(error);
     }

@@ -12,8 +12,11 @@
 //! - [`tree`]: named trees as JS holds them, single-key operations;
 //! - [`commit`]: the committer and flusher threads, commit exports;
 //! - [`scan`], [`watch`]: streaming scans and change feeds;
+//! - [`cluster`]: the same store on a prefix of an etcd cluster (a local
+//!   replica read by the files above; commits go to etcd);
 //! - this file: opening and closing a kernel's store, its stats.
 
+pub mod cluster;
 pub mod commit;
 pub mod db;
 pub mod dir;
@@ -44,6 +47,9 @@ const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 /// Opens the store of `kernel`'s data dir (if it has one) and attaches it to
 /// the kernel. Never reinitialises anything it does not recognise.
 pub fn open_for(kernel: &Kernel, config: &StoreConfig) -> KernelResult<()> {
+    if let Some(cluster) = &config.cluster {
+        return cluster::open_for(kernel, config, cluster);
+    }
     let Some(data_dir) = kernel.data_dir() else {
         return Ok(());
     };
@@ -55,6 +61,7 @@ pub fn open_for(kernel: &Kernel, config: &StoreConfig) -> KernelResult<()> {
 /// Closes `kernel`'s store (flush, stop the committer, release the data dir)
 /// even if something still holds a reference to it.
 pub fn close_of(kernel: &Kernel) {
+    cluster::close_of(kernel);
     if let Some(store) = kernel.detach::<Store>() {
         store.close();
     }
@@ -68,6 +75,9 @@ pub fn release_owned(kernel_id: u64) {
 
 /// The store's part of `kernel.stats()`; `None` without a store.
 pub fn stats_of(kernel: &Kernel) -> Option<StoreStats> {
+    if let Some(stats) = cluster::stats_of(kernel) {
+        return Some(stats);
+    }
     let store = kernel.attached::<Store>()?;
     Some(StoreStats {
         next_tx_id: store.next_tx.load(Ordering::SeqCst),

@@ -76,7 +76,7 @@ impl Completions {
         self.next_ticket.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn push(&self, ticket: u64, result: KernelResult<u64>, operation: &str) {
+    pub(crate) fn push(&self, ticket: u64, result: KernelResult<u64>, operation: &str) {
         let encoded = encode_result(result, operation);
         let first = {
             let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());

@@ -168,6 +168,7 @@ pub unsafe extern "C" fn krepis_store_put(
             )
         };
         let tree = TREES.get(tree)?;
+        tree.store.check_local_write("put")?;
         tree.store.check_value(value.len())?;
         let key = data_key(&tree.prefix, key);
         let _stripe = tree.store.lock_keys([key.as_slice()]);
@@ -186,6 +187,7 @@ pub unsafe extern "C" fn krepis_store_delete(tree: u32, key: *const u8, key_len:
         // SAFETY: forwarded from this function's contract.
         let key = unsafe { in_bytes(key, key_len, "key")? };
         let tree = TREES.get(tree)?;
+        tree.store.check_local_write("delete")?;
         let key = data_key(&tree.prefix, key);
         let _stripe = tree.store.lock_keys([key.as_slice()]);
         Ok(i32::from(tree.store.db.remove(key)?.is_some()))
