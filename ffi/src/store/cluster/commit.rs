@@ -12,7 +12,7 @@
 
 use super::client::{connection_error, etcd_error, retryable};
 use super::replica::{not_applied, Replica, LAST_COMMIT_SUFFIX};
-use super::Cluster;
+use super::shared::Cluster;
 use crate::error::{KernelError, KernelResult};
 use crate::proto::{op::Kind, Change, CommitRequest, ErrorCode, JournalRecord};
 use crate::store::commit::prefixes_of;
@@ -283,7 +283,7 @@ pub async fn commit(
             let found = gets.get(1 + checks.len() + index).cloned().flatten();
             let revision = found.as_ref().map_or(0, |kv| kv.mod_revision());
             if revision != item.revision {
-                return Err(super::journal::undo_conflict(
+                return Err(undo_conflict(
                     undo_of,
                     &item.tree,
                     &item.key,
@@ -299,6 +299,30 @@ pub async fn commit(
             );
         }
     }
+}
+
+/// `CONFLICT`: undoing `tx_id` would overwrite a later change of `key`.
+pub fn undo_conflict(tx_id: u64, tree: &str, key: &[u8], later: Option<u64>) -> KernelError {
+    let error = match later {
+        Some(later) => KernelError::new(
+            ErrorCode::Conflict,
+            format!(
+                "cannot undo transaction {tx_id}: transaction {later} changed key {:?} in tree {tree:?} later",
+                show_key(key)
+            ),
+        )
+        .with_detail("conflictingTxId", later.to_string()),
+        None => KernelError::new(
+            ErrorCode::Conflict,
+            format!(
+                "cannot undo transaction {tx_id}: key {:?} in tree {tree:?} was changed since",
+                show_key(key)
+            ),
+        ),
+    };
+    error
+        .with_detail("key", show_key(key))
+        .with_detail("tree", tree.to_owned())
 }
 
 /// Resolves a committed transaction once the replica applied it.

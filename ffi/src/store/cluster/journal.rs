@@ -4,12 +4,12 @@
 //! retention talk to etcd.
 
 use super::client::{connection_error, etcd_error, retryable};
-use super::commit::{commit, deadline_of, Unchanged, ATTEMPT_TIMEOUT};
+use super::commit::{commit, deadline_of, undo_conflict, Unchanged, ATTEMPT_TIMEOUT};
 use super::replica::LAST_COMMIT_SUFFIX;
-use super::Cluster;
+use super::shared::Cluster;
 use crate::error::{KernelError, KernelResult};
 use crate::proto::{self, op::Kind, CommitRequest, ErrorCode, JournalRecord, Op};
-use crate::store::keys::{journal_key, show_key};
+use crate::store::keys::journal_key;
 use etcd_client::{DeleteOptions, Txn, TxnOp};
 use prost::Message;
 use std::collections::HashSet;
@@ -81,30 +81,6 @@ fn decode(bytes: &[u8]) -> KernelResult<JournalRecord> {
             format!("a journal record does not decode: {error}"),
         )
     })
-}
-
-/// `CONFLICT`: undoing `tx_id` would overwrite a later change of `key`.
-pub fn undo_conflict(tx_id: u64, tree: &str, key: &[u8], later: Option<u64>) -> KernelError {
-    let error = match later {
-        Some(later) => KernelError::new(
-            ErrorCode::Conflict,
-            format!(
-                "cannot undo transaction {tx_id}: transaction {later} changed key {:?} in tree {tree:?} later",
-                show_key(key)
-            ),
-        )
-        .with_detail("conflictingTxId", later.to_string()),
-        None => KernelError::new(
-            ErrorCode::Conflict,
-            format!(
-                "cannot undo transaction {tx_id}: key {:?} in tree {tree:?} was changed since",
-                show_key(key)
-            ),
-        ),
-    };
-    error
-        .with_detail("key", show_key(key))
-        .with_detail("tree", tree.to_owned())
 }
 
 /// Reverts `tx_id` as a new transaction, with the local store's rules: a

@@ -6,6 +6,7 @@
 //! undo and linearizable reads go to etcd. Files, bottom up:
 //! - [`client`]: connecting, etcd's failures as typed errors;
 //! - [`replica`]: the snapshot, the watch, applying changes, resync;
+//! - [`shared`]: [`Cluster`], the state the files below share;
 //! - [`commit`]: a commit as one etcd transaction, etcd's limits;
 //! - [`journal`]: undo, linearizable reads, journal retention;
 //! - this file: opening and closing, the committer, the exports.
@@ -18,6 +19,7 @@ pub mod client;
 pub mod commit;
 pub mod journal;
 pub mod replica;
+pub mod shared;
 
 use super::db::Store;
 use super::queue::{reply, Job};
@@ -25,9 +27,9 @@ use crate::boundary::{call, in_bytes, out_bytes, write_out, write_u64};
 use crate::error::{KernelError, KernelResult};
 use crate::kernel::Kernel;
 use crate::proto::{ClusterConfig, CommitRequest, ErrorCode, StoreConfig, StoreStats};
-use etcd_client::Client;
 use prost::Message;
-use replica::{Replica, JOURNAL_SUFFIX};
+use replica::Replica;
+pub use shared::Cluster;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,38 +48,7 @@ pub fn now_ms() -> u64 {
     crate::store::journal::now_ms()
 }
 
-/// A kernel's cluster store: the replica, the client, the limits.
-pub struct Cluster {
-    pub(crate) replica: Arc<Replica>,
-    pub(crate) client: Client,
-    pub(crate) timeout: Duration,
-    pub(crate) max_txn_ops: usize,
-    pub(crate) max_request_bytes: usize,
-    runtime: tokio::runtime::Handle,
-    /// Journal keys are `<prefix>j/<instance><sequence>`: unique without coordination.
-    instance: u64,
-    sequence: AtomicU64,
-    commits: AtomicU64,
-    in_flight: Arc<AtomicUsize>,
-}
-
 impl Cluster {
-    /// The etcd key of a replica key.
-    pub fn etcd_key(&self, local: &[u8]) -> Vec<u8> {
-        let mut key = Vec::with_capacity(self.replica.prefix.len() + local.len());
-        key.extend_from_slice(&self.replica.prefix);
-        key.extend_from_slice(local);
-        key
-    }
-
-    /// A journal key no other commit of any kernel ever uses.
-    fn next_journal_key(&self) -> Vec<u8> {
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let mut suffix = JOURNAL_SUFFIX.to_vec();
-        suffix.extend_from_slice(format!("{:016x}{sequence:012x}", self.instance).as_bytes());
-        self.etcd_key(&suffix)
-    }
-
     /// Runs one job of the store's queue on the runtime; answers it even if
     /// the runtime drops the task (kernel close).
     fn run(self: &Arc<Self>, job: Job, store: &Arc<Store>) {

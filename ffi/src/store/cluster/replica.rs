@@ -86,7 +86,7 @@ impl Replica {
             endpoints,
             applied: watch::channel(0).0,
             health: Mutex::new(Health {
-                stale_since: Some(super::now_ms()),
+                stale_since: Some(crate::store::journal::now_ms()),
                 reason: "not synced yet".to_owned(),
             }),
             resyncs: AtomicU64::new(0),
@@ -129,7 +129,9 @@ impl Replica {
 
     fn mark_stale(&self, reason: impl Into<String>) {
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        health.stale_since.get_or_insert_with(super::now_ms);
+        health
+            .stale_since
+            .get_or_insert_with(crate::store::journal::now_ms);
         health.reason = reason.into();
     }
 
