@@ -111,3 +111,23 @@ pub fn connection_error(what: &str, endpoints: &[String], cause: &str) -> Kernel
     .with_detail("endpoints", endpoints.join(","))
     .with_detail("reason", "cluster_unreachable")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_become_http_urls_and_bad_ones_are_refused() {
+        let urls = endpoint_urls(&["127.0.0.1:2379".into(), "http://h:1".into()]).unwrap();
+        assert_eq!(urls, ["http://127.0.0.1:2379", "http://h:1"]);
+        assert_eq!(
+            endpoint_urls(&[]).unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            endpoint_urls(&["https://h:1".into()]).unwrap_err().code,
+            ErrorCode::Unsupported
+        );
+        assert!(endpoint_urls(&["h:1/path".into()]).is_err());
+    }
+}

@@ -29,7 +29,7 @@ const REQUEST_OVERHEAD_BYTES: usize = 4096;
 /// Longest wait for one attempt: a member that lost its leader holds a
 /// request until its own timeout (5 s and more) while the survivors elect a
 /// new one; trying again (safe: see the module docs) reaches it sooner.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2000);
 /// Per key, value or compare: tags, lengths, the target.
 const ITEM_OVERHEAD_BYTES: usize = 16;
 

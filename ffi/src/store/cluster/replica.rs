@@ -445,3 +445,15 @@ pub fn not_applied(tx_id: i64, replica: &Replica) -> KernelError {
     .with_detail("committed", "true")
     .with_detail("reason", "replica_behind")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_first_key_past_the_prefix() {
+        assert_eq!(prefix_end(b"/shop/"), b"/shop0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+}
