@@ -27,6 +27,7 @@ export {
   type KernelStats,
   MAX_WORKER_THREADS,
   type StoreOptions,
+  type StoreRecovery,
   type StoreStats,
   type TransportStats,
 } from "./bindings/kernel.ts";
@@ -77,6 +78,7 @@ export {
   MAX_PACKET_BYTES,
   type NetAddr,
   Transport,
+  type TransportOptions,
 } from "./bindings/transport/transport.ts";
 export {
   Link,

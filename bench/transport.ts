@@ -6,6 +6,9 @@
  *   length-prefixed frames (one `write` per frame, frames parsed in JS).
  * - 64 B round trips/s (send, the peer's JS echoes, receive), next to Deno
  *   QUIC (`Deno.QuicEndpoint` / `Deno.connectQuic`) on one stream.
+ * - One-way latency of a 64 B packet, JS send → kernel → QUIC → kernel →
+ *   the peer's JS (one packet in flight; p50 and p99 in µs), against the
+ *   15 µs p50 goal.
  * - Bulk MB/s with 1 MiB packets, next to Deno QUIC writing 1 MiB chunks.
  * - A yardstick, no target: 64 B round trips of plain UDP datagrams between
  *   two Deno sockets (no encryption, no protocol), the ceiling of any round
@@ -94,12 +97,35 @@ async function roundTripRate(count: number): Promise<number> {
   return count / seconds;
 }
 
+/** One-way latencies (µs) of `count` 64 B packets sent one at a time. */
+async function oneWayLatencies(count: number): Promise<number[]> {
+  const [link, peer] = await linkPair();
+  const payload = new Uint8Array(64).fill(3);
+  const latencies: number[] = [];
+  for (let index = 0; index < count; index++) {
+    const sentAt = performance.now();
+    if (!link.trySend(payload)) await link.send(payload);
+    const packet = await peer.receive();
+    if (packet === null) throw new Error("packet lost");
+    latencies.push((performance.now() - sentAt) * 1000);
+  }
+  await Promise.all([link.close(), peer.close()]);
+  return latencies;
+}
+
+function percentile(values: number[], fraction: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * fraction))];
+}
+
 const results: Record<string, number[]> = {
   packets: [],
   tcpPackets: [],
   roundTrips: [],
   quicRoundTrips: [],
   udpRoundTrips: [],
+  oneWayP50: [],
+  oneWayP99: [],
   bulk: [],
   quicBulk: [],
 };
@@ -115,6 +141,9 @@ for (let run = 0; run < RUNS; run++) {
   results.udpRoundTrips.push(
     (await udpRoundTrips({ roundTrips: ROUND_TRIPS, size: 64 })).roundTripsPerSecond,
   );
+  const oneWay = await oneWayLatencies(ROUND_TRIPS);
+  results.oneWayP50.push(percentile(oneWay, 0.5));
+  results.oneWayP99.push(percentile(oneWay, 0.99));
   results.bulk.push((await packetRate(BULK_BYTES / MIB, MIB)) * MIB / 1e6);
   results.quicBulk.push(
     (await quicBulk({ cert, key, bytes: BULK_BYTES, chunkBytes: MIB })).megabytesPerSecond,
@@ -131,6 +160,9 @@ ratio("knul_vs_deno_quic_round_trips", m.roundTrips, m.quicRoundTrips);
 report("deno_udp_64b_round_trips", m.udpRoundTrips, "round-trips/s");
 ratio("deno_quic_vs_deno_udp_round_trips", m.quicRoundTrips, m.udpRoundTrips);
 ratio("knul_vs_deno_udp_round_trips", m.roundTrips, m.udpRoundTrips);
+report("knul_64b_one_way_p50", m.oneWayP50, "µs");
+report("knul_64b_one_way_p99", m.oneWayP99, "µs");
+ratio("knul_one_way_p50_vs_15us_goal", 15, m.oneWayP50);
 report("knul_1mib_bulk", m.bulk, "MB/s");
 report("deno_quic_1mib_bulk", m.quicBulk, "MB/s");
 ratio("knul_vs_deno_quic_bulk", m.bulk, m.quicBulk);

@@ -10,7 +10,10 @@
  *    blocks until JS ran it);
  * 4. `socket`: the kernel writes one byte to a loopback TCP connection that
  *    JS reads with Deno's own async I/O (needs net permission);
- * 5. `signal`: the kernel signals the process (SIGUSR2), JS listens for it.
+ * 5. `signal`: the kernel signals the process (SIGUSR2), JS listens for it;
+ * 6. `spin`: no wake — JS busy-waits on the event queues' push count (what
+ *    the event pump does for a reply due soon, `bindings/_events.ts`) and
+ *    the kernel thread announces a push. Needs a second core.
  *
  * For each: the one-way latency (the kernel decides to wake → JS runs, on
  * the kernel's clock), the echo's round trip, and the CPU one echo costs
@@ -40,13 +43,14 @@ const now = (): number => {
   return Number(clock[0]);
 };
 
-type Mode = "nonblocking" | "callback_thread" | "callback_direct" | "socket" | "signal";
+type Mode = "nonblocking" | "callback_thread" | "callback_direct" | "socket" | "signal" | "spin";
 const MODES: Record<Mode, number> = {
   nonblocking: 1,
   callback_thread: 2,
   callback_direct: 3,
   socket: 4,
   signal: 5,
+  spin: 6,
 };
 const available = (Object.keys(MODES) as Mode[]).filter((mode) =>
   mode !== "signal" || Deno.build.os !== "windows"
@@ -89,8 +93,18 @@ async function round(mode: Mode, echoes: number): Promise<Round> {
       await new Promise<void>((resolve) => wake = resolve);
     }
   };
+  let pushes = lab.krepis_debug_wake_lab_spin(0, 0);
   const echo = async (): Promise<[number, number]> => {
     const start = now();
+    if (mode === "spin") {
+      const seenPushes = pushes;
+      lab.krepis_debug_wake_lab_ping();
+      while ((pushes = lab.krepis_debug_wake_lab_spin(seenPushes, 1000)) === seenPushes) {
+        // The lab thread has not announced yet: keep spinning.
+      }
+      lab.krepis_debug_clock(clock);
+      return [Number(clock[0] - clock[1]) / 1000, (Number(clock[0]) - start) / 1000];
+    }
     const waiting = waitForWake();
     lab.krepis_debug_wake_lab_ping();
     await waiting;

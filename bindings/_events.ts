@@ -48,6 +48,65 @@ const WAIT_SLICE_MS = 1000;
 /** Longest run of back-to-back batches before timers and I/O get a turn. */
 const SLICE_MS = 1;
 
+/**
+ * Longest spin before parking, in microseconds: a small multiple of what a
+ * wake costs (17–70 µs one way, ~35 µs of CPU: `bench/wake.ts`), so spinning
+ * never costs much more than the wake it may save (spin-then-park). With 50,
+ * half the same-process KNUL replies came after the spin and paid both.
+ */
+const SPIN_MICROS = 100;
+/** A pump spins only when its last event came this recently (ms). */
+const SPIN_WINDOW_MS = 1;
+
+/**
+ * The process's spin, shared by every kernel's pump: pumps that found their
+ * queue empty shortly after an event register here; once promise callbacks
+ * have run (they may send what the reply answers), one native busy-wait
+ * watches every kernel's pushes, and each pump then polls again or parks.
+ */
+const spinner = {
+  native: null as NativeLibrary | null,
+  /** Whether this process may use two cores, and when that was asked. */
+  allowed: null as boolean | null,
+  checkedAt: 0,
+  waiting: [] as ((timedOut: boolean) => void)[],
+  scheduled: false,
+  /** The process's push count when the last spin returned. */
+  seen: 0,
+};
+
+function runSpin(): void {
+  spinner.scheduled = false;
+  const waiting = spinner.waiting;
+  spinner.waiting = [];
+  const before = spinner.seen;
+  spinner.seen = spinner.native!.symbols.krepis_events_spin(before, SPIN_MICROS);
+  const timedOut = spinner.seen === before;
+  for (const resolve of waiting) resolve(timedOut);
+}
+
+/** Whether pumps spin here: not where the process may use one core only (asked once a second). */
+function spinAllowed(native: NativeLibrary): boolean {
+  const now = performance.now();
+  if (spinner.allowed === null || now - spinner.checkedAt > 1000) {
+    spinner.allowed = native.symbols.krepis_events_spin_allowed() === 1;
+    spinner.checkedAt = now;
+  }
+  return spinner.allowed;
+}
+
+/** Resolves after a spin: false when some kernel queued an event meanwhile. */
+function spinTurn(native: NativeLibrary): Promise<boolean> {
+  const { promise, resolve } = Promise.withResolvers<boolean>();
+  spinner.native = native;
+  spinner.waiting.push(resolve);
+  if (!spinner.scheduled) {
+    spinner.scheduled = true;
+    setImmediate(runSpin);
+  }
+  return promise;
+}
+
 /** Resolves after the event loop ran timers and I/O once (a macrotask). */
 function nextTurn(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
@@ -109,6 +168,10 @@ export class KernelEvents {
   /** `kind * 2^32 + handle` → resolvers of the promises waiting for it. */
   readonly #waiters = new Map<number, (() => void)[]>();
   #kernel = -1;
+  /** Waiters that asked the pump to spin before it parks. */
+  #spinWaiters = 0;
+  /** When the pump last found events (performance.now()). */
+  #lastEvent = -Infinity;
   #wake: (() => void) | null = null;
   #pumping = false;
   #referenced = false;
@@ -138,20 +201,31 @@ export class KernelEvents {
    * Resolves at the next event of `kind` for `handle`, or when the kernel
    * closes. An event is a hint, never a result: callers re-check their state.
    */
-  wait(kind: number, handle: number): Promise<void> {
+  wait(kind: number, handle: number, spin = false): Promise<void> {
     if (this.#closed) return Promise.resolve();
     const { promise, resolve } = Promise.withResolvers<void>();
     const key = kind * 2 ** 32 + handle;
+    let done = resolve;
+    if (spin) {
+      this.#spinWaiters++;
+      done = () => {
+        this.#spinWaiters--;
+        resolve();
+      };
+    }
     const list = this.#waiters.get(key);
-    if (list === undefined) this.#waiters.set(key, [resolve]);
-    else list.push(resolve);
+    if (list === undefined) this.#waiters.set(key, [done]);
+    else list.push(done);
     if (!this.#pumping) void this.#pump();
     return promise;
   }
 
-  /** Resolves at the next event of ring `handle` (records to read, room to write, closed). */
-  waitRing(handle: number): Promise<void> {
-    return this.wait(EventKind.ring, handle);
+  /**
+   * Resolves at the next event of ring `handle` (records to read, room to
+   * write, closed); `spin`: the event is a reply due soon, worth spinning for.
+   */
+  waitRing(handle: number, spin = false): Promise<void> {
+    return this.wait(EventKind.ring, handle, spin);
   }
 
   #reference(on: boolean): void {
@@ -181,17 +255,34 @@ export class KernelEvents {
     try {
       const turns = new TurnBudget();
       while (this.#waiters.size > 0 && !this.#closed) {
-        // The resolver exists before the kernel can call the callback.
-        const parked = new Promise<void>((resolve) => this.#wake = resolve);
-        const count = symbols.krepis_events_take(this.#kernel, this.#buffer, this.#buffer.length);
-        if (count < 0) break; // the kernel is closed
-        if (count === 0) {
-          // Parked: the next event wakes the pump.
-          await this.#park(parked);
-          turns.reset();
-          continue;
+        let count: number;
+        if (
+          this.#spinWaiters > 0 && performance.now() - this.#lastEvent < SPIN_WINDOW_MS &&
+          spinAllowed(this.#native)
+        ) {
+          // Events came moments ago: more are likely before a wake could
+          // arrive. Look without parking, then spin; when the spin saw
+          // nothing, the next look parks.
+          count = symbols.krepis_events_poll(this.#kernel, this.#buffer, this.#buffer.length);
+          if (count < 0) break; // the kernel is closed
+          if (count === 0) {
+            if (await spinTurn(this.#native)) this.#lastEvent = -Infinity;
+            continue;
+          }
+        } else {
+          // The resolver exists before the kernel can call the callback.
+          const parked = new Promise<void>((resolve) => this.#wake = resolve);
+          count = symbols.krepis_events_take(this.#kernel, this.#buffer, this.#buffer.length);
+          if (count < 0) break; // the kernel is closed
+          if (count === 0) {
+            // Parked: the next event wakes the pump.
+            await this.#park(parked);
+            turns.reset();
+            continue;
+          }
         }
         this.#wake = null;
+        this.#lastEvent = performance.now();
         for (let index = 0; index < count; index++) {
           const key = this.#words[index * 2] * 2 ** 32 + this.#words[index * 2 + 1];
           const list = this.#waiters.get(key);

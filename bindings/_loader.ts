@@ -3,13 +3,23 @@
  *
  * 1. `libraryPath` option, else `KREPIS_LIBRARY_PATH` (read only when Deno's
  *    env permission for it is granted): open that file.
- * 2. Otherwise download `<base>/<version>/<artifact>` with `@denosaurs/plug`
- *    (imported dynamically, only here), then check its SHA-256 against the
- *    manifest shipped in this package; on mismatch discard it, fetch once more,
- *    then refuse with an {@linkcode IntegrityError}.
- * 3. Open only the two identity symbols, compare version and ABI hash with the
+ * 2. Otherwise the verified cached library (`_cache.ts`): when
+ *    `<cacheDir>/<version>/<artifact>-<sha256>.<ext>` is there and matches the
+ *    manifest shipped in this package, open it: no network, no net
+ *    permission, plug not even imported.
+ * 3. Otherwise (and never with `cache: "only"`) download
+ *    `<base>/<version>/<artifact>` with `@denosaurs/plug` (imported
+ *    dynamically, only here), under the cache's install lock: check its
+ *    SHA-256 against the manifest (on mismatch fetch once more, then refuse
+ *    with an {@linkcode IntegrityError}), copy the verified bytes into a
+ *    private temp file and rename it into the cache. plug's own cache file is
+ *    never opened as the library.
+ * 4. Open only the two identity symbols, compare version and ABI hash with the
  *    bindings (refuse with {@linkcode AbiMismatchError}), then open the full
  *    symbol table.
+ *
+ * Every permission a step needs is checked before the step acts, and a
+ * missing one is a {@linkcode PermissionError} naming the flag.
  *
  * The library is loaded once per process and never closed: native threads
  * (tokio workers) may run code from it until the process exits.
@@ -38,6 +48,15 @@ import {
   sha256Hex,
   SUFFIXES,
 } from "./_artifact.ts";
+import {
+  cachedFileName,
+  cacheEnvVariables,
+  checkCached,
+  denoCacheDir,
+  install,
+  setAside,
+  withInstallLock,
+} from "./_cache.ts";
 import manifestJson from "../release/manifest.json" with { type: "json" };
 
 /** Where releases are downloaded from unless overridden. */
@@ -51,8 +70,19 @@ export interface LibraryOptions {
   libraryPath?: string;
   /** Mirror of the GitHub releases (`<base>/<version>/<file>`). Default: `KREPIS_DOWNLOAD_BASE_URL` or GitHub. */
   downloadBaseUrl?: string;
-  /** plug's cache policy: `"use"` (default), `"only"` (offline), `"reloadAll"`. */
+  /**
+   * Cache policy: `"use"` (default: open the verified cached library, download
+   * it when it is missing or damaged), `"only"` (offline: never download; a
+   * missing or damaged cached library is an error), `"reloadAll"` (download
+   * again).
+   */
   cache?: "use" | "only" | "reloadAll";
+  /**
+   * Where verified libraries are cached. Default: `<Deno's cache dir>/krepis`
+   * (`DENO_DIR`, else `$XDG_CACHE_HOME/deno` or `$HOME/.cache/deno` on Linux,
+   * `$HOME/Library/Caches/deno` on macOS, `%LOCALAPPDATA%\deno` on Windows).
+   */
+  cacheDir?: string;
 }
 
 /** What the loader asks a downloader for (the arguments plug's `download` takes). */
@@ -84,13 +114,24 @@ function envVar(name: string): string | undefined {
   return hasPermission({ name: "env", variable: name }) ? Deno.env.get(name) : undefined;
 }
 
+/** Checks env permission for every variable in `names`, naming them all in the flag. */
+function requireEnv(names: string[], action: string): void {
+  for (const variable of names) {
+    requirePermission({ name: "env", variable }, action, `--allow-env=${names.join(",")}`);
+  }
+}
+
 async function plugDownloader(request: DownloadRequest): Promise<string> {
-  const url = new URL(request.url);
-  if (url.protocol === "http:" || url.protocol === "https:") {
+  // plug caches under Deno's cache dir, which it finds from these variables.
+  const os = Deno.build.os;
+  const variables = cacheEnvVariables(os);
+  requireEnv(variables, "downloading the kernel library with plug (it caches in Deno's cache dir)");
+  const plugDir = `${denoCacheDir(os, (name) => Deno.env.get(name)) ?? "."}/plug`;
+  for (const name of ["read", "write"] as const) {
     requirePermission(
-      { name: "net", host: url.host },
-      `downloading the kernel library from ${url.origin}`,
-      `--allow-net=${url.host}`,
+      { name, path: plugDir },
+      `downloading the kernel library with plug (its cache is ${plugDir})`,
+      `--allow-${name}=${plugDir}`,
     );
   }
   let plug: { download(options: DownloadRequest): Promise<string> };
@@ -104,10 +145,6 @@ async function plugDownloader(request: DownloadRequest): Promise<string> {
     );
   }
   return await plug.download(request);
-}
-
-async function fileSha256(path: string): Promise<string> {
-  return await sha256Hex(await Deno.readFile(path));
 }
 
 async function discard(path: string): Promise<void> {
@@ -125,9 +162,39 @@ function platform(deps: ResolveDependencies): { os: ReleaseOs; arch: ReleaseArch
   return { os, arch };
 }
 
+/** The cache root: the option, else `<Deno's cache dir>/krepis` (env permission checked). */
+function cacheRoot(options: LibraryOptions, deps: ResolveDependencies, os: ReleaseOs): string {
+  if (options.cacheDir !== undefined) {
+    if (typeof options.cacheDir !== "string" || options.cacheDir === "") {
+      throw new InvalidArgumentError("cacheDir must be a non-empty string", {
+        details: { field: "cacheDir" },
+      });
+    }
+    return options.cacheDir.replace(/[\\/]+$/, "");
+  }
+  let env = deps.env;
+  if (env === undefined) {
+    requireEnv(
+      cacheEnvVariables(os),
+      "finding the kernel library cache (in Deno's cache dir)",
+    );
+    env = (name) => Deno.env.get(name);
+  }
+  const denoDir = denoCacheDir(os, env);
+  if (denoDir === undefined) {
+    throw new LoadError(
+      `cannot find Deno's cache dir to cache the kernel library (${
+        cacheEnvVariables(os).join(", ")
+      } are unset); pass the cacheDir option or set DENO_DIR`,
+    );
+  }
+  return `${denoDir}/krepis`;
+}
+
 /**
  * Returns the path of a verified library: the local one when configured,
- * otherwise a downloaded artifact whose SHA-256 matches the manifest.
+ * otherwise the verified cached artifact, downloaded and installed first when
+ * it is not cached yet.
  */
 export async function resolveLibraryPath(
   options: LibraryOptions = {},
@@ -149,9 +216,67 @@ export async function resolveLibraryPath(
       { details: { artifact: name } },
     );
   }
+  const mode = options.cache ?? "use";
+  if (mode !== "use" && mode !== "only" && mode !== "reloadAll") {
+    throw new InvalidArgumentError(
+      `cache must be "use", "only" or "reloadAll", got ${JSON.stringify(mode)}`,
+      { details: { field: "cache" } },
+    );
+  }
+
+  // The cache: a verified file there is opened as is.
+  const dir = `${cacheRoot(options, deps, os)}/${VERSION}`;
+  const path = `${dir}/${cachedFileName(name, expected.sha256)}`;
+  requirePermission(
+    { name: "read", path: dir },
+    `reading the kernel library cache ${dir}`,
+    `--allow-read=${dir}`,
+  );
+  const canWrite = hasPermission({ name: "write", path: dir });
+  if (mode !== "reloadAll") {
+    const cached = await checkCached(dir, path, expected, canWrite);
+    if (cached.state === "verified") return path;
+    if (mode === "only") {
+      if (cached.state === "missing") {
+        throw new LoadError(
+          `the kernel library ${path} is not in the cache, and cache: "only" does not download; ` +
+            'open once with cache: "use" (or set KREPIS_LIBRARY_PATH)',
+          { details: { path } },
+        );
+      }
+      throw new IntegrityError(
+        `the cached kernel library ${path} is damaged (${cached.why}); it was not loaded, and ` +
+          'cache: "only" does not download. Open once with cache: "use" to replace it',
+        { details: { artifact: name, path, expected: expected.sha256 } },
+      );
+    }
+  }
+
+  // Downloading: every permission it needs, before anything is fetched.
   const base = (options.downloadBaseUrl ?? env("KREPIS_DOWNLOAD_BASE_URL") ??
     DEFAULT_DOWNLOAD_BASE_URL).replace(/\/+$/, "");
   const url = `${base}/${VERSION}/`;
+  requirePermission(
+    { name: "write", path: dir },
+    `caching the downloaded kernel library in ${dir}`,
+    `--allow-write=${dir}`,
+  );
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch (cause) {
+    throw new InvalidArgumentError(`downloadBaseUrl is not a URL: ${base}`, {
+      cause,
+      details: { field: "downloadBaseUrl" },
+    });
+  }
+  if (parsed.protocol === "http:" || parsed.protocol === "https:") {
+    requirePermission(
+      { name: "net", host: parsed.host },
+      `downloading the kernel library from ${parsed.origin}`,
+      `--allow-net=${parsed.host}`,
+    );
+  }
   const downloader = deps.downloader ?? plugDownloader;
   const request = (cache: DownloadRequest["cache"]): DownloadRequest => ({
     url,
@@ -159,11 +284,14 @@ export async function resolveLibraryPath(
     suffixes: { ...SUFFIXES },
     cache,
   });
-
-  const fetchOnce = async (cache: DownloadRequest["cache"]): Promise<[string, string]> => {
-    let path: string;
+  const fetchOnce = async (
+    cache: DownloadRequest["cache"],
+  ): Promise<[string, Uint8Array<ArrayBuffer>, string]> => {
+    let downloaded: string;
+    let bytes: Uint8Array<ArrayBuffer>;
     try {
-      path = await downloader(request(cache));
+      downloaded = await downloader(request(cache));
+      bytes = await Deno.readFile(downloaded);
     } catch (cause) {
       if (cause instanceof KrepisError) throw cause;
       throw new LoadError(
@@ -171,23 +299,47 @@ export async function resolveLibraryPath(
         { cause },
       );
     }
-    return [path, await fileSha256(path)];
+    return [downloaded, bytes, await sha256Hex(bytes)];
   };
 
-  let [path, actual] = await fetchOnce(options.cache ?? "use");
-  if (actual === expected.sha256) return path;
-  // The cached copy may be a torn or stale download (plug writes in place):
-  // throw it away and fetch once more before refusing.
-  await discard(path);
-  [path, actual] = await fetchOnce("reloadAll");
-  if (actual === expected.sha256) return path;
-  await discard(path);
-  throw new IntegrityError(
-    `the kernel library downloaded from ${url}${name} does not match the package manifest ` +
-      `(expected sha256 ${expected.sha256}, got ${actual}, twice); it was deleted and not loaded. ` +
-      "Check KREPIS_DOWNLOAD_BASE_URL / your mirror, or use a local build via KREPIS_LIBRARY_PATH",
-    { details: { artifact: name, expected: expected.sha256, actual } },
-  );
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+  } catch (cause) {
+    throw new LoadError(`cannot create the kernel library cache ${dir}: ${cause}`, { cause });
+  }
+  return await withInstallLock(dir, async () => {
+    // A peer may have installed it while this process waited for the lock.
+    const cached = await checkCached(dir, path, expected, true);
+    if (cached.state === "verified" && mode !== "reloadAll") return path;
+    let [downloaded, bytes, actual] = await fetchOnce(mode);
+    if (actual !== expected.sha256) {
+      // The downloader's copy may be torn or stale: fetch once more before
+      // refusing. (Under the lock: no SDK process is reading it.)
+      await discard(downloaded);
+      [downloaded, bytes, actual] = await fetchOnce("reloadAll");
+    }
+    if (actual !== expected.sha256) {
+      await discard(downloaded);
+      throw new IntegrityError(
+        `the kernel library downloaded from ${url}${name} does not match the package manifest ` +
+          `(expected sha256 ${expected.sha256}, got ${actual}, twice); it was deleted and not ` +
+          "loaded. Check KREPIS_DOWNLOAD_BASE_URL / your mirror, or use a local build via " +
+          "KREPIS_LIBRARY_PATH",
+        { details: { artifact: name, expected: expected.sha256, actual } },
+      );
+    }
+    // A damaged file at the path is renamed aside (a process may map it).
+    if (cached.state !== "missing") await setAside(path);
+    try {
+      await install(dir, path, bytes, expected.sha256);
+    } catch (cause) {
+      throw new LoadError(`cannot install the kernel library into ${path}: ${cause}`, {
+        cause,
+        details: { path },
+      });
+    }
+    return path;
+  });
 }
 
 const identitySymbols = {

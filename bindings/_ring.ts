@@ -83,6 +83,13 @@ abstract class RingEnd {
   /** The data area as u32 words (record headers). */
   protected readonly dataWords: Uint32Array<ArrayBuffer>;
   protected readonly mask: number;
+  /**
+   * Whether a wait on this ring lets the event pump spin before it parks
+   * (`_events.ts`): worth it where the record is a reply due soon (a link's
+   * packets), not where it comes whenever a client sends (HTTP requests:
+   * spinning there only takes the core from the kernel's workers).
+   */
+  spinWhileWaiting = false;
   #closed = false;
 
   constructor(owner: KernelOwner, handle: number, memory: ArrayBuffer, capacity: number) {
@@ -142,7 +149,7 @@ abstract class RingEnd {
         return true;
       }
       if (this.closed) return false;
-      const event = this.owner.events.waitRing(this.handle);
+      const event = this.owner.events.waitRing(this.handle, this.spinWhileWaiting);
       if (deadline === Infinity) {
         await event;
         continue;

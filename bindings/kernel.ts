@@ -5,6 +5,7 @@
  */
 
 import { KernelConfig, Stats } from "./_gen/proto/krepis/v1/kernel.ts";
+import type { StoreRecovery as StoreRecoveryMessage } from "./_gen/proto/krepis/v1/store.ts";
 import { type LibraryOptions, loadLibrary } from "./_loader.ts";
 import type { NativeLibrary } from "./_native.ts";
 import { KernelOwner, registerOwner, warnEscaped } from "./_owner.ts";
@@ -15,7 +16,7 @@ import { Store } from "./store/store.ts";
 import { Journal } from "./store/journal.ts";
 import { CommitPump } from "./store/_commit.ts";
 import { Guard } from "./guard.ts";
-import { Transport } from "./transport/transport.ts";
+import { encodeTransportOptions, Transport, type TransportOptions } from "./transport/transport.ts";
 import { Http } from "./http/http.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
@@ -47,6 +48,8 @@ export interface KernelOptions extends LibraryOptions {
   shutdownGraceMs?: number;
   /** The store in `<dataDir>/store`. */
   store?: StoreOptions;
+  /** The transport's budget: links and the memory their windows may hold. */
+  transport?: TransportOptions;
 }
 
 /** Options of the kernel's store. */
@@ -59,6 +62,24 @@ export interface StoreOptions {
   cacheBytes?: number;
   /** Largest value accepted, in bytes (default 256 MiB). */
   maxValueBytes?: number;
+  /**
+   * What opening does when the commit log cannot be replayed completely
+   * (damaged, missing or emptied, so acknowledged commits may be gone):
+   * `"refuse"` (default) fails with `CorruptError` naming the file, the
+   * offset and the transaction ids at risk, and changes nothing; `"truncate"`
+   * opens anyway, replays what it can, drops the rest and reports exactly what
+   * in `kernel.stats().store.recovery`. Transaction ids of dropped commits are
+   * never handed out again. A cluster store has no commit log: it checks the
+   * value and ignores it.
+   */
+  recover?: "refuse" | "truncate";
+  /**
+   * How long a commit, flush or undo may wait for the disk before it is
+   * rejected with `IoError` (its outcome then unknown), in ms. Default 30000.
+   * A cluster store bounds its commits with {@linkcode ClusterOptions.timeoutMs}
+   * instead (the ioTimeoutMs still bounds closing it).
+   */
+  ioTimeoutMs?: number;
   /**
    * Keep the store on an etcd v3 cluster instead of `<dataDir>/store`: the
    * same API, with reads served by a local replica of `prefix` (see
@@ -98,6 +119,33 @@ export interface ClusterOptions {
   maxRequestBytes?: number;
 }
 
+/** What recovering the commit log did when the store opened. */
+export interface StoreRecovery {
+  /** The `store.recover` mode it ran with. */
+  readonly mode: "refuse" | "truncate";
+  /** Acknowledged commits re-applied from the commit log. */
+  readonly replayed: number;
+  /**
+   * A last record cut short by a crash: never acknowledged, dropped.
+   * `null` when there was none.
+   */
+  readonly torn: { readonly offset: number; readonly txId: number } | null;
+  /**
+   * Commits dropped by `recover: "truncate"` (acknowledged ones may be
+   * among them): where the damage starts in `commit.log` (0 when the log was
+   * missing), the transaction ids that may be gone, and why. `null` when
+   * nothing was dropped.
+   */
+  readonly dropped: {
+    readonly offset: number;
+    readonly firstTxId: number;
+    readonly lastTxId: number;
+    readonly reason: string;
+  } | null;
+  /** Damaged records skipped because the store had them already. */
+  readonly skipped: readonly string[];
+}
+
 /** Counters of the store, in {@linkcode KernelStats.store}. */
 export interface StoreStats {
   /** The id the next transaction will get. */
@@ -110,6 +158,8 @@ export interface StoreStats {
   readonly flushes: number;
   /** Size of the store on disk, in bytes. */
   readonly sizeOnDiskBytes: number;
+  /** What recovering the commit log did when the store opened. */
+  readonly recovery: StoreRecovery;
 }
 
 /** A snapshot of a kernel's counters, from {@linkcode Kernel.stats}. */
@@ -142,6 +192,14 @@ export interface TransportStats {
   readonly links: number;
   /** Listeners not yet closed. */
   readonly listeners: number;
+  /** Window bytes links hold now (given back when a link is freed). */
+  readonly windowBytes: number;
+  /** The kernel's budget for them ({@linkcode TransportOptions.maxWindowBytes}); 0 before the transport is used. */
+  readonly maxWindowBytes: number;
+  /** The kernel's link budget ({@linkcode TransportOptions.maxLinks}); 0 before the transport is used. */
+  readonly maxLinks: number;
+  /** Links refused because the kernel's budget was spent. */
+  readonly linksRefused: number;
 }
 
 /** The cluster options as the kernel takes them, checked; net permission for every member. */
@@ -212,6 +270,25 @@ function resolveDataDir(dataDir: string | URL | null | undefined): string {
   return path;
 }
 
+function recoveryOf(recovery: StoreRecoveryMessage | undefined): StoreRecovery {
+  return {
+    mode: recovery?.mode === "truncate" ? "truncate" : "refuse",
+    replayed: Number(recovery?.replayed ?? 0),
+    torn: recovery === undefined || recovery.tornTxId === 0n
+      ? null
+      : { offset: Number(recovery.tornOffset), txId: Number(recovery.tornTxId) },
+    dropped: recovery?.dropped === true
+      ? {
+        offset: Number(recovery.droppedOffset),
+        firstTxId: Number(recovery.droppedFirstTxId),
+        lastTxId: Number(recovery.droppedLastTxId),
+        reason: recovery.droppedReason,
+      }
+      : null,
+    skipped: Object.freeze([...(recovery?.skipped ?? [])]),
+  };
+}
+
 const leaks = new FinalizationRegistry<KernelOwner>((owner) => {
   // Safety net for a kernel that was never closed and is unreachable: detach
   // every view of its memory that is still around, then stop it.
@@ -268,6 +345,7 @@ export class Kernel implements AsyncDisposable {
   readonly #dataDir: string | null;
   /** The store is on an etcd cluster (it needs no data dir). */
   readonly #cluster: boolean;
+  readonly #transportOptions: Uint8Array;
   #closing: Promise<void> | undefined;
 
   private constructor(
@@ -276,9 +354,11 @@ export class Kernel implements AsyncDisposable {
     events: KernelEvents,
     dataDir: string | null,
     cluster: boolean,
+    transportOptions: Uint8Array,
   ) {
     this.#dataDir = dataDir;
     this.#cluster = cluster;
+    this.#transportOptions = transportOptions;
     this.#native = native;
     this.#handle = handle;
     this.#owner = new KernelOwner(native, handle, events);
@@ -319,6 +399,7 @@ export class Kernel implements AsyncDisposable {
     const shutdownGraceMs = options.shutdownGraceMs === undefined
       ? 0
       : checkInteger("shutdownGraceMs", options.shutdownGraceMs, 1, 3_600_000);
+    const transportOptions = encodeTransportOptions(options.transport);
     const native = await loadLibrary(options);
     const dataDir = resolveDataDir(options.dataDir);
     const store = options.store ?? {};
@@ -327,13 +408,20 @@ export class Kernel implements AsyncDisposable {
         details: { field: "store" },
       });
     }
-    const storeNumber = (field: Exclude<keyof StoreOptions, "cluster">) =>
+    const storeNumber = (
+      field: Exclude<keyof StoreOptions, "recover" | "cluster">,
+      max = Number.MAX_SAFE_INTEGER,
+    ) =>
       BigInt(
-        store[field] === undefined
-          ? 0
-          : checkInteger(`store.${field}`, store[field], 1, Number.MAX_SAFE_INTEGER),
+        store[field] === undefined ? 0 : checkInteger(`store.${field}`, store[field], 1, max),
       );
     const cluster = clusterConfig(store.cluster);
+    if (store.recover !== undefined && store.recover !== "refuse" && store.recover !== "truncate") {
+      throw new InvalidArgumentError(
+        `store.recover must be "refuse" or "truncate", got ${JSON.stringify(store.recover)}`,
+        { details: { field: "store.recover" } },
+      );
+    }
     const config = KernelConfig.encode({
       workerThreads,
       dataDir,
@@ -344,6 +432,8 @@ export class Kernel implements AsyncDisposable {
         journalMaxAgeMs: storeNumber("journalMaxAgeMs"),
         cacheCapacityBytes: storeNumber("cacheBytes"),
         maxValueBytes: storeNumber("maxValueBytes"),
+        recover: store.recover ?? "",
+        ioTimeoutMs: storeNumber("ioTimeoutMs", 3_600_000),
         cluster,
       },
     }).finish();
@@ -362,6 +452,7 @@ export class Kernel implements AsyncDisposable {
       events,
       dataDir === "" ? null : dataDir,
       cluster !== undefined,
+      transportOptions,
     );
   }
 
@@ -403,7 +494,7 @@ export class Kernel implements AsyncDisposable {
   /** KNUL packet links between kernels (QUIC + TLS 1.3), delivered through rings. */
   get transport(): Transport {
     this.#assertOpen("Kernel.transport");
-    return this.#transport ??= new Transport(this.#owner);
+    return this.#transport ??= new Transport(this.#owner, this.#transportOptions);
   }
 
   /** The HTTP engine: native routes and proxying, JS handlers for the rest. */
@@ -466,10 +557,15 @@ export class Kernel implements AsyncDisposable {
         commits: Number(store.commits),
         flushes: Number(store.flushes),
         sizeOnDiskBytes: Number(store.sizeOnDiskBytes),
+        recovery: recoveryOf(store.recovery),
       },
       transport: {
         links: stats.transport?.links ?? 0,
         listeners: stats.transport?.listeners ?? 0,
+        windowBytes: Number(stats.transport?.windowBytes ?? 0),
+        maxWindowBytes: Number(stats.transport?.maxWindowBytes ?? 0),
+        maxLinks: Number(stats.transport?.maxLinks ?? 0),
+        linksRefused: Number(stats.transport?.linksRefused ?? 0),
       },
     };
   }
@@ -478,7 +574,12 @@ export class Kernel implements AsyncDisposable {
    * Stops the kernel's runtime (waiting up to `shutdownGraceMs` for its tasks)
    * and releases everything it owns: every view of its shared buffers and
    * rings is detached first. Idempotent: later calls resolve when the first
-   * finishes.
+   * finishes. The kernel is closed even when this rejects.
+   *
+   * @throws {IoError} puts or deletes that returned could not be made durable
+   * (the disk failed or is full, and no `store.flush()` reported it):
+   * `details.lostWrites` says how many at most. Closing never waits for a
+   * disk that stopped answering longer than `store.ioTimeoutMs`.
    *
    * @example
    * ```ts

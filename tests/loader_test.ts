@@ -15,13 +15,14 @@ import { libraryPath, openInChild, patchBytes, tempDir, writeLibraryCopy } from 
 const noEnv = (): undefined => undefined;
 const NAME = artifactName("linux", "x86_64");
 
-/** A downloader that serves `files` in turn from a temp "cache", like plug. */
-function fakeDownloader(cacheDir: string, files: Uint8Array[]) {
+/** A downloader that serves `files` in turn from `<dir>/plug`, a cache written in place like plug's. */
+function fakeDownloader(dir: string, files: Uint8Array[]) {
   const requests: DownloadRequest[] = [];
+  Deno.mkdirSync(`${dir}/plug`, { recursive: true });
   const downloader = (request: DownloadRequest): Promise<string> => {
     requests.push(request);
     const bytes = files[Math.min(requests.length - 1, files.length - 1)];
-    const path = `${cacheDir}/${request.name}${request.suffixes.x86_64}.so`;
+    const path = `${dir}/plug/${request.name}${request.suffixes.x86_64}.so`;
     Deno.writeFileSync(path, bytes);
     return Promise.resolve(path);
   };
@@ -41,11 +42,21 @@ Deno.test("download: a verified artifact is returned from the release URL", asyn
   using cache = tempDir();
   const bytes = realLibrary();
   const { downloader, requests } = fakeDownloader(cache.path, [bytes]);
+  const manifest = await manifestFor(bytes);
   const path = await resolveLibraryPath(
-    { downloadBaseUrl: "https://mirror.example/releases/" },
-    { downloader, manifest: await manifestFor(bytes), os: "linux", arch: "x86_64", env: noEnv },
+    { downloadBaseUrl: "https://mirror.example/releases/", cacheDir: `${cache.path}/krepis` },
+    { downloader, manifest, os: "linux", arch: "x86_64", env: noEnv },
   );
   assert.equal(requests.length, 1);
+  // Installed at its content-addressed path, read-only; never plug's own file.
+  const sha = manifest.artifacts[NAME].sha256;
+  assert.equal(path, `${cache.path}/krepis/${VERSION}/libkrepis-x86_64-${sha}.so`);
+  assert.equal(Deno.statSync(path).mode! & 0o222, 0, "the cached library is read-only");
+  assert.deepEqual(
+    [...Deno.readDirSync(`${cache.path}/krepis/${VERSION}`)].map((entry) => entry.name).sort(),
+    [".lock", `libkrepis-x86_64-${sha}.so`, `libkrepis-x86_64-${sha}.so.verified`],
+    "no temp file is left behind",
+  );
   assert.equal(requests[0].url, `https://mirror.example/releases/${VERSION}/`);
   assert.equal(requests[0].name, "krepis");
   assert.equal(requests[0].cache, "use");
@@ -59,7 +70,7 @@ Deno.test("download: a tampered artifact is discarded, refetched once, then refu
   tampered[tampered.length >> 1] ^= 0xff;
   const { downloader, requests } = fakeDownloader(cache.path, [tampered, tampered]);
   await assert.rejects(
-    resolveLibraryPath({}, {
+    resolveLibraryPath({ cacheDir: `${cache.path}/krepis` }, {
       downloader,
       manifest: await manifestFor(bytes),
       os: "linux",
@@ -76,7 +87,12 @@ Deno.test("download: a tampered artifact is discarded, refetched once, then refu
   );
   assert.equal(requests.length, 2, "exactly one refetch");
   assert.equal(requests[1].cache, "reloadAll");
-  assert.deepEqual([...Deno.readDirSync(cache.path)], [], "the bad file was deleted");
+  assert.deepEqual([...Deno.readDirSync(`${cache.path}/plug`)], [], "the bad download was deleted");
+  assert.deepEqual(
+    [...Deno.readDirSync(`${cache.path}/krepis/${VERSION}`)].map((entry) => entry.name),
+    [".lock"],
+    "nothing was installed",
+  );
 });
 
 Deno.test("download: a torn cached file is healed by the one refetch", async () => {
@@ -84,7 +100,7 @@ Deno.test("download: a torn cached file is healed by the one refetch", async () 
   const bytes = realLibrary();
   const torn = bytes.slice(0, 1000);
   const { downloader, requests } = fakeDownloader(cache.path, [torn, bytes]);
-  const path = await resolveLibraryPath({}, {
+  const path = await resolveLibraryPath({ cacheDir: `${cache.path}/krepis` }, {
     downloader,
     manifest: await manifestFor(bytes),
     os: "linux",
@@ -112,9 +128,10 @@ Deno.test("download: no manifest entry for the platform is refused before any fe
 });
 
 Deno.test("download: a failing downloader is a LoadError naming the URL", async () => {
+  using cache = tempDir();
   const bytes = realLibrary();
   await assert.rejects(
-    resolveLibraryPath({ downloadBaseUrl: "https://mirror.example" }, {
+    resolveLibraryPath({ downloadBaseUrl: "https://mirror.example", cacheDir: cache.path }, {
       downloader: () => Promise.reject(new Error("Could not find it")),
       manifest: await manifestFor(bytes),
       os: "linux",
@@ -241,9 +258,10 @@ Deno.test({
   name: "download without net permission is a PermissionError before any request",
   permissions: { read: true, write: true, env: true, ffi: true, net: false },
   fn: async () => {
+    using cache = tempDir();
     const bytes = realLibrary();
     await assert.rejects(
-      resolveLibraryPath({}, {
+      resolveLibraryPath({ cacheDir: cache.path }, {
         manifest: await manifestFor(bytes),
         os: "linux",
         arch: "x86_64",

@@ -31,12 +31,13 @@ function plugFileName(request: DownloadRequest, os: ReleaseOs, arch: ReleaseArch
 }
 
 Deno.test("artifact names: build script == loader request == plug's naming, every target", async () => {
+  using cache = tempDir();
   for (const [pair, target] of Object.entries(RUST_TARGETS)) {
     const [os, arch] = pair.split("-") as [ReleaseOs, ReleaseArch];
     assert.deepEqual(platformOfTarget(target), { os, arch });
     const built = artifactName(os, arch);
     let requested: string | undefined;
-    await resolveLibraryPath({}, {
+    await resolveLibraryPath({ cacheDir: cache.path }, {
       os,
       arch,
       env: () => undefined,
@@ -72,7 +73,7 @@ Deno.test("packaged artifact → manifest round trip → the loader verifies it"
   assert.equal(manifest.artifacts[artifact.name].sha256, artifact.sha256);
   assert.equal(sha256sums(manifest), `${artifact.sha256}  ${artifact.name}\n`);
 
-  const path = await resolveLibraryPath({}, {
+  const path = await resolveLibraryPath({ cacheDir: `${cache.path}/krepis` }, {
     os: "linux",
     arch: "x86_64",
     env: () => undefined,

@@ -244,12 +244,21 @@ Deno.test("transport: unreliable packets to a reader that does not read are drop
 Deno.test("transport: closed links and listeners are freed; dropped ones are freed by the garbage collector", async () => {
   await using kernels = await pair();
   const [link, peer] = await kernels.connect();
-  assert.deepEqual(kernels.server.stats().transport, { links: 1, listeners: 1 });
-  assert.deepEqual(kernels.client.stats().transport, { links: 1, listeners: 0 });
+  const counts = (kernel: Kernel) => {
+    const { links, listeners, windowBytes } = kernel.stats().transport;
+    return { links, listeners, windowBytes };
+  };
+  // Each link holds its windows' share of the kernel's budget: receive ring
+  // (8 MiB at 1 MiB maxPacketBytes), 2.5× (QUIC windows, 8 MiB + 64 KiB, and
+  // datagrams, 256 KiB).
+  const charge = (8 << 20) + ((8 << 20) + (64 << 10) + (256 << 10)) * 5 / 2;
+  assert.deepEqual(counts(kernels.server), { links: 1, listeners: 1, windowBytes: charge });
+  assert.deepEqual(counts(kernels.client), { links: 1, listeners: 0, windowBytes: charge });
   await link.close();
   await peer.close();
-  assert.deepEqual(kernels.client.stats().transport, { links: 0, listeners: 0 });
+  assert.deepEqual(counts(kernels.client), { links: 0, listeners: 0, windowBytes: 0 });
   assert.equal(kernels.server.stats().transport.links, 0);
+  assert.equal(kernels.server.stats().transport.windowBytes, 0, "given back when freed");
   // Links the application forgets are closed by the GC safety net.
   let forgotten: unknown[] | null = [];
   for (let index = 0; index < 3; index++) forgotten.push(await kernels.connect());
@@ -310,15 +319,19 @@ Deno.test("transport: close() with sends still waiting for ring space delivers t
 Deno.test("transport: a reader that pauses still gets every packet of a peer's graceful close", async () => {
   await using kernels = await pair({ maxPacketBytes: 16 * 1024 });
   const [link, peer] = await kernels.connect({ maxPacketBytes: 16 * 1024 });
-  const count = 200; // 3.2 MB: more than the receive ring holds
-  for (let sequence = 0; sequence < count; sequence++) {
-    await link.send(numbered(sequence, 16 * 1024));
-  }
+  // 3.2 MB: more than the receiver's ring and QUIC window hold (about
+  // 128 KiB + 320 KiB at 16 KiB packets), so most sends still wait in JS.
+  const count = 200;
+  const sends = Array.from(
+    { length: count },
+    (_, sequence) => link.send(numbered(sequence, 16 * 1024)),
+  );
   const closing = link.close({ reason: "bye" });
   await new Promise((resolve) => setTimeout(resolve, 1500)); // the application is busy
   let received = 0;
   for await (const packet of peer) assert.equal(sequenceOf(packet.data), received++);
   assert.equal(received, count);
+  await Promise.all(sends);
   assert.deepEqual({ ...(await closing) }, { code: 0, reason: "bye", byPeer: false, error: null });
   assert.equal((await peer.ended).error, null);
   await peer.close();
@@ -581,8 +594,25 @@ async function rawLinked(port: number, cert: string, version = 1): Promise<RawPe
   new DataView(hello.buffer).setUint32(0, 1 << 20, true);
   hello[4] = version;
   await control.write(packet(KnulKind.hello, hello, { version }));
+  // Nothing may be sent before the server's hello (docs/knul.md): wait for it.
+  await readBytes(control, 45);
   controlStreams.set(raw, control);
   return raw;
+}
+
+/** Reads exactly `count` bytes from a raw stream (chunks may split them anyhow). */
+async function readBytes(stream: { read(): Promise<Uint8Array | null> }, count: number) {
+  const bytes = new Uint8Array(count);
+  let have = 0;
+  while (have < count) {
+    const chunk = await stream.read();
+    if (chunk === null) throw new Error(`the stream ended after ${have} of ${count} bytes`);
+    const take = Math.min(chunk.length, count - have);
+    bytes.set(chunk.subarray(0, take), have);
+    have += take;
+    if (take < chunk.length) throw new Error("more bytes than asked for");
+  }
+  return bytes;
 }
 
 function packet(

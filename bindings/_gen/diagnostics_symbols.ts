@@ -8,6 +8,7 @@ export const diagnosticsSymbols = {
   krepis_debug_clock: { parameters: ["buffer"], result: "i32" },
   krepis_debug_panic: { parameters: [], result: "i32" },
   krepis_debug_wake_lab_ping: { parameters: [], result: "i32" },
+  krepis_debug_wake_lab_spin: { parameters: ["u32", "u32"], result: "u32" },
   krepis_debug_wake_lab_start: { parameters: ["u32", "function", "u32"], result: "i32" },
   krepis_debug_wake_lab_stop: { parameters: [], result: "i32" },
   krepis_debug_wake_lab_wait: { parameters: ["u32", "u32"], result: "i32", nonblocking: true },
@@ -24,3 +25,4 @@ export const KREPIS_WAKE_LAB_CALLBACK_THREAD = 2;
 export const KREPIS_WAKE_LAB_CALLBACK_DIRECT = 3;
 export const KREPIS_WAKE_LAB_SOCKET = 4;
 export const KREPIS_WAKE_LAB_SIGNAL = 5;
+export const KREPIS_WAKE_LAB_SPIN = 6;

@@ -2,14 +2,17 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "05c35309c36cec7836d2d7a59a815a444634f600d910d0e82ff4b6fa3cf013f6";
+export const ABI_HASH = "650f38a5fdd5555902940fe8795c763942f9eae104000dca9c63dd0eb9c07771";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
   krepis_abi_hash: { parameters: ["buffer", "u32"], result: "i32" },
   krepis_buffer_alloc: { parameters: ["u32", "u32", "buffer"], result: "i32" },
   krepis_buffer_release: { parameters: ["u32", "u32"], result: "i32" },
+  krepis_events_poll: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_events_quiesce: { parameters: ["u32"], result: "i32" },
+  krepis_events_spin: { parameters: ["u32", "u32"], result: "u32" },
+  krepis_events_spin_allowed: { parameters: [], result: "i32" },
   krepis_events_take: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_events_wait: { parameters: ["u32", "u32"], result: "i32", nonblocking: true },
   krepis_guard_close: { parameters: ["u32"], result: "i32" },
@@ -26,7 +29,7 @@ export const symbols = {
   krepis_kernel_open: { parameters: ["buffer", "u32", "function", "buffer"], result: "i32" },
   krepis_kernel_stats: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_last_error: { parameters: ["buffer", "u32"], result: "i32" },
-  krepis_link_close: { parameters: ["u32", "u32", "buffer", "u32"], result: "i32" },
+  krepis_link_close: { parameters: ["u32", "u32", "buffer", "u32", "u32"], result: "i32" },
   krepis_link_free: { parameters: ["u32"], result: "i32" },
   krepis_link_status: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_listener_accept: { parameters: ["u32", "u32", "u32", "buffer", "u32"], result: "i32" },
@@ -56,7 +59,7 @@ export const symbols = {
   krepis_transport_connect_result: { parameters: ["u32", "u32", "buffer", "u32"], result: "i32" },
   krepis_transport_dev_certificate: { parameters: ["buffer", "u32", "buffer", "u32"], result: "i32" },
   krepis_transport_listen: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
-  krepis_transport_open: { parameters: ["u32", "buffer"], result: "i32" },
+  krepis_transport_open: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_version: { parameters: ["buffer", "u32"], result: "i32" },
 } as const;
 
@@ -121,8 +124,11 @@ export const KREPIS_MAX_BACKLOG_BYTES = 67108864;
 export const KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES = 1048576;
 export const KREPIS_KNUL_MAX_PACKET_BYTES = 268435456;
 export const KREPIS_LINK_INFO_MAX_BYTES = 256;
+export const KREPIS_DATAGRAM_BUFFER_BYTES = 262144;
+export const KREPIS_DEFAULT_MAX_LINKS = 10000;
 export const KREPIS_KNUL_HEADER_BYTES = 40;
 export const KREPIS_KNUL_VERSION = 1;
+export const KREPIS_CLOSE_REASON_MAX_BYTES = 1024;
 export const KREPIS_LINK_RECORD_PACKET = 1;
 export const KREPIS_FLAG_RELIABLE = 1;
 export const KREPIS_CLOSE_NORMAL = 0;
@@ -131,4 +137,6 @@ export const KREPIS_CLOSE_PROTOCOL = 2;
 export const KREPIS_CLOSE_VERSION = 3;
 export const KREPIS_CLOSE_TOO_LARGE = 4;
 export const KREPIS_CLOSE_POLICY = 5;
+export const KREPIS_CLOSE_BUSY = 6;
 export const KREPIS_FLAG_FINAL = 2;
+export const KREPIS_DEFAULT_MAX_HANDSHAKES = 1024;

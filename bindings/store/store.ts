@@ -4,8 +4,9 @@
  * atomic, journaled, durable transactions.
  *
  * - `get`/`has`/`put`/`delete` are synchronous and take microseconds. Single
- *   `put`/`delete` are not journaled and become durable at the next flush
- *   (`store.flush()`, any `commit`, or within ~0.5 s).
+ *   `put`/`delete` are not journaled and become durable when the store's
+ *   pages are flushed (within ~0.5 s in the background, or by `flush()`); see
+ *   {@linkcode Store.put} for what that means when a flush fails.
  * - `commit(ops, { ctx, checks })` applies a batch atomically, appends a
  *   journal record (tx id, time, context, keys, previous and new values) in
  *   the same atomic step, and resolves only once durable. Concurrent commits
@@ -497,9 +498,20 @@ export class Store {
   }
 
   /**
-   * Sets `key` to `value` (synchronous, not journaled, durable at the next
-   * flush). Use {@linkcode commit} for atomic, journaled, durable writes.
+   * Sets `key` to `value` (synchronous, not journaled). Use
+   * {@linkcode commit} for atomic, journaled, durable writes.
    *
+   * When `put` returns, the value is in the store's memory and every reader
+   * sees it; it is durable once a flush covers it (the background flush,
+   * within ~0.5 s, or {@linkcode flush}). Until then a crash loses it. If a
+   * flush fails (disk full, I/O error), the writes it covered are not
+   * durable: `flush()` rejects with `IoError` saying how many puts/deletes
+   * (at most) are affected (`details.lostWrites`), every later write is
+   * refused with `IoError` until the kernel is reopened, and those writes are
+   * lost when it closes (`kernel.close()` rejects with the same report when
+   * no `flush()` reported them). Commits that resolved are never affected.
+   *
+   * @throws {IoError} the store failed an earlier write (reopen the kernel).
    * @throws {UnsupportedError} on a cluster store: a cluster write is neither
    * synchronous nor unjournaled; use `commit([{ type: "put", key, value }])`.
    */
@@ -513,7 +525,7 @@ export class Store {
   }
 
   /**
-   * Deletes `key`; true when it existed (not journaled).
+   * Deletes `key`; true when it existed (not journaled; durable like {@linkcode put}).
    *
    * @throws {UnsupportedError} on a cluster store; use `commit([{ type: "delete", key }])`.
    */
@@ -584,7 +596,10 @@ export class Store {
    * Concurrent commits are group-committed: a few share one fsync. A commit
    * becomes visible to readers (and watchers) when it is applied, a moment
    * before its promise resolves; if the machine loses power in that moment,
-   * a commit whose promise never resolved may be gone.
+   * a commit whose promise never resolved may be gone. A commit that rejects
+   * with `IoError` and `details.outcome === "unknown"` (the disk failed or did
+   * not answer within `store.ioTimeoutMs`) may or may not be in the store
+   * once it is reopened; a resolved commit always is.
    *
    * On a cluster store a commit is one etcd transaction (checks are
    * compares, the journal record is written in it); it resolves once etcd
@@ -629,7 +644,15 @@ export class Store {
     );
   }
 
-  /** Makes every write so far durable. */
+  /**
+   * Makes every write so far durable (puts and deletes included).
+   *
+   * @throws {IoError} the disk failed (e.g. it is full): `details.lostWrites`
+   * is how many puts/deletes made since the last successful flush (at most)
+   * are not durable; free space, then close the kernel and open it again. A
+   * disk that does not answer within `store.ioTimeoutMs` also rejects
+   * (`details.reason` `"timeout"`), never hangs.
+   */
   async flush(): Promise<void> {
     this.#shared.owner.assertOpen("store.flush");
     const { native, handle } = this.#shared.owner;

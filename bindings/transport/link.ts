@@ -59,6 +59,13 @@ export interface LinkCloseOptions {
   code?: number;
   /** A short UTF-8 reason the peer sees (at most 1024 bytes are sent). */
   reason?: string;
+  /**
+   * How long the whole close may take, in ms: sending what is still queued,
+   * then the peer's confirmation. Past it, the link ends with a
+   * `ConnectionError` (`details.timeoutMs`) saying delivery was not
+   * confirmed. Default 30000.
+   */
+  timeoutMs?: number;
 }
 
 /** How a link ended. */
@@ -280,6 +287,8 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
     this.#owner = owner;
     this.#handle = info.handle;
     this.#receive = rings.receive;
+    // A link's packets are often replies due within microseconds.
+    this.#receive.spinWhileWaiting = true;
     this.#send = rings.send;
     const data = this.#send.data;
     this.#sendWords = new Uint32Array(data.buffer, data.byteOffset, data.length >> 2);
@@ -557,8 +566,9 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
    * Closes the link gracefully and frees it. Every packet this side sent
    * (including sends still waiting for ring space) is delivered to the peer's
    * application (its receive ring), and the peer confirms it; without that
-   * confirmation (within 30 s, or the peer failed or dropped packets because
-   * it closed too) the result carries a `ConnectionError`. Packets
+   * confirmation (within `timeoutMs`, 30 s by default, counted from this
+   * call; or the peer failed or dropped packets because it closed too) the
+   * result carries a `ConnectionError`. Packets
    * this side has not read yet are dropped: to receive everything, iterate
    * until the peer closes, then close. New sends are refused from now on.
    * Resolves with how the link ended. Idempotent.
@@ -572,9 +582,16 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
     if (this.#closing === undefined) {
       let code: number;
       let reason: Uint8Array<ArrayBuffer>;
+      let timeoutMs: number;
       try {
         checkOptions("link.close", options);
         code = checkInteger("code", options.code ?? KREPIS_CLOSE_NORMAL, 0, 0xffff);
+        timeoutMs = checkInteger(
+          "timeoutMs",
+          options.timeoutMs ?? CLOSE_TIMEOUT_MS,
+          1,
+          MAX_CLOSE_TIMEOUT_MS,
+        );
         if (options.reason !== undefined && typeof options.reason !== "string") {
           invalidArgument("reason", "must be a string");
         }
@@ -582,31 +599,37 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
       } catch (error) {
         return Promise.reject(error);
       }
-      this.#closing = this.#close(code, reason);
+      this.#closing = this.#close(code, reason, timeoutMs);
     }
     return this.#closing.then(() => this.#finalStatus());
   }
 
-  async #close(code: number, reason: Uint8Array<ArrayBuffer>): Promise<void> {
-    // Sends waiting for space go first: a graceful close loses nothing. A
-    // peer that takes nothing for CLOSE_DRAIN_MS does not hold close forever.
+  async #close(
+    code: number,
+    reason: Uint8Array<ArrayBuffer>,
+    timeoutMs: number,
+  ): Promise<void> {
+    // One deadline for the whole close: the sends still waiting for space,
+    // then the kernel's handshake gets what is left of it.
+    const deadline = performance.now() + timeoutMs;
     if (this.#draining) {
       let timer: ReturnType<typeof setTimeout> | undefined;
-      const expired = new Promise<void>((resolve) => timer = setTimeout(resolve, CLOSE_DRAIN_MS));
+      const expired = new Promise<void>((resolve) => timer = setTimeout(resolve, timeoutMs));
       await Promise.race([this.#drained, expired]);
       clearTimeout(timer);
       const error = new ClosedError(
-        `link.close: the peer took no data for ${
-          CLOSE_DRAIN_MS / 1000
-        } s; queued sends were not sent`,
+        `link.close: the peer took no data within the close's ${timeoutMs} ms; queued sends were not sent`,
       );
       for (const queued of this.#queue.splice(0)) queued.reject(error);
     }
+    const remaining = Math.max(1, Math.round(deadline - performance.now()));
     if (this.#owner.closed) return this.#free();
     // Hand back what was read, so the kernel counts only unread packets as dropped.
     if (!this.#receive.detached) this.#receive.releaseCurrent();
     const native = this.#owner.native;
-    native.check(native.symbols.krepis_link_close(this.#handle, code, reason, reason.length));
+    native.check(
+      native.symbols.krepis_link_close(this.#handle, code, reason, reason.length, remaining),
+    );
     // This side reads no more: the iterator ends, unread packets are dropped.
     this.#receive.close();
     await this.#waitEnded();
@@ -638,8 +661,10 @@ export class Link implements AsyncIterable<Packet>, AsyncDisposable {
 }
 
 const RESOLVED = Promise.resolve();
-/** How long `close()` waits for queued sends (the kernel's close has the same bound). */
-const CLOSE_DRAIN_MS = 30_000;
+/** How long `close()` may take by default (docs/knul.md, "Close"). */
+const CLOSE_TIMEOUT_MS = 30_000;
+/** Longest `timeoutMs` (about 24 days: what `setTimeout` takes). */
+const MAX_CLOSE_TIMEOUT_MS = 0x7fff_ffff;
 
 function recordSizeOf(length: number): number {
   return recordSize(HEADER + length);

@@ -28,6 +28,7 @@
  */
 
 import {
+  KREPIS_DEFAULT_MAX_HANDSHAKES,
   KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES,
   KREPIS_KNUL_MAX_PACKET_BYTES,
 } from "../_gen/symbols.ts";
@@ -39,8 +40,15 @@ import {
   ListenerInfo,
   ListenerStats as ListenerStatsMessage,
   ListenRequest,
+  TransportOptions as TransportOptionsMessage,
 } from "../_gen/proto/krepis/v1/transport.ts";
-import { checkInteger, checkOptions, checkString, checkStringList } from "../_check.ts";
+import {
+  checkInteger,
+  checkObject,
+  checkOptions,
+  checkString,
+  checkStringList,
+} from "../_check.ts";
 import { EventKind } from "../_events.ts";
 import { type NetAddr, requireNetPermission } from "../_net.ts";
 import type { KernelOwner } from "../_owner.ts";
@@ -69,6 +77,43 @@ export const MAX_PACKET_BYTES: number = KREPIS_KNUL_MAX_PACKET_BYTES;
  * ```
  */
 export const DEFAULT_MAX_PACKET_BYTES: number = KREPIS_KNUL_DEFAULT_MAX_PACKET_BYTES;
+
+/**
+ * The kernel's transport budget (`Kernel.open({ transport })`): links and
+ * the memory their receive windows may hold, across every listener and
+ * connect of the kernel. Over budget, new links are refused (a listener
+ * refuses the peer with close code 6 and counts it; `connect()` throws a
+ * `ResourceExhaustedError`). docs/knul.md, "Limits".
+ */
+export interface TransportOptions {
+  /** Links at most (accepted, waiting for `accept()`, connected; until freed). Default 10000. */
+  maxLinks?: number;
+  /**
+   * Window bytes of all links at most: each link is charged its receive
+   * ring, its QUIC receive window and QUIC's datagram buffer (about
+   * 16.3 MiB at the default 1 MiB `maxPacketBytes`, 576 KiB at 1 KiB).
+   * Default: a quarter of the machine's memory, at least 256 MiB.
+   */
+  maxWindowBytes?: number;
+}
+
+/** @internal Checks and encodes the transport options of `Kernel.open`. */
+export function encodeTransportOptions(options: unknown): Uint8Array {
+  const given = options === undefined ? {} : checkObject("transport", options);
+  return TransportOptionsMessage.encode({
+    maxLinks: given.maxLinks === undefined
+      ? 0
+      : checkInteger("transport.maxLinks", given.maxLinks, 1, 0xffff_ffff),
+    maxWindowBytes: BigInt(
+      given.maxWindowBytes === undefined ? 0 : checkInteger(
+        "transport.maxWindowBytes",
+        given.maxWindowBytes,
+        1,
+        Number.MAX_SAFE_INTEGER,
+      ),
+    ),
+  }).finish();
+}
 
 /** A certificate and its private key, PEM-encoded. */
 export interface DevCertificate {
@@ -109,8 +154,28 @@ export interface ListenOptions {
    * refused in the kernel, before JS sees them: the link closes with code 5.
    */
   tenants?: string[];
-  /** Established links waiting for `accept()` at most (more are refused). Default 1024. */
+  /** Established links waiting for `accept()` at most (more are refused with close code 6). Default 1024. */
   backlog?: number;
+  /**
+   * This listener's links at most (waiting for `accept()` or accepted, until
+   * freed); more are refused with close code 6 and counted in
+   * {@linkcode ListenerStats.refusedOverBudget}. Default: only the kernel's
+   * budget ({@linkcode TransportOptions.maxLinks}).
+   */
+  maxLinks?: number;
+  /**
+   * Window bytes of this listener's links at most (see
+   * {@linkcode TransportOptions.maxWindowBytes}). Default: only the kernel's budget.
+   */
+  maxWindowBytes?: number;
+  /**
+   * Connections between their first packet and their hello at most. A
+   * newcomer never waits: with every slot taken the oldest handshake is
+   * dropped (code 6), and once half are taken newcomers get 2 s instead of
+   * 10 s to finish, so peers that never send a hello cannot starve others.
+   * Default 256.
+   */
+  maxHandshakes?: number;
 }
 
 /** Options of {@linkcode Transport.connect}. */
@@ -134,10 +199,20 @@ export interface ConnectOptions {
 export interface ListenerStats {
   /** Links handed to `accept()`. */
   accepted: number;
-  /** Connections refused before they became links (TLS, hello, version, backlog). */
+  /** Connections refused before they became links (TLS, hello, version, backlog, budget). */
   refused: number;
   /** Why the last one was refused ("" when none was). */
   lastRefusal: string;
+  /** Of `refused`: refused because a link or memory budget (this listener's or the kernel's) was spent. */
+  refusedOverBudget: number;
+  /** Handshakes in progress now. */
+  handshakes: number;
+  /** Handshakes dropped to make room for newer ones (every slot was taken). */
+  handshakesEvicted: number;
+  /** This listener's links holding budget now (waiting for `accept()` or accepted, until freed). */
+  links: number;
+  /** The window bytes they hold. */
+  windowBytes: number;
 }
 
 /** Net permission for a UDP address (any port when `port` is 0). */
@@ -160,11 +235,13 @@ function netPermission(hostname: string, port: number, action: string): void {
  */
 export class Transport {
   readonly #owner: KernelOwner;
+  readonly #options: Uint8Array;
   #handle: number | undefined;
 
-  /** @internal Created by the kernel. */
-  constructor(owner: KernelOwner) {
+  /** @internal Created by the kernel, with `encodeTransportOptions`' bytes. */
+  constructor(owner: KernelOwner, options: Uint8Array = encodeTransportOptions(undefined)) {
     this.#owner = owner;
+    this.#options = options;
   }
 
   /** The kernel's transport handle (its client endpoints), made on first use. */
@@ -172,7 +249,12 @@ export class Transport {
     if (this.#handle !== undefined) return this.#handle;
     const out = new Uint32Array(1);
     this.#owner.native.check(
-      this.#owner.native.symbols.krepis_transport_open(this.#owner.handle, out),
+      this.#owner.native.symbols.krepis_transport_open(
+        this.#owner.handle,
+        this.#options as Uint8Array<ArrayBuffer>,
+        this.#options.length,
+        out,
+      ),
     );
     return this.#handle = out[0];
   }
@@ -250,6 +332,18 @@ export class Transport {
       MAX_PACKET_BYTES,
     );
     const backlog = checkInteger("backlog", options.backlog ?? 1024, 1, 1 << 20);
+    const maxLinks = options.maxLinks === undefined
+      ? 0
+      : checkInteger("maxLinks", options.maxLinks, 1, 0xffff_ffff);
+    const maxWindowBytes = options.maxWindowBytes === undefined
+      ? 0
+      : checkInteger("maxWindowBytes", options.maxWindowBytes, 1, Number.MAX_SAFE_INTEGER);
+    const maxHandshakes = checkInteger(
+      "maxHandshakes",
+      options.maxHandshakes ?? KREPIS_DEFAULT_MAX_HANDSHAKES,
+      1,
+      1 << 20,
+    );
     const tenants = checkStringList("tenants", options.tenants ?? []);
     netPermission(hostname, port, `listening on ${hostname}:${port}`);
     const request = ListenRequest.encode({
@@ -260,6 +354,9 @@ export class Transport {
       maxPacketBytes,
       tenants,
       backlog,
+      maxLinks,
+      maxWindowBytes: BigInt(maxWindowBytes),
+      maxHandshakes,
     }).finish();
     const transport = this.#transport();
     const native = this.#owner.native;
@@ -276,7 +373,8 @@ export class Transport {
    *
    * @throws {PermissionError} without net permission for the address.
    * @throws {InvalidArgumentError} a bad option or CA certificate.
-   * @throws {ConnectionError} unreachable, refused by TLS (certificate, server name), or timed out.
+   * @throws {ResourceExhaustedError} the kernel's link or window budget is spent ({@linkcode TransportOptions}).
+   * @throws {ConnectionError} unreachable, refused by TLS (certificate, server name), refused by a busy listener (`details.closeCode` "6"), or timed out.
    * @throws {ProtocolError} the server does not speak KNUL version 1.
    *
    * @example
@@ -479,6 +577,11 @@ export class Listener implements AsyncIterable<Link>, AsyncDisposable {
       accepted: Number(stats.accepted),
       refused: Number(stats.refused),
       lastRefusal: stats.lastRefusal,
+      refusedOverBudget: Number(stats.refusedOverBudget),
+      handshakes: stats.handshakes,
+      handshakesEvicted: Number(stats.handshakesEvicted),
+      links: stats.links,
+      windowBytes: Number(stats.windowBytes),
     };
   }
 

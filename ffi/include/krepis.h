@@ -181,11 +181,20 @@
 // and a few varints fit with plenty to spare).
 #define KREPIS_LINK_INFO_MAX_BYTES 256
 
+// Datagrams QUIC buffers for a link before the receive pump takes them.
+#define KREPIS_DATAGRAM_BUFFER_BYTES (256 << 10)
+
+// Default links per kernel.
+#define KREPIS_DEFAULT_MAX_LINKS 10000
+
 // Header size in bytes.
 #define KREPIS_KNUL_HEADER_BYTES 40
 
 // The protocol version this codec speaks.
 #define KREPIS_KNUL_VERSION 1
+
+// Longest close reason, in bytes.
+#define KREPIS_CLOSE_REASON_MAX_BYTES 1024
 
 // Tag of a packet record in the receive ring: `[header 40 B][payload]`.
 #define KREPIS_LINK_RECORD_PACKET 1
@@ -206,9 +215,16 @@
 
 #define KREPIS_CLOSE_POLICY 5
 
+// Refused because the listener is busy: over its link or window-memory
+// budget, its backlog is full, or its handshake slots went to newer peers.
+#define KREPIS_CLOSE_BUSY 6
+
 // Header flag of a `close` that confirms the peer's close: "I have read
 // everything you sent, up to the end of your stream".
 #define KREPIS_FLAG_FINAL 2
+
+// Default handshakes in progress per listener.
+#define KREPIS_DEFAULT_MAX_HANDSHAKES 1024
 
 // JS's `Deno.UnsafeCallback.threadSafe` taking nothing: wakes its event pump.
 typedef void (*KREPIS_WakeCallback)(void);
@@ -234,10 +250,28 @@ int32_t krepis_buffer_alloc(uint32_t kernel, uint32_t byte_length, uint64_t *out
 // constants). The SDK has detached every JS view first, except in mode 2.
 int32_t krepis_buffer_release(uint32_t buffer, uint32_t mode);
 
+// Like `krepis_events_take`, but when there are none JS is not marked
+// parked: it is about to spin (`krepis_events_spin`) and takes with
+// `krepis_events_take` before it sleeps.
+//
+// # Safety
+// `out` must be null or point to `cap` writable bytes.
+int32_t krepis_events_poll(uint32_t kernel, uint8_t *out, uint32_t cap);
+
 // Stops calling the `wake` callback for good and returns how many calls are
 // in flight. JS calls it before closing the kernel and lets the calls in
 // flight run first (each needs the JS thread).
 int32_t krepis_events_quiesce(uint32_t kernel);
+
+// Busy-waits up to `max_micros` (at most 1000) until any kernel of this
+// process queued an event since JS saw the push count `seen`; returns the
+// count now (equal to `seen` when nothing came). Returns at once where the
+// process may use only one core.
+uint32_t krepis_events_spin(uint32_t seen, uint32_t max_micros);
+
+// 1 when spinning can pay off in this process (it may use two cores or
+// more), 0 when `krepis_events_spin` would return at once.
+int32_t krepis_events_spin_allowed(void);
 
 // Moves the kernel's pending events (`[kind u32][handle u32]` each, see
 // `KREPIS_EVENT_*`) into `out` and returns how many. When there are none
@@ -339,9 +373,11 @@ int32_t krepis_journal_undo(uint32_t kernel,
                             uint64_t *out_ticket);
 
 // Closes a kernel: stops its runtime and waits for its threads. A closed or
-// forged handle returns an error status (`CLOSED` / `INVALID_HANDLE`). JS
-// calls `krepis_events_quiesce` first and lets the `wake` calls in flight
-// run: it closes its callback once this returned.
+// forged handle returns an error status (`CLOSED` / `INVALID_HANDLE`). The
+// kernel is closed even when this returns `IO`: that reports puts or
+// deletes that were acknowledged but could not be made durable. JS calls
+// `krepis_events_quiesce` first and lets the `wake` calls in flight run: it
+// closes its callback once this returned.
 int32_t krepis_kernel_close(uint32_t kernel);
 
 // Opens a kernel configured by `config` (an encoded `krepis.v1.KernelConfig`
@@ -376,12 +412,17 @@ int32_t krepis_kernel_stats(uint32_t kernel, uint8_t *out, uint32_t cap);
 int32_t krepis_last_error(uint8_t *out, uint32_t cap);
 
 // Starts closing a link gracefully with a KNUL close code and UTF-8 reason:
-// everything already published to its send ring is delivered first. An
+// everything already published to its send ring is delivered first, and
+// the peer's confirmation awaited at most `timeout_ms` (0: 30 s). An
 // `EVENT_LINK_CLOSED` follows when it has closed.
 //
 // # Safety
 // `reason` must point to `len` readable bytes.
-int32_t krepis_link_close(uint32_t link, uint32_t code, const uint8_t *reason, uint32_t len);
+int32_t krepis_link_close(uint32_t link,
+                          uint32_t code,
+                          const uint8_t *reason,
+                          uint32_t len,
+                          uint32_t timeout_ms);
 
 // Forgets a link JS is done with (closing it at once if still open).
 int32_t krepis_link_free(uint32_t link);
@@ -501,7 +542,8 @@ int32_t krepis_store_get_buffer(uint32_t tree, const uint8_t *key, uint32_t key_
 // `key` must point to `key_len` readable bytes.
 int32_t krepis_store_has(uint32_t tree, const uint8_t *key, uint32_t key_len);
 
-// Stores `value` under `key` (not journaled, durable at the next flush).
+// Stores `value` under `key` (not journaled, durable at the next flush:
+// until then a crash or a failed flush loses it, and the flush says so).
 //
 // # Safety
 // `key`/`value` must point to `key_len`/`value_len` readable bytes.
@@ -620,12 +662,17 @@ int32_t krepis_transport_listen(uint32_t transport,
                                 uint8_t *out,
                                 uint32_t cap);
 
-// Creates the kernel's transport (its client endpoints, pending connects);
-// writes the handle to `out`. Its events go to the kernel's event queue.
+// Creates the kernel's transport (its client endpoints, pending connects,
+// its budget: `krepis.v1.TransportOptions`); writes the handle to `out`.
+// Its events go to the kernel's event queue.
 //
 // # Safety
-// `out` must point to a writable, aligned `u32`.
-int32_t krepis_transport_open(uint32_t kernel_handle, uint32_t *out);
+// `request` must point to `len` readable bytes; `out` to a writable,
+// aligned `u32`.
+int32_t krepis_transport_open(uint32_t kernel_handle,
+                              const uint8_t *request,
+                              uint32_t len,
+                              uint32_t *out);
 
 // Writes the library's version (UTF-8, no terminator) into `out`; returns its
 // length (nothing is written when that exceeds `cap`).

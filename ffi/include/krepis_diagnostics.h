@@ -23,7 +23,10 @@
 // 3. a thread-safe callback called by the lab thread itself (it blocks
 //    until JS ran the callback);
 // 4. one byte on a loopback TCP connection JS reads with Deno's async I/O;
-// 5. a signal to the process (`SIGUSR2`) JS listens for.
+// 5. a signal to the process (`SIGUSR2`) JS listens for;
+// 6. no wake at all: JS spins on the event queues' push count
+//    (`krepis_events_spin`, here `krepis_debug_wake_lab_spin`) and the lab
+//    announces a push, as a queue does while its JS side spins.
 #define KREPIS_WAKE_LAB_NONBLOCKING 1
 
 #define KREPIS_WAKE_LAB_CALLBACK_THREAD 2
@@ -33,6 +36,8 @@
 #define KREPIS_WAKE_LAB_SOCKET 4
 
 #define KREPIS_WAKE_LAB_SIGNAL 5
+
+#define KREPIS_WAKE_LAB_SPIN 6
 
 // A JS `Deno.UnsafeCallback.threadSafe` taking `(sequence, length)`.
 typedef void (*KREPIS_RecordCallback)(uint32_t sequence, uint32_t length);
@@ -73,6 +78,11 @@ int32_t krepis_debug_panic(void);
 
 // Diagnostics: JS asks the wake lab thread to wake it (a fast call).
 int32_t krepis_debug_wake_lab_ping(void);
+
+// Diagnostics: mode 6's wait, the event pump's spin: busy-waits up to
+// `max_micros` until a push was announced since JS saw the count `seen`;
+// returns the count now.
+uint32_t krepis_debug_wake_lab_spin(uint32_t seen, uint32_t max_micros);
 
 // Diagnostics: starts the wake lab in `mode` (see [`WAKE_LAB_NONBLOCKING`]
 // and the modes after it), stopping a previous one. `callback` is JS's

@@ -232,12 +232,16 @@ pub extern "C" fn krepis_ring_debug_consume(ring: u32, flags: u32) -> i32 {
 /// 3. a thread-safe callback called by the lab thread itself (it blocks
 ///    until JS ran the callback);
 /// 4. one byte on a loopback TCP connection JS reads with Deno's async I/O;
-/// 5. a signal to the process (`SIGUSR2`) JS listens for.
+/// 5. a signal to the process (`SIGUSR2`) JS listens for;
+/// 6. no wake at all: JS spins on the event queues' push count
+///    (`krepis_events_spin`, here `krepis_debug_wake_lab_spin`) and the lab
+///    announces a push, as a queue does while its JS side spins.
 pub const WAKE_LAB_NONBLOCKING: u32 = 1;
 pub const WAKE_LAB_CALLBACK_THREAD: u32 = 2;
 pub const WAKE_LAB_CALLBACK_DIRECT: u32 = 3;
 pub const WAKE_LAB_SOCKET: u32 = 4;
 pub const WAKE_LAB_SIGNAL: u32 = 5;
+pub const WAKE_LAB_SPIN: u32 = 6;
 
 /// A JS `Deno.UnsafeCallback.threadSafe` taking nothing.
 pub type WakeCallback = Option<unsafe extern "C" fn()>;
@@ -303,6 +307,7 @@ pub extern "C" fn krepis_debug_wake_lab_start(mode: u32, callback: WakeCallback,
         let _ = krepis_debug_wake_lab_stop();
         let wake: Box<dyn FnMut(&WakeLab) + Send> = match mode {
             WAKE_LAB_NONBLOCKING => Box::new(|lab: &WakeLab| lab.woken.bump()),
+            WAKE_LAB_SPIN => Box::new(|_: &WakeLab| crate::events::announce()),
             WAKE_LAB_CALLBACK_THREAD | WAKE_LAB_CALLBACK_DIRECT => {
                 let callback =
                     callback.ok_or_else(|| KernelError::invalid_argument("callback is null"))?;
@@ -402,6 +407,17 @@ pub extern "C" fn krepis_debug_wake_lab_wait(seen: u32, timeout_ms: u32) -> i32 
         let now = lab.woken.wait_past(u64::from(seen), timeout);
         Ok((now & 0x7fff_ffff) as i32)
     })
+}
+
+/// Diagnostics: mode 6's wait, the event pump's spin: busy-waits up to
+/// `max_micros` until a push was announced since JS saw the count `seen`;
+/// returns the count now.
+#[no_mangle]
+pub extern "C" fn krepis_debug_wake_lab_spin(seen: u32, max_micros: u32) -> u32 {
+    crate::events::spin(
+        seen,
+        std::time::Duration::from_micros(u64::from(max_micros.min(1000))),
+    )
 }
 
 /// Diagnostics: stops the wake lab's threads.

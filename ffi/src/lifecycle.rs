@@ -40,13 +40,13 @@ fn open(config: &KernelConfig, wake: WakeCallback) -> Result<u32, KernelError> {
         .register(wake)
         .map_err(|error| KernelError::io("starting the kernel's waker thread", &error))?;
     if let Err(error) = store::open_for(&kernel, &config.store.clone().unwrap_or_default()) {
-        shutdown(&kernel);
+        let _ = shutdown(&kernel);
         return Err(error);
     }
     match kernel::insert(Arc::clone(&kernel)) {
         Ok(handle) => Ok(handle),
         Err(error) => {
-            shutdown(&kernel);
+            let _ = shutdown(&kernel);
             Err(error)
         }
     }
@@ -54,18 +54,21 @@ fn open(config: &KernelConfig, wake: WakeCallback) -> Result<u32, KernelError> {
 
 /// Releases everything the kernel owns, in the order of the module docs.
 /// Idempotent: the first call takes the runtime, later calls do nothing.
-fn shutdown(kernel: &Kernel) {
+/// Everything is released even when it fails: `Err` reports what closing
+/// the store lost (acknowledged puts that could not be made durable).
+fn shutdown(kernel: &Kernel) -> Result<(), KernelError> {
     let Some(runtime) = kernel.take_runtime() else {
-        return;
+        return Ok(());
     };
     for release in RELEASE_BEFORE_RUNTIME_STOPS {
         release(kernel.id());
     }
     kernel.stop_runtime(runtime);
     buffers::release_owned(kernel.id());
-    store::close_of(kernel);
+    let store = store::close_of(kernel);
     // Last: nothing may call JS's callback once JS closed it.
     kernel.events().close();
+    store
 }
 
 fn stats(kernel: &Kernel) -> Stats {
@@ -128,13 +131,15 @@ pub unsafe extern "C" fn krepis_kernel_open(
 }
 
 /// Closes a kernel: stops its runtime and waits for its threads. A closed or
-/// forged handle returns an error status (`CLOSED` / `INVALID_HANDLE`). JS
-/// calls `krepis_events_quiesce` first and lets the `wake` calls in flight
-/// run: it closes its callback once this returned.
+/// forged handle returns an error status (`CLOSED` / `INVALID_HANDLE`). The
+/// kernel is closed even when this returns `IO`: that reports puts or
+/// deletes that were acknowledged but could not be made durable. JS calls
+/// `krepis_events_quiesce` first and lets the `wake` calls in flight run: it
+/// closes its callback once this returned.
 #[no_mangle]
 pub extern "C" fn krepis_kernel_close(kernel: u32) -> i32 {
     call("krepis_kernel_close", || {
-        shutdown(&*kernel::remove(kernel)?);
+        shutdown(&*kernel::remove(kernel)?)?;
         Ok(0)
     })
 }
@@ -168,6 +173,40 @@ pub unsafe extern "C" fn krepis_events_take(kernel: u32, out: *mut u8, cap: u32)
         let out = unsafe { out_bytes(out, cap, "out")? };
         Ok(kernel::kernel(kernel)?.events().take(out) as i32)
     })
+}
+
+/// Like `krepis_events_take`, but when there are none JS is not marked
+/// parked: it is about to spin (`krepis_events_spin`) and takes with
+/// `krepis_events_take` before it sleeps.
+///
+/// # Safety
+/// `out` must be null or point to `cap` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn krepis_events_poll(kernel: u32, out: *mut u8, cap: u32) -> i32 {
+    call("krepis_events_poll", || {
+        // SAFETY: forwarded from this function's contract.
+        let out = unsafe { out_bytes(out, cap, "out")? };
+        Ok(kernel::kernel(kernel)?.events().poll(out) as i32)
+    })
+}
+
+/// Busy-waits up to `max_micros` (at most 1000) until any kernel of this
+/// process queued an event since JS saw the push count `seen`; returns the
+/// count now (equal to `seen` when nothing came). Returns at once where the
+/// process may use only one core.
+#[no_mangle]
+pub extern "C" fn krepis_events_spin(seen: u32, max_micros: u32) -> u32 {
+    crate::events::spin(
+        seen,
+        std::time::Duration::from_micros(u64::from(max_micros.min(1000))),
+    )
+}
+
+/// 1 when spinning can pay off in this process (it may use two cores or
+/// more), 0 when `krepis_events_spin` would return at once.
+#[no_mangle]
+pub extern "C" fn krepis_events_spin_allowed() -> i32 {
+    i32::from(crate::events::spin_allowed())
 }
 
 /// [nonblocking] Waits up to `timeout_ms` until the kernel has events (JS

@@ -5,6 +5,7 @@
 //! reader task drains the incoming ring and hands each record to its
 //! request's task.
 
+use super::headers::{has_close, is_hop_by_hop};
 use super::protocol::{
     HTTP_ABORT_STOPPING, HTTP_FLAG_ASCII, HTTP_FLAG_END, HTTP_FLAG_INLINE_BODY, HTTP_TO_JS_ABORT,
     HTTP_TO_JS_BODY, HTTP_TO_JS_CREDIT, HTTP_TO_JS_REQUEST, HTTP_TO_KERNEL_ABORT,
@@ -12,6 +13,7 @@ use super::protocol::{
 };
 use crate::ring::{Consumer, Producer, Ring};
 use bytes::Bytes;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -206,21 +208,30 @@ impl Bridge {
 }
 
 /// The `name: value\r\n` lines of a RESPONSE record as (name, value, line),
-/// without the connection-level headers the server frames itself: a
-/// handler's `transfer-encoding` next to the length JS computed would let one
-/// response smuggle another. JS built the lines from a `Headers` object; a
-/// line without a colon, or with a stray CR, is skipped.
-pub fn response_header_lines(lines: &[u8]) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
-    lines.split(|&b| b == b'\n').filter_map(|line| {
+/// without the connection-level headers (`headers::is_hop_by_hop`): the
+/// server frames the response itself (a handler's `transfer-encoding` next
+/// to the length JS computed would let one response smuggle another), and
+/// `upgrade`, `te`, `trailer` describe a connection the handler does not
+/// own. A `connection: close` sets `close` (the server closes after this
+/// response). JS built the lines from a `Headers` object; a line without a
+/// colon, or with a stray CR, is skipped.
+pub fn response_header_lines<'a>(
+    lines: &'a [u8],
+    close: &'a Cell<bool>,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8], &'a [u8])> {
+    lines.split(|&b| b == b'\n').filter_map(move |line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let colon = line.iter().position(|&b| b == b':')?;
         let name = &line[..colon];
         let value = &line[colon + 1..];
         let value = value.strip_prefix(b" ").unwrap_or(value);
-        let framing = [&b"connection"[..], b"keep-alive", b"transfer-encoding"]
-            .iter()
-            .any(|hop| name.eq_ignore_ascii_case(hop));
-        (!framing && !line.contains(&b'\r')).then_some((name, value, line))
+        if is_hop_by_hop(name) {
+            if name.eq_ignore_ascii_case(b"connection") && has_close(value) {
+                close.set(true);
+            }
+            return None;
+        }
+        (!line.contains(&b'\r')).then_some((name, value, line))
     })
 }
 
@@ -363,16 +374,25 @@ async fn read_responses(bridge: Arc<Bridge>, ring: Arc<Ring>) {
 #[cfg(test)]
 mod tests {
     use super::response_header_lines;
+    use std::cell::Cell;
 
     #[test]
-    fn response_lines_drop_connection_framing() {
-        let lines = b"content-type: text/plain\r\nTransfer-Encoding: chunked\r\nx-a:1\r\nno colon\r\nconnection: close\r\nx-b: a\rb\r\n";
-        let kept: Vec<_> = response_header_lines(lines)
+    fn response_lines_drop_connection_level_headers_and_see_close() {
+        let lines = b"content-type: text/plain\r\nTransfer-Encoding: chunked\r\nx-a:1\r\nno colon\r\nUpgrade: h2c\r\nte: trailers\r\nTrailer: x\r\nKeep-Alive: 5\r\nconnection: keep-alive, close\r\nx-b: a\rb\r\n";
+        let close = Cell::new(false);
+        let kept: Vec<_> = response_header_lines(lines, &close)
             .map(|(n, v, _)| (n, v))
             .collect();
         assert_eq!(
             kept,
             [(&b"content-type"[..], &b"text/plain"[..]), (b"x-a", b"1")]
         );
+        assert!(close.get());
+        let close = Cell::new(false);
+        assert_eq!(
+            response_header_lines(b"connection: keep-alive\r\n", &close).count(),
+            0
+        );
+        assert!(!close.get());
     }
 }

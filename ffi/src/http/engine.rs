@@ -3,11 +3,13 @@
 //! retries and connection reuse), or one from JS through the bridge.
 
 use super::bridge::{response_header_lines, Bridge, FromJs, JsRequest};
+use super::chunked::ChunkError;
 use super::protocol::{
     HTTP_ABORT_CLIENT_GONE, HTTP_ABORT_TIMEOUT, HTTP_ABORT_TOO_LARGE, HTTP_BODY_WINDOW,
     HTTP_FLAG_HAS_BODY, HTTP_FLAG_HTTP2,
 };
 use super::routes::{host_without_port, Action, RouteTable};
+use super::target;
 use super::upstream::{client_key, Pool};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,6 +17,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +30,8 @@ pub struct StaticResponse {
     /// connections (the fast path writes these bytes as they are).
     pub wire_keep_alive: Bytes,
     pub wire_close: Bytes,
+    /// Length of the status line (the `date` line goes after it).
+    status_line: usize,
 }
 
 impl StaticResponse {
@@ -40,6 +45,10 @@ impl StaticResponse {
             wire.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
             wire.extend_from_slice(b"\r\n");
             for (name, value) in header.headers.iter() {
+                // Sent per response (the server's clock).
+                if name == http::header::DATE {
+                    continue;
+                }
                 wire.extend_from_slice(name.as_str().as_bytes());
                 wire.extend_from_slice(b": ");
                 wire.extend_from_slice(value.as_bytes());
@@ -52,7 +61,9 @@ impl StaticResponse {
             wire.extend_from_slice(&body);
             Bytes::from(wire)
         };
+        let status = header.status;
         StaticResponse {
+            status_line: 15 + status.canonical_reason().unwrap_or("").len(),
             wire_keep_alive: serialize(false),
             wire_close: serialize(true),
             header,
@@ -60,18 +71,21 @@ impl StaticResponse {
         }
     }
 
-    /// The bytes to send: with `connection: close` or not, head only or not.
-    pub fn wire(&self, close: bool, head_only: bool) -> &[u8] {
+    /// The bytes to send, with `connection: close` or not, head only or
+    /// not: the status line, then (after the current `date` line, which the
+    /// caller writes) the rest.
+    pub fn wire(&self, close: bool, head_only: bool) -> (&[u8], &[u8]) {
         let wire = if close {
             &self.wire_close
         } else {
             &self.wire_keep_alive
         };
-        if head_only {
+        let wire = if head_only {
             &wire[..wire.len() - self.body.len()]
         } else {
             wire
-        }
+        };
+        wire.split_at(self.status_line)
     }
 }
 
@@ -267,12 +281,7 @@ impl Engine {
             bytes: 0,
         };
         let mut header_sent = false;
-        let expects_continue = session
-            .req_header()
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if has_body && expects_continue && !http2 {
+        if has_body && expects_continue(session) && !http2 {
             // The client waits for this before it sends the body.
             session.write_continue_response().await?;
         }
@@ -320,6 +329,10 @@ impl Engine {
                 }
                 Event::Body(Err(error)) => {
                     request.set_abort_reason(abort_reason(&error));
+                    // A malformed body is the client's error (400, not 500).
+                    if let (false, Some(status)) = (header_sent, client_error_status(&error)) {
+                        return self.refuse(session, status).await;
+                    }
                     return Err(error);
                 }
                 Event::ClientGone(error) => {
@@ -343,7 +356,11 @@ impl Engine {
                     headers,
                 } => {
                     let chunked = !http2 && !end && !head_request;
-                    let header = response_header(status, &headers, chunked);
+                    let (header, close) = response_header(status, &headers, chunked);
+                    if close && !http2 {
+                        // The handler's `connection: close`.
+                        session.set_keepalive(None);
+                    }
                     if let Err(error) = session.write_response_header(header, end).await {
                         request.set_abort_reason(abort_reason(&error));
                         return Err(error);
@@ -430,7 +447,7 @@ fn abort_reason(error: &Error) -> u32 {
 /// `Headers` object, so they are valid; a line that is not is skipped. An
 /// HTTP/1.1 response with a body and no length is sent chunked (so its end,
 /// or its abort, is visible to the client and the connection stays usable).
-fn response_header(status: u16, lines: &[u8], chunked: bool) -> Box<ResponseHeader> {
+fn response_header(status: u16, lines: &[u8], chunked: bool) -> (Box<ResponseHeader>, bool) {
     let status = if (100..=999).contains(&status) {
         status
     } else {
@@ -438,7 +455,8 @@ fn response_header(status: u16, lines: &[u8], chunked: bool) -> Box<ResponseHead
     };
     let mut header = ResponseHeader::build(status, Some(8))
         .unwrap_or_else(|_| ResponseHeader::build(500, None).expect("500 is a valid status"));
-    for (name, value, _) in response_header_lines(lines) {
+    let close = std::cell::Cell::new(false);
+    for (name, value, _) in response_header_lines(lines, &close) {
         if let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(name),
             http::HeaderValue::from_bytes(value),
@@ -457,7 +475,63 @@ fn response_header(status: u16, lines: &[u8], chunked: bool) -> Box<ResponseHead
     {
         let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
     }
-    Box::new(header)
+    (Box::new(header), close.get())
+}
+
+/// Whether the client waits for `100 Continue` before it sends its body.
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// The status a failure reading the request deserves when it is the
+/// client's fault: a chunked body the connection driver found broken (400)
+/// or too large (413, `chunked::ChunkError`), or one Pingora's parser
+/// refused (400). `None`: not a client error (timeouts, resets, ours).
+fn client_error_status(error: &Error) -> Option<u16> {
+    let chunk = error
+        .root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<ChunkError>());
+    if let Some(chunk) = chunk {
+        return Some(chunk.status());
+    }
+    let protocol = |etype: &ErrorType| match etype {
+        ErrorType::InvalidHTTPHeader => true,
+        ErrorType::Custom(name) => matches!(*name, "InvalidChunk" | "InvalidTrailerEnd"),
+        _ => false,
+    };
+    (protocol(error.etype()) || protocol(error.root_etype())).then_some(400)
+}
+
+/// Normalizes the request's target in place before routing
+/// (`target::normalize`; HTTP/1 heads were checked by `fast::check`
+/// already, HTTP/2 ones were not). The reason when it cannot be.
+fn normalize_target(session: &mut Session) -> std::result::Result<(), &'static str> {
+    let request = session.req_header();
+    if request.method == http::Method::CONNECT || request.raw_path() == b"*" {
+        return Ok(());
+    }
+    let Ok(raw) = std::str::from_utf8(request.raw_path()) else {
+        return Err("invalid character in the request target");
+    };
+    // Absolute-form (`http://host/path`): its path and query.
+    let target = if raw.starts_with('/') {
+        raw
+    } else {
+        request.uri.path_and_query().map_or("/", |p| p.as_str())
+    };
+    if let Cow::Owned(normalized) = target::normalize(target)? {
+        let mut parts = request.uri.clone().into_parts();
+        parts.path_and_query = Some(normalized.parse().map_err(|_| "invalid request target")?);
+        let uri = http::Uri::from_parts(parts).map_err(|_| "invalid request target")?;
+        session.req_header_mut().set_uri(uri);
+    }
+    Ok(())
 }
 
 fn authority(session: &Session) -> &str {
@@ -534,6 +608,10 @@ impl ProxyHttp for Shared {
         if Engine::head_bytes(session) > self.limits.max_header_bytes {
             return self.refuse(session, 431).await;
         }
+        if let Err(reason) = normalize_target(session) {
+            let _ = reason;
+            return self.refuse(session, 400).await;
+        }
         let declared = session
             .req_header()
             .headers
@@ -581,6 +659,18 @@ impl ProxyHttp for Shared {
                 self.counters
                     .requests_proxied
                     .fetch_add(1, Ordering::Relaxed);
+                // `Expect: 100-continue` is answered here, before the body
+                // is read (the upstream gets the request without it: it
+                // would answer 100 again, or wait for the body before
+                // answering).
+                if !session.is_http2() && expects_continue(session) {
+                    session
+                        .req_header_mut()
+                        .remove_header(&http::header::EXPECT);
+                    if !session.is_body_empty() {
+                        session.write_continue_response().await?;
+                    }
+                }
                 Ok(false)
             }
             Action::Js => match &self.bridge {
@@ -662,6 +752,9 @@ impl ProxyHttp for Shared {
         } else {
             match error.etype() {
                 ErrorType::HTTPStatus(code) => *code,
+                _ if client_error_status(error).is_some() => {
+                    client_error_status(error).unwrap_or(400)
+                }
                 _ => match error.esource() {
                     pingora_error::ErrorSource::Upstream => 502,
                     pingora_error::ErrorSource::Downstream => match error.etype() {

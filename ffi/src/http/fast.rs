@@ -2,14 +2,16 @@
 //! bytes of a request head, a request a static route answers or a bodyless
 //! request for a proxy route (`relay`), so it is served without Pingora's
 //! per-request pipeline. Anything unusual (a
-//! body, `Expect`, `Upgrade`, HTTP/1.0, a malformed or oversized head) is
-//! left to Pingora, which knows every corner of the protocol.
+//! body, `Expect`, `Upgrade`, HTTP/1.0, an oversized head) is left to
+//! Pingora, which knows every corner of the protocol; a head that breaks the
+//! rules (`check`) is refused here, whatever route it would take.
 
 use super::engine::{Engine, StaticResponse};
-use super::headers::is_hop_by_hop;
+use super::headers::{has_close, is_hop_by_hop};
 use super::js_http1::JsRequestHead;
 use super::relay::ProxyRequest;
 use super::routes::{host_without_port, Action};
+use super::target::normalize;
 
 /// Most headers the fast path parses; a request with more goes to Pingora.
 const MAX_HEADERS: usize = 48;
@@ -37,62 +39,159 @@ pub enum Parsed<'a> {
     },
     /// More bytes are needed.
     Partial,
-    /// Pingora's job.
-    Other,
+    /// Pingora's job. `chunked_body`: the head is valid and its chunked
+    /// body starts at this offset (the connection driver checks its framing
+    /// as it passes).
+    Other { chunked_body: Option<usize> },
+    /// A client error (the connection closes after the answer): `status`
+    /// and why.
+    Refused { status: u16, reason: &'static str },
 }
 
+/// Most headers Pingora parses (more: it answers 400 itself).
+const PINGORA_MAX_HEADERS: usize = 256;
+
+/// What the connection driver does with the bytes of a request head. Every
+/// HTTP/1 request passes here first, so the strict rules are applied once
+/// for every route kind (RFC 9112: one Host, no Content-Length next to
+/// Transfer-Encoding, chunked last, a valid target, normalized before
+/// routing: `target`), before Pingora sees a request it would answer
+/// differently (Pingora repairs an invalid target by escaping it).
 pub fn parse<'a>(bytes: &[u8], engine: &'a Engine, peer: std::net::SocketAddr) -> Parsed<'a> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let length = match request.parse(bytes) {
-        Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
-    };
-    if length > engine.limits.max_header_bytes || request.version != Some(1) {
-        return Parsed::Other;
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => recognize(request, length, engine, peer),
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            // Rare: checked with Pingora's own limit, then Pingora's job.
+            let mut headers = vec![httparse::EMPTY_HEADER; PINGORA_MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            match request.parse(bytes) {
+                Ok(httparse::Status::Complete(length)) => match check(&request) {
+                    Ok(checked) => Parsed::Other {
+                        chunked_body: checked.chunked.then_some(length),
+                    },
+                    Err(refused) => refused,
+                },
+                Ok(httparse::Status::Partial) => Parsed::Partial,
+                Err(_) => Parsed::Other { chunked_body: None },
+            }
+        }
+        Err(_) => Parsed::Refused {
+            status: 400,
+            reason: "malformed request head",
+        },
     }
-    let (Some(method), Some(target)) = (request.method, request.path) else {
-        return Parsed::Other;
+}
+
+/// What `check` learned from a valid head.
+struct Checked<'b> {
+    host: Option<&'b str>,
+    close: bool,
+    /// The body is chunked.
+    chunked: bool,
+    /// A body, `Expect`, `Upgrade`: not a fast-path request.
+    unusual: bool,
+}
+
+/// The strict rules every HTTP/1 request head must pass.
+fn check<'b>(request: &httparse::Request<'_, 'b>) -> Result<Checked<'b>, Parsed<'static>> {
+    let refuse = |reason| {
+        Err(Parsed::Refused {
+            status: 400,
+            reason,
+        })
     };
-    if method == "CONNECT" {
-        return Parsed::Other;
-    }
-    let head = method == "HEAD";
-    let mut host = None;
-    let mut close = false;
+    let mut checked = Checked {
+        host: None,
+        close: false,
+        chunked: false,
+        unusual: false,
+    };
+    let (mut hosts, mut length_header, mut encoding) = (0, false, false);
     for header in request.headers.iter() {
         let name = header.name;
         if name.eq_ignore_ascii_case("host") {
-            // Two Host headers, or userinfo in one: Pingora answers 400.
-            if host.is_some() || header.value.contains(&b'@') {
-                return Parsed::Other;
+            hosts += 1;
+            if header.value.contains(&b'@') {
+                return refuse("userinfo in Host");
             }
-            host = std::str::from_utf8(header.value).ok();
+            checked.host = std::str::from_utf8(header.value).ok();
         } else if name.eq_ignore_ascii_case("connection") {
-            close = header
+            checked.close |= has_close(header.value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length_header = true;
+            // A body: Pingora's job (which answers 413 over maxBodyBytes).
+            checked.unusual |= header.value != b"0";
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            encoding = true;
+            checked.unusual = true;
+            // Only the last coding counts (several headers are one list).
+            checked.chunked = header
                 .value
                 .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
-        } else if name.eq_ignore_ascii_case("content-length") {
-            if header.value != b"0" {
-                return Parsed::Other;
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("expect")
-            || name.eq_ignore_ascii_case("upgrade")
-        {
-            return Parsed::Other;
+                .next_back()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case("expect") || name.eq_ignore_ascii_case("upgrade") {
+            checked.unusual = true;
         }
     }
-    // HTTP/1.1 requires Host; without one Pingora answers 400.
-    let Some(host) = host else {
-        return Parsed::Other;
-    };
-    if !target.starts_with('/') {
-        return Parsed::Other;
+    if hosts > 1 {
+        return refuse("more than one Host");
     }
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    if request.version == Some(1) && hosts == 0 {
+        return refuse("an HTTP/1.1 request without Host (RFC 9112 §3.2)");
+    }
+    if length_header && encoding {
+        // The request smuggling vector (RFC 9112 §6.1): refused, as nginx does.
+        return refuse("Content-Length together with Transfer-Encoding");
+    }
+    if encoding && !checked.chunked {
+        return refuse("a Transfer-Encoding whose last coding is not chunked");
+    }
+    let target = request.path.unwrap_or("");
+    if target.starts_with('/') {
+        if let Err(reason) = normalize(target) {
+            return refuse(reason);
+        }
+    } else if !(target == "*" || request.method == Some("CONNECT") || target.contains("://")) {
+        return refuse("invalid request target");
+    }
+    Ok(checked)
+}
+
+/// A valid head: a fast-path request, or Pingora's.
+fn recognize<'a>(
+    request: httparse::Request<'_, '_>,
+    length: usize,
+    engine: &'a Engine,
+    peer: std::net::SocketAddr,
+) -> Parsed<'a> {
+    let checked = match check(&request) {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
+    };
+    let other = Parsed::Other {
+        chunked_body: checked.chunked.then_some(length),
+    };
+    if checked.unusual || length > engine.limits.max_header_bytes || request.version != Some(1) {
+        return other;
+    }
+    let (Some(method), Some(target), Some(host)) = (request.method, request.path, checked.host)
+    else {
+        return other;
+    };
+    if method == "CONNECT" || !target.starts_with('/') {
+        return other;
+    }
+    // Checked above: normal or normalizable.
+    let Ok(target) = normalize(target) else {
+        return other;
+    };
+    let head = method == "HEAD";
+    let close = checked.close;
+    let path = target.split_once('?').map_or(&*target, |(path, _)| path);
     match engine.routes.route(method, host_without_port(host), path) {
         Action::Respond(index) if matches!(method, "GET" | "HEAD") => Parsed::Static {
             response: &engine.responses[index],
@@ -103,7 +202,7 @@ pub fn parse<'a>(bytes: &[u8], engine: &'a Engine, peer: std::net::SocketAddr) -
         Action::Proxy(pool) => Parsed::Proxy {
             pool,
             request: ProxyRequest {
-                head: upstream_head(method, target, request.headers),
+                head: upstream_head(method, &target, request.headers),
                 head_only: head,
                 close,
                 idempotent: matches!(
@@ -117,7 +216,7 @@ pub fn parse<'a>(bytes: &[u8], engine: &'a Engine, peer: std::net::SocketAddr) -
             request: JsRequestHead {
                 text: engine.js_request_head(
                     method,
-                    target,
+                    &target,
                     host,
                     Some(peer),
                     &request
@@ -131,7 +230,7 @@ pub fn parse<'a>(bytes: &[u8], engine: &'a Engine, peer: std::net::SocketAddr) -
             },
             length,
         },
-        _ => Parsed::Other,
+        _ => other,
     }
 }
 
@@ -245,7 +344,11 @@ mod tests {
             ),
             Parsed::Js { .. } => "js".into(),
             Parsed::Partial => "partial".into(),
-            Parsed::Other => "other".into(),
+            Parsed::Other { chunked_body: None } => "other".into(),
+            Parsed::Other {
+                chunked_body: Some(at),
+            } => format!("other chunked at {at}"),
+            Parsed::Refused { status, .. } => format!("refused {status}"),
         }
     }
 
@@ -287,16 +390,13 @@ mod tests {
     fn anything_unusual_is_left_to_pingora() {
         for request in [
             &b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"[..],
-            b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET /api/x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
             b"GET /api/x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
             b"GET /health HTTP/1.0\r\nHost: a\r\n\r\n",
-            b"GET /health HTTP/1.1\r\n\r\n",
-            b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            b"GET /health HTTP/1.1\r\nHost: user@a\r\n\r\n",
+            b"GET /health HTTP/1.0\r\n\r\n",
             b"GET http://a/health HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
             b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
-            b"GET /health HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
             b"GET /nothing HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             assert_eq!(
@@ -306,6 +406,11 @@ mod tests {
                 String::from_utf8_lossy(request)
             );
         }
+        let chunked = b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n";
+        assert_eq!(
+            kind(chunked),
+            format!("other chunked at {}", chunked.len() - 3)
+        );
         let long = format!(
             "GET /health HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
             "y".repeat(1100)
@@ -316,6 +421,56 @@ mod tests {
             .collect();
         let many = format!("GET /health HTTP/1.1\r\nHost: a\r\n{many}\r\n");
         assert_eq!(kind(many.as_bytes()), "other", "over MAX_HEADERS");
+    }
+
+    #[test]
+    fn heads_that_break_the_rules_are_refused_whatever_the_route() {
+        for request in [
+            &b"GET /health HTTP/1.1\r\n\r\n"[..],
+            b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: user@a\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+            b"GET /a\0b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /api/../../x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /api/a%2fb HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /api\\x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET api/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /api/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        ] {
+            assert_eq!(
+                kind(request),
+                "refused 400",
+                "{}",
+                String::from_utf8_lossy(request)
+            );
+        }
+        // Beyond the fast path's header count, the same rules.
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        let many = format!("GET /health HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(kind(many.as_bytes()), "refused 400");
+    }
+
+    #[test]
+    fn routes_see_the_normalized_target() {
+        assert!(kind(b"GET /x/../health HTTP/1.1\r\nHost: a\r\n\r\n").starts_with("static"));
+        assert!(kind(b"GET //health HTTP/1.1\r\nHost: a\r\n\r\n").starts_with("static"));
+        let request = b"GET /api/%2E%2E/api/./x//y?q=/../ HTTP/1.1\r\nHost: a\r\n\r\n";
+        let Parsed::Proxy { request, .. } = parse(request, &engine(), peer()) else {
+            unreachable!()
+        };
+        assert_eq!(
+            String::from_utf8(request.head).unwrap(),
+            "GET /api/x/y?q=/../ HTTP/1.1\r\nHost: a\r\n\r\n"
+        );
+        // `..` that leaves the prefix leaves the route.
+        assert_eq!(
+            kind(b"GET /api/../nothing HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "other"
+        );
     }
 
     #[test]

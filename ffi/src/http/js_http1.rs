@@ -6,9 +6,11 @@
 
 use super::bridge::{response_header_lines, Bridge, FromJs, FromJsReceiver, FromJsSender};
 use super::engine::Engine;
+use super::headers::push_date;
 use super::protocol::{HTTP_ABORT_CLIENT_GONE, HTTP_ABORT_TIMEOUT};
 use super::relay::Next;
 use super::stream::GatheredStream;
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,14 +62,14 @@ pub async fn serve(
     let Some(mut js) = bridge.open(0, text, sender) else {
         let _ = write(
             client,
-            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            &super::headers::error_response(503, ""),
             timeout,
             true,
         )
         .await;
         return Next::Close;
     };
-    let next = if close { Next::Close } else { Next::KeepAlive };
+    let mut next = if close { Next::Close } else { Next::KeepAlive };
     let mut framing = Framing::None;
     // A body longer or shorter than its content-length: the connection
     // cannot carry another response after it.
@@ -105,8 +107,12 @@ pub async fn serve(
                 end,
                 headers,
             }) => {
-                let (head, body_framing) = response_head(status, &headers, end, head_only, close);
+                let (head, body_framing, handler_close) =
+                    response_head(status, &headers, end, head_only, close);
                 framing = body_framing;
+                if handler_close {
+                    next = Next::Close;
+                }
                 let failed = write(client, &head, timeout, false).await;
                 if end && failed.is_none() {
                     js.finish();
@@ -197,26 +203,30 @@ async fn write(
 /// The response head from JS's status and `name: value\r\n` lines, and how
 /// its body is framed: JS's `content-length` when it gave one, else chunked
 /// (no body when `end`, for `HEAD`, 1xx, 204 and 304). Connection-level
-/// headers are the server's business and are dropped.
+/// headers are the server's business and are dropped; a handler's
+/// `connection: close` closes the connection after this response (true in
+/// the result).
 fn response_head(
     status: u16,
     lines: &[u8],
     end: bool,
     head_only: bool,
     close: bool,
-) -> (Vec<u8>, Framing) {
+) -> (Vec<u8>, Framing, bool) {
     let status = http::StatusCode::from_u16(status)
         .ok()
         .filter(|status| status.as_u16() >= 200)
         .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    let mut head = Vec::with_capacity(64 + lines.len());
+    let mut head = Vec::with_capacity(112 + lines.len());
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(status.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
+    push_date(&mut head);
     let mut length = None;
-    for (name, value, line) in response_header_lines(lines) {
+    let handler_close = Cell::new(false);
+    for (name, value, line) in response_header_lines(lines, &handler_close) {
         if name.eq_ignore_ascii_case(b"content-length") {
             // One valid length or none (then the body goes chunked).
             let value = std::str::from_utf8(value).unwrap_or("").trim();
@@ -242,9 +252,10 @@ fn response_head(
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
         Framing::Chunked
     };
+    let close = close || handler_close.get();
     if close {
         head.extend_from_slice(b"connection: close\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    (head, framing)
+    (head, framing, close)
 }

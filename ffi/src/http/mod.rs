@@ -5,6 +5,8 @@
 //!
 //! - [`protocol`]: the record tags, flags and limits of the rings to JS (ABI).
 //! - [`headers`]: which headers are about the connection, not the message.
+//! - [`target`]: the request target's normalization (before any routing).
+//! - [`chunked`]: following chunked bodies (strict for requests).
 //! - [`routes`]: the route table and matching.
 //! - [`upstream`]: upstream pools, load balancing, health.
 //! - [`fast`]: requests recognized from the raw HTTP/1 head (static routes, simple proxying).
@@ -20,6 +22,8 @@
 
 #[cfg(unix)]
 mod bridge;
+#[cfg(unix)]
+mod chunked;
 #[cfg(unix)]
 mod engine;
 #[cfg(unix)]
@@ -37,6 +41,8 @@ mod routes;
 mod server;
 #[cfg(unix)]
 mod stream;
+#[cfg(unix)]
+mod target;
 #[cfg(unix)]
 mod upstream;
 

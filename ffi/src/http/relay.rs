@@ -9,7 +9,9 @@
 //! chunked (scanned so the end is known and the connection reused), or
 //! until close (the client connection then closes too).
 
+use super::chunked::ChunkedScanner;
 use super::engine::Counters;
+use super::headers::{error_response, push_date};
 use super::stream::GatheredStream;
 use super::upstream::{Pool, Upstream};
 use std::sync::atomic::Ordering;
@@ -124,13 +126,9 @@ pub async fn relay(
             break;
         }
     }
-    let status: &[u8] = if timed_out {
-        b"HTTP/1.1 504 Gateway Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    } else {
-        b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    };
+    let status = error_response(if timed_out { 504 } else { 502 }, "");
     let _ = tokio::time::timeout(client_timeout, async {
-        client.write_all(status).await?;
+        client.write_all(&status).await?;
         client.flush().await
     })
     .await;
@@ -214,7 +212,8 @@ async fn exchange(
     };
     let close_client = request.close || matches!(framing, Framing::UntilClose);
     // The head for the client: the upstream's, minus its connection headers.
-    let mut head = Vec::with_capacity(body_start + 32);
+    let mut head = Vec::with_capacity(body_start + 80);
+    let mut dated = false;
     head.extend_from_slice(b"HTTP/1.1");
     let line_end = buffer.iter().position(|&b| b == b'\n').unwrap_or(0);
     let status_line = &buffer[..line_end + 1];
@@ -243,8 +242,13 @@ async fn exchange(
         let stale_length = response.chunked && name.eq_ignore_ascii_case(b"content-length");
         if name_end > 0 && !hop_by_hop && !stale_length {
             head.extend_from_slice(line);
+            dated |= name.eq_ignore_ascii_case(b"date");
         }
         line_start = end;
+    }
+    // RFC 9110 §6.6.1: a response forwarded without a Date gets one.
+    if !dated {
+        push_date(&mut head);
     }
     if close_client {
         head.extend_from_slice(b"connection: close\r\n");
@@ -400,183 +404,16 @@ impl Framing {
             }
             Framing::Chunked(scanner) => {
                 let (take, ended) = scanner.scan(bytes);
-                (take, ended.then_some(scanner.state == Chunk::Done))
+                (take, ended.then_some(scanner.done()))
             }
             Framing::UntilClose => (bytes.len(), None),
         }
     }
 }
 
-/// Follows a chunked body byte by byte to find its end (the bytes
-/// themselves are relayed unchanged).
-#[derive(Default)]
-struct ChunkedScanner {
-    state: Chunk,
-    /// Size of the chunk being read (hex digits so far, then bytes left).
-    size: u64,
-}
-
-#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
-enum Chunk {
-    /// Hex digits of a chunk size.
-    #[default]
-    Size,
-    /// A chunk extension, up to the end of the line.
-    Extension,
-    /// The LF of the size line.
-    SizeLf,
-    Data,
-    /// CR then LF after the data.
-    DataCr,
-    DataLf,
-    /// Trailer lines after the last chunk; `LineStart` = at a line's start.
-    TrailerLineStart,
-    Trailer,
-    /// The LF ending the body.
-    EndLf,
-    Done,
-    Broken,
-}
-
-impl ChunkedScanner {
-    /// Returns how many bytes of `bytes` belong to the body and whether it ended.
-    fn scan(&mut self, bytes: &[u8]) -> (usize, bool) {
-        let mut at = 0;
-        while at < bytes.len() {
-            let byte = bytes[at];
-            match self.state {
-                Chunk::Size => match byte {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        let digit = (byte as char).to_digit(16).unwrap_or(0);
-                        if self.size > u64::MAX >> 8 {
-                            self.state = Chunk::Broken;
-                            continue;
-                        }
-                        self.size = self.size * 16 + u64::from(digit);
-                    }
-                    b';' | b' ' | b'\t' => self.state = Chunk::Extension,
-                    b'\r' => self.state = Chunk::SizeLf,
-                    b'\n' => self.end_size_line(),
-                    _ => self.state = Chunk::Broken,
-                },
-                Chunk::Extension => match byte {
-                    b'\r' => self.state = Chunk::SizeLf,
-                    b'\n' => self.end_size_line(),
-                    _ => {}
-                },
-                Chunk::SizeLf => {
-                    if byte == b'\n' {
-                        self.end_size_line();
-                    } else {
-                        self.state = Chunk::Broken;
-                    }
-                }
-                Chunk::Data => {
-                    let take = self.size.min((bytes.len() - at) as u64);
-                    self.size -= take;
-                    at += take as usize;
-                    if self.size == 0 {
-                        self.state = Chunk::DataCr;
-                    }
-                    continue;
-                }
-                Chunk::DataCr => {
-                    self.state = match byte {
-                        b'\r' => Chunk::DataLf,
-                        b'\n' => Chunk::Size,
-                        _ => Chunk::Broken,
-                    }
-                }
-                Chunk::DataLf => {
-                    self.state = if byte == b'\n' {
-                        Chunk::Size
-                    } else {
-                        Chunk::Broken
-                    }
-                }
-                Chunk::TrailerLineStart => {
-                    self.state = match byte {
-                        b'\r' => Chunk::EndLf,
-                        b'\n' => Chunk::Done,
-                        _ => Chunk::Trailer,
-                    }
-                }
-                Chunk::Trailer => {
-                    if byte == b'\n' {
-                        self.state = Chunk::TrailerLineStart;
-                    }
-                }
-                Chunk::EndLf => {
-                    self.state = if byte == b'\n' {
-                        Chunk::Done
-                    } else {
-                        Chunk::Broken
-                    }
-                }
-                Chunk::Done | Chunk::Broken => break,
-            }
-            at += 1;
-            if self.state == Chunk::Done {
-                break;
-            }
-        }
-        match self.state {
-            Chunk::Done => (at, true),
-            // Broken framing: relay what came and end (the connection is
-            // not reused: the caller sees bytes left over).
-            Chunk::Broken => (at, true),
-            _ => (at, false),
-        }
-    }
-
-    fn end_size_line(&mut self) {
-        self.state = if self.size == 0 {
-            Chunk::TrailerLineStart
-        } else {
-            Chunk::Data
-        };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scan_all(pieces: &[&[u8]]) -> (usize, bool) {
-        let mut scanner = ChunkedScanner::default();
-        let mut total = 0;
-        for piece in pieces {
-            let (taken, done) = scanner.scan(piece);
-            total += taken;
-            if done {
-                return (total, scanner.state == Chunk::Done);
-            }
-        }
-        (total, false)
-    }
-
-    #[test]
-    fn chunked_bodies_end_where_they_end_however_they_are_split() {
-        let body =
-            b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: 1\r\n\r\n";
-        for split in 0..body.len() {
-            let (taken, clean) = scan_all(&[&body[..split], &body[split..]]);
-            assert_eq!(taken, body.len(), "split at {split}");
-            assert!(clean);
-        }
-        let mut with_next = body.to_vec();
-        with_next.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-        assert_eq!(scan_all(&[&with_next]), (body.len(), true));
-        assert_eq!(scan_all(&[b"0\r\n\r\n"]), (5, true));
-        assert_eq!(scan_all(&[b"3\r\nab"]), (5, false));
-    }
-
-    #[test]
-    fn broken_chunked_bodies_end_unclean() {
-        assert!(!scan_all(&[b"zz\r\n"]).1);
-        assert!(!scan_all(&[b"3\r\nabcX"]).1);
-        assert!(!scan_all(&[b"ffffffffffffffffffff\r\n"]).1);
-    }
 
     #[test]
     fn response_heads() {

@@ -3,7 +3,9 @@
 //! deadline, HTTP/2 by prior knowledge), graceful shutdown, statistics.
 
 use super::bridge::Bridge;
+use super::chunked::ChunkedScanner;
 use super::engine::{Counters, Engine, Limits, Shared, StaticResponse, HEAD_ARRIVED};
+use super::headers::{date_line, error_response};
 use super::routes::RouteTable;
 use super::stream::GatheredStream;
 use super::upstream::client_key;
@@ -524,7 +526,7 @@ async fn serve_http1(
             if !first_bytes && !buffer.is_empty() {
                 match fast::parse(&buffer, engine, peer) {
                     fast::Parsed::Partial if buffer.len() <= engine.limits.max_header_bytes => {}
-                    fast::Parsed::Partial => break fast::Parsed::Other,
+                    fast::Parsed::Partial => break fast::Parsed::Other { chunked_body: None },
                     parsed => break parsed,
                 }
             }
@@ -565,7 +567,13 @@ async fn serve_http1(
                     .fetch_add(1, Ordering::Relaxed);
                 buffer.drain(..length);
                 // Gathered: sent with the next read, or at once below.
-                let write = stream.write_all(response.wire(close, head));
+                let (status_line, rest) = response.wire(close, head);
+                let date = date_line();
+                let write = async {
+                    stream.write_all(status_line).await?;
+                    stream.write_all(&date).await?;
+                    stream.write_all(rest).await
+                };
                 if !matches!(
                     tokio::time::timeout(engine.limits.body_timeout, write).await,
                     Ok(Ok(()))
@@ -617,7 +625,37 @@ async fn serve_http1(
                 }
                 continue;
             }
-            _ => {}
+            fast::Parsed::Refused { status, reason } => {
+                engine.counters.refused.fetch_add(1, Ordering::Relaxed);
+                refuse(&mut stream, status, reason, engine.limits.body_timeout).await;
+                return;
+            }
+            fast::Parsed::Other {
+                chunked_body: Some(start),
+            } => {
+                // The body's chunk framing is checked as it passes, strictly
+                // (Pingora's parser is lenient and cannot refuse a huge
+                // chunk before its bytes arrive): what came with the head
+                // now, the rest in `GatheredStream::poll_read`.
+                let mut scanner = ChunkedScanner::strict(engine.limits.max_body_bytes);
+                scanner.scan(&buffer[start.min(buffer.len())..]);
+                if let Some(error) = scanner.error() {
+                    engine.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    let reason = error.to_string();
+                    refuse(
+                        &mut stream,
+                        error.status(),
+                        &reason,
+                        engine.limits.body_timeout,
+                    )
+                    .await;
+                    return;
+                }
+                if !scanner.done() {
+                    stream.check_chunked_body(buffer.len(), scanner);
+                }
+            }
+            fast::Parsed::Partial | fast::Parsed::Other { .. } => {}
         }
         // Pingora takes this request, starting with the bytes read so far.
         stream.rewind(&buffer);
@@ -656,6 +694,28 @@ async fn serve_http1(
             Err(_) => return,
         }
     }
+}
+
+/// Answers a client error and closes (the rest of the request is not read).
+async fn refuse(stream: &mut GatheredStream, status: u16, reason: &str, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        stream.write_all(&error_response(status, reason)).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    })
+    .await;
+    // A lingering close (as nginx): bytes the client is still sending are
+    // read and dropped for a moment, so that closing with them unread does
+    // not reset the connection before the client read the answer.
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        for _ in 0..256 {
+            if matches!(stream.read(&mut sink).await, Ok(0) | Err(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Resolves when a connection waited too long for a request head (slow or

@@ -8,6 +8,7 @@
 //! (head, then body); gathered, one, which on loopback is most of the cost
 //! of a small response.
 
+use super::chunked::ChunkedScanner;
 use async_trait::async_trait;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::raw_connect::ProxyDigest;
@@ -30,6 +31,10 @@ pub struct GatheredStream {
     pending: Vec<u8>,
     /// Bytes of `pending` already written.
     written: usize,
+    /// A chunked request body on its way to Pingora: bytes to let pass
+    /// first (the head, already checked), then the scanner that follows the
+    /// body's framing.
+    body_check: Option<(usize, ChunkedScanner)>,
 }
 
 impl GatheredStream {
@@ -38,7 +43,16 @@ impl GatheredStream {
             inner,
             pending: Vec::new(),
             written: 0,
+            body_check: None,
         }
+    }
+
+    /// Follows the chunked request body that starts `skip` bytes into what
+    /// is read next: a read that brings broken framing, or chunk sizes over
+    /// the scanner's limit, fails with `InvalidData` carrying the
+    /// `chunked::ChunkError` (the engine answers 400 or 413), at once.
+    pub fn check_chunked_body(&mut self, skip: usize, scanner: ChunkedScanner) {
+        self.body_check = Some((skip, scanner));
     }
 
     /// The TCP stream (nothing may be gathered: called before any write).
@@ -78,7 +92,24 @@ impl AsyncRead for GatheredStream {
         if !self.pending.is_empty() {
             ready!(self.poll_drain(cx))?;
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if let Some((skip, scanner)) = &mut self.body_check {
+            let read = &buf.filled()[before..];
+            let passed = read.len().min(*skip);
+            *skip -= passed;
+            if read.len() > passed {
+                let (_, ended) = scanner.scan(&read[passed..]);
+                if ended {
+                    let error = scanner.error();
+                    self.body_check = None;
+                    if let Some(error) = error {
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, error)));
+                    }
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -51,6 +51,7 @@ struct Applied {
 /// Starts the committer and flusher threads of `store`, which own `log`.
 pub fn start(store: &Arc<Store>, log: Wal) -> KernelResult<()> {
     let (sender, receiver) = sync_channel::<Job>(4096);
+    let (done, ended) = std::sync::mpsc::channel::<()>();
     let (to_flusher, flusher_receiver) = sync_channel::<Applied>(64);
     // The threads hold weak references: they must not keep the store open.
     let weak = Arc::downgrade(store);
@@ -67,9 +68,10 @@ pub fn start(store: &Arc<Store>, log: Wal) -> KernelResult<()> {
             committer_loop(&weak, &receiver, &to_flusher, completions);
             drop(to_flusher);
             let _ = flusher.join();
+            drop(done);
         })
         .map_err(|error| KernelError::io("starting the store committer", &error))?;
-    store.committer.connect(sender, thread);
+    store.committer.connect(sender, thread, ended);
     Ok(())
 }
 
@@ -139,7 +141,7 @@ fn committer_loop(
             // sled applies a batch key by key in memory: part of it may be
             // visible. Nothing of it goes to the commit log (so recovery does
             // not bring it back) and the store refuses writes until reopened.
-            store.poison(&error.message);
+            store.fail(&error);
             log.clear();
             for (_, result) in &mut results {
                 if result.is_ok() {
@@ -183,17 +185,22 @@ fn flusher_loop(
         // One sync makes the whole group durable.
         completions.syncing.store(true, Ordering::SeqCst);
         let durable = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut durable = log.append_durably(&group.log);
-            if durable.is_ok() && (group.sled_flush || log.size() > wal::ROTATE_BYTES) {
+            if group.sled_flush {
+                // A flush reports a store that failed earlier (and what that lost).
+                store.check_healthy()?;
+            }
+            log.append_durably(&mut group.log)?;
+            if group.sled_flush || log.size() > wal::ROTATE_BYTES {
                 // sled catches up with everything applied so far; then the
                 // log holds nothing sled does not have and can be emptied.
-                durable = store
-                    .db
-                    .flush()
-                    .map_err(KernelError::from)
-                    .and_then(|_| log.truncate());
+                let covered = store.unflushed.swap(0, Ordering::SeqCst);
+                if let Err(error) = store.db.flush() {
+                    store.unflushed.fetch_add(covered, Ordering::SeqCst);
+                    return Err(store.write_error(error));
+                }
+                log.truncate()?;
             }
-            durable
+            Ok(())
         }))
         .unwrap_or_else(|_| {
             Err(KernelError::new(
@@ -203,25 +210,75 @@ fn flusher_loop(
         });
         completions.syncing.store(false, Ordering::SeqCst);
         if let Err(error) = &durable {
-            store.poison(&error.message);
+            store.fail(error);
         }
+        // Whatever the watchdog answered meanwhile: the write finished.
+        completions.progressed();
         store.flushes.fetch_add(1, Ordering::Relaxed);
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| journal::prune(&store)));
+        // Puts and deletes a failed flush could not make durable: reported
+        // once, by the flush that found out (closing the kernel reports any
+        // made later).
+        let flush_failure = match &durable {
+            Err(error) if group.sled_flush => Some(flush_failed(
+                error,
+                store.unflushed.swap(0, Ordering::SeqCst),
+            )),
+            _ => None,
+        };
         drop(store);
         for (job, result) in group.jobs {
             let result = match (&durable, result) {
+                (Err(error), _) if matches!(job, Job::Flush { .. }) => Err(flush_failure
+                    .clone()
+                    .unwrap_or_else(|| flush_failed(error, 0))),
                 (Err(error), Ok(_)) => Err(KernelError::new(
                     ErrorCode::Io,
                     format!(
-                        "the commit was applied but making it durable failed: {}",
+                        "the commit was applied but making it durable failed ({}); its outcome \
+                         is unknown until the store is reopened: close the kernel and open it \
+                         again",
                         error.message
                     ),
-                )),
+                )
+                .with_detail("outcome", "unknown")),
                 (_, result) => result,
             };
             reply(&completions, job, result);
         }
     }
+}
+
+/// What a failed flush reports: why, and how many acknowledged puts and
+/// deletes (at most) that leaves without durability.
+fn flush_failed(error: &KernelError, lost: u64) -> KernelError {
+    let affected = if lost == 0 {
+        "No put/delete made since the last successful flush is affected".to_owned()
+    } else {
+        format!(
+            "Up to {lost} put/delete calls made since the last successful flush may not have \
+             been made durable: they may be lost once the kernel closes"
+        )
+    };
+    // A store that failed earlier says how to recover already.
+    let advice = if error.message.contains("open it again") {
+        ""
+    } else {
+        ". Free space or fix the disk, then close the kernel and open it again"
+    };
+    let mut failed = KernelError::new(
+        error.code,
+        format!(
+            "the flush failed: {}. {affected}; commits that resolved are not affected (the \
+             commit log has them){advice}",
+            error.message
+        ),
+    )
+    .with_detail("lostWrites", lost.to_string());
+    if let Some(path) = error.details.get("path") {
+        failed = failed.with_detail("path", path.clone());
+    }
+    failed
 }
 
 /// The tree an op or check names, or the commit's default tree.
@@ -479,7 +536,7 @@ mod tests {
         }
         let flush_us = start.elapsed().as_micros() as f64 / 200.0 - apply_us;
         eprintln!("apply {apply_us:.1} us/commit, flush {flush_us:.1} us");
-        store.close();
+        store.close().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

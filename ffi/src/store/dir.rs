@@ -16,6 +16,8 @@ const MARKER: &str = "krepis data directory, format 1\n";
 pub const STORE_DIR: &str = "store";
 /// The commit log inside the data dir (see `super::wal`).
 pub const COMMIT_LOG: &str = "commit.log";
+/// The high-water mark of transaction ids (see `super::wal`).
+pub const HWM_FILE: &str = "commit.hwm";
 
 /// Data dirs open in this process (a second kernel gets `LOCKED`).
 static OPEN_DIRS: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
@@ -36,7 +38,26 @@ pub fn corrupt(dir: &Path, what: impl std::fmt::Display) -> KernelError {
     .with_detail("path", dir.display().to_string())
 }
 
-/// A sled error about the store in `dir`, as the typed error it means.
+/// An I/O error as people read it: "No space left on device (os error 28)".
+/// sled hands some errors over as a debug dump of the original error; its
+/// OS error code is recovered from there.
+pub fn describe_io(error: &std::io::Error) -> String {
+    if let Some(code) = error.raw_os_error() {
+        return std::io::Error::from_raw_os_error(code).to_string();
+    }
+    let text = error.to_string();
+    let code = text
+        .split_once("code: ")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse::<i32>().ok());
+    match code {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => text,
+    }
+}
+
+/// A sled error about the store in `dir`, as the typed error it means; the
+/// message names the store's path.
 pub fn sled_error(dir: &Path, error: sled::Error) -> KernelError {
     match error {
         sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
@@ -49,18 +70,20 @@ pub fn sled_error(dir: &Path, error: sled::Error) -> KernelError {
             )
             .with_detail("path", dir.display().to_string())
         }
-        sled::Error::Io(io) => KernelError::io(&format!("store in {}", dir.display()), &io),
+        sled::Error::Io(io) => {
+            let store = dir.join(STORE_DIR);
+            let code = match io.kind() {
+                std::io::ErrorKind::PermissionDenied => ErrorCode::Permission,
+                _ => ErrorCode::Io,
+            };
+            KernelError::new(code, format!("the store {}: {}", store.display(), describe_io(&io)))
+                .with_detail("path", store.display().to_string())
+        }
         sled::Error::Corruption { .. } => corrupt(dir, "has a corrupt store (sled reported corruption)"),
         sled::Error::Unsupported(message) | sled::Error::ReportableBug(message) => {
             corrupt(dir, format!("has a store that cannot be opened: {message}"))
         }
         other => KernelError::new(ErrorCode::Internal, format!("store: {other}")),
-    }
-}
-
-impl From<sled::Error> for KernelError {
-    fn from(error: sled::Error) -> Self {
-        sled_error(Path::new("<store>"), error)
     }
 }
 
@@ -85,7 +108,7 @@ pub fn inspect(dir: &Path) -> KernelResult<bool> {
     }
     // Without the marker only our own files may be there: those of a
     // creation that was interrupted before the marker was written.
-    let own = [STORE_DIR, COMMIT_LOG, "KREPIS_DATA_DIR.tmp"];
+    let own = [STORE_DIR, COMMIT_LOG, HWM_FILE, "KREPIS_DATA_DIR.tmp"];
     let mut foreign: Vec<String> = std::fs::read_dir(dir)
         .map_err(|error| KernelError::io(&format!("reading {}", dir.display()), &error))?
         .filter_map(|entry| entry.ok())

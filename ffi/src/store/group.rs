@@ -60,7 +60,12 @@ impl<'a> Group<'a> {
     pub fn get(&self, key: &[u8]) -> KernelResult<Option<Vec<u8>>> {
         match self.overlay.get(key) {
             Some(value) => Ok(value.clone()),
-            None => Ok(self.store.db.get(key)?.map(|value| value.to_vec())),
+            None => Ok(self
+                .store
+                .db
+                .get(key)
+                .map_err(|error| self.store.sled_error(error))?
+                .map(|value| value.to_vec())),
         }
     }
 
@@ -87,7 +92,7 @@ impl<'a> Group<'a> {
         }
         self.batch
             .insert(journal_key(record.tx_id).as_slice(), encoded);
-        wal::frame(encoded, &mut self.log);
+        wal::frame(record.tx_id, encoded, &mut self.log);
         self.next_tx = record.tx_id + 1;
         self.records.push(record);
     }
@@ -104,7 +109,10 @@ impl<'a> Group<'a> {
         }
         let mut batch = self.batch;
         batch.insert(META_NEXT_TX, &self.next_tx.to_be_bytes());
-        self.store.db.apply_batch(batch)?;
+        self.store
+            .db
+            .apply_batch(batch)
+            .map_err(|error| self.store.write_error(error))?;
         self.store.next_tx.store(self.next_tx, Ordering::SeqCst);
         self.store
             .commits

@@ -70,7 +70,7 @@ pub fn prune(store: &Store) -> KernelResult<()> {
     let mut batch = sled::Batch::default();
     let mut pruned = 0;
     for entry in store.db.scan_prefix([JOURNAL]) {
-        let (key, value) = entry?;
+        let (key, value) = entry.map_err(|error| store.sled_error(error))?;
         let too_old = store.journal_max_age_ms != 0 && decode(&value)?.time_unix_ms < cutoff;
         if excess == 0 && !too_old {
             break;
@@ -84,7 +84,10 @@ pub fn prune(store: &Store) -> KernelResult<()> {
     }
     if pruned > 0 {
         // Journal keys are only ever written once, by their own commit.
-        store.db.apply_batch(batch)?;
+        store
+            .db
+            .apply_batch(batch)
+            .map_err(|error| store.write_error(error))?;
     }
     Ok(())
 }
@@ -103,7 +106,11 @@ pub fn undo(
     // The record may be in sled, or earlier in this very group.
     let record = match group.records.iter().find(|record| record.tx_id == tx_id) {
         Some(record) => record.clone(),
-        None => match store.db.get(journal_key(tx_id))? {
+        None => match store
+            .db
+            .get(journal_key(tx_id))
+            .map_err(|error| store.sled_error(error))?
+        {
             Some(bytes) => decode(&bytes)?,
             None => return Err(not_found(tx_id)),
         },
@@ -147,7 +154,7 @@ pub fn undo(
         .db
         .range(journal_key(tx_id + 1)..journal_key(u64::MAX))
     {
-        let (_, bytes) = entry?;
+        let (_, bytes) = entry.map_err(|error| store.sled_error(error))?;
         conflict_with(&decode(&bytes)?)?;
     }
     for later in group.records.iter().filter(|later| later.tx_id > tx_id) {
@@ -232,7 +239,7 @@ pub unsafe extern "C" fn krepis_journal_read(
             .db
             .range(journal_key(query.since)..journal_key(u64::MAX))
         {
-            let (entry_key, bytes) = entry?;
+            let (entry_key, bytes) = entry.map_err(|error| store.sled_error(error))?;
             let tx_id = tx_of(&entry_key).unwrap_or(0);
             if (query.limit != 0 && batch.records.len() as u32 >= query.limit)
                 || (!batch.records.is_empty() && size + bytes.len() + 8 > budget)

@@ -6,7 +6,8 @@
 //! - [`dir`]: claiming the data dir, syncing it, errors that name it;
 //! - [`wal`]: the commit log (durability of acknowledged commits);
 //! - [`queue`]: jobs for the committer and where their results go;
-//! - [`db`]: [`Store`], the state shared by everything here;
+//! - [`watchdog`]: answers jobs the disk does not finish in time;
+//! - [`db`]: [`Store`], the state shared by everything here, its health;
 //! - [`group`]: commits staged into one atomic sled batch;
 //! - [`journal`]: journal records, retention, reading, undo (inverse ops);
 //! - [`tree`]: named trees as JS holds them, single-key operations;
@@ -28,10 +29,11 @@ pub mod scan;
 pub mod tree;
 pub mod wal;
 pub mod watch;
+pub mod watchdog;
 
 pub use db::Store;
 
-use crate::error::KernelResult;
+use crate::error::{KernelError, KernelResult};
 use crate::events::EventQueue;
 use crate::kernel::Kernel;
 use crate::proto::{StoreConfig, StoreStats};
@@ -47,6 +49,8 @@ const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 /// Opens the store of `kernel`'s data dir (if it has one) and attaches it to
 /// the kernel. Never reinitialises anything it does not recognise.
 pub fn open_for(kernel: &Kernel, config: &StoreConfig) -> KernelResult<()> {
+    // Validated on a cluster store too (it has no commit log to recover).
+    recover_mode(config)?;
     if let Some(cluster) = &config.cluster {
         return cluster::open_for(kernel, config, cluster);
     }
@@ -59,11 +63,14 @@ pub fn open_for(kernel: &Kernel, config: &StoreConfig) -> KernelResult<()> {
 }
 
 /// Closes `kernel`'s store (flush, stop the committer, release the data dir)
-/// even if something still holds a reference to it.
-pub fn close_of(kernel: &Kernel) {
+/// even if something still holds a reference to it. `Err` (`IO`) when puts
+/// or deletes that were acknowledged were not made durable (see
+/// [`Store::close`]); the store is closed either way.
+pub fn close_of(kernel: &Kernel) -> KernelResult<()> {
     cluster::close_of(kernel);
-    if let Some(store) = kernel.detach::<Store>() {
-        store.close();
+    match kernel.detach::<Store>() {
+        Some(store) => store.close(),
+        None => Ok(()),
     }
 }
 
@@ -85,7 +92,20 @@ pub fn stats_of(kernel: &Kernel) -> Option<StoreStats> {
         commits: store.commits.load(Ordering::Relaxed),
         flushes: store.flushes.load(Ordering::Relaxed),
         size_on_disk_bytes: store.db.size_on_disk().unwrap_or(0),
+        recovery: Some(store.recovery.clone()),
     })
+}
+
+/// The recovery mode a config asks for.
+fn recover_mode(config: &StoreConfig) -> KernelResult<wal::RecoverMode> {
+    match config.recover.as_str() {
+        "" | "refuse" => Ok(wal::RecoverMode::Refuse),
+        "truncate" => Ok(wal::RecoverMode::Truncate),
+        other => Err(KernelError::invalid_argument(format!(
+            "store.recover must be \"refuse\" or \"truncate\", got {other:?}"
+        ))
+        .with_detail("field", "store.recover")),
+    }
 }
 
 fn open(
@@ -93,9 +113,10 @@ fn open(
     config: &StoreConfig,
     events: &Arc<EventQueue>,
 ) -> KernelResult<Arc<Store>> {
+    let mode = recover_mode(config)?;
     let ours = dir::inspect(data_dir)?;
     let registered = dir::register(data_dir)?;
-    let opened = open_registered(data_dir, config, ours, registered.clone(), events);
+    let opened = open_registered(data_dir, config, mode, ours, registered.clone(), events);
     if opened.is_err() {
         dir::unregister(&registered);
     }
@@ -105,6 +126,7 @@ fn open(
 fn open_registered(
     data_dir: &Path,
     config: &StoreConfig,
+    mode: wal::RecoverMode,
     ours: bool,
     registered: PathBuf,
     events: &Arc<EventQueue>,
@@ -196,7 +218,8 @@ fn open_registered(
         None => return Err(corrupt(data_dir, "has a store that krepis did not create")),
     };
     // Acknowledged commits that sled had not flushed yet come back here.
-    let (log, _replayed) = wal::Wal::recover(&db, data_dir)?;
+    let map = |error| sled_error(data_dir, error);
+    let (log, recovery) = wal::Wal::recover(&db, data_dir, ours, mode, &map)?;
     if !ours {
         dir::write_marker(data_dir)?;
     }
@@ -213,8 +236,16 @@ fn open_registered(
         next_tx,
         config,
         Arc::clone(events),
+        recovery,
     ));
     commit::start(&store, log)?;
+    let watchdog = watchdog::start(
+        Arc::clone(&store.completions),
+        data_dir.to_path_buf(),
+        store.io_timeout,
+    )
+    .map_err(|error| KernelError::io("starting the store watchdog", &error))?;
+    store.set_watchdog(watchdog);
     journal::prune(&store)?;
     Ok(store)
 }

@@ -1,14 +1,22 @@
 //! The queue between JS and the committer thread: the jobs it runs (each
 //! under a ticket), the completion queue their results go to (JS drains it
 //! once per batch, woken by one event), and how results are encoded for JS.
+//!
+//! Every ticket is answered exactly once, within a bounded time: the threads
+//! answer it when the job is done, and a watchdog (`super::watchdog`)
+//! answers jobs older than the store's I/O timeout with `IO` (a disk that
+//! stopped responding must not hang JS). Whichever answers first wins; a
+//! late answer is dropped.
 
 use crate::error::{KernelError, KernelResult};
 use crate::events::{EventQueue, EVENT_COMPLETIONS};
 use crate::proto::{self, CommitResult, ErrorCode};
 use prost::Message;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// What the committer does for JS; the result goes to the completion queue
 /// under the job's ticket.
@@ -38,7 +46,7 @@ impl Job {
     }
 
     /// The export a result names as its operation.
-    fn operation(&self) -> &'static str {
+    pub fn operation(&self) -> &'static str {
         match self {
             Job::Commit { .. } => "krepis_store_commit_submit",
             Job::Undo { .. } => "krepis_journal_undo",
@@ -58,6 +66,13 @@ pub struct Completions {
     next_ticket: AtomicU64,
     /// The flusher is syncing a group right now.
     pub(crate) syncing: AtomicBool,
+    /// Tickets not answered yet: when each was submitted, and its export.
+    pending: Mutex<BTreeMap<u64, (Instant, &'static str)>>,
+    /// Why the store is stalled (a job outlived the I/O timeout and the
+    /// write it waits for has not finished), if it is.
+    stalled: Mutex<Option<KernelError>>,
+    /// Set once the store closed: the watchdog stops.
+    closed: (Mutex<bool>, Condvar),
 }
 
 impl Completions {
@@ -68,15 +83,116 @@ impl Completions {
             events,
             next_ticket: AtomicU64::new(0),
             syncing: AtomicBool::new(false),
+            pending: Mutex::new(BTreeMap::new()),
+            stalled: Mutex::new(None),
+            closed: (Mutex::new(false), Condvar::new()),
         }
     }
 
-    /// A new ticket for a submitted job.
+    /// A new ticket for a job about to be submitted.
     pub fn ticket(&self) -> u64 {
         self.next_ticket.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    pub(crate) fn push(&self, ticket: u64, result: KernelResult<u64>, operation: &str) {
+    /// Starts the clock of a submitted job.
+    pub fn track(&self, ticket: u64, operation: &'static str) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ticket, (Instant::now(), operation));
+    }
+
+    /// Forgets a job that was never queued.
+    pub fn untrack(&self, ticket: u64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ticket);
+    }
+
+    /// Jobs submitted more than `timeout` ago and not answered yet.
+    pub fn overdue(&self, timeout: Duration) -> Vec<(u64, &'static str)> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() >= timeout)
+            .map(|(&ticket, &(_, operation))| (ticket, operation))
+            .collect()
+    }
+
+    /// Every job not answered yet.
+    pub fn unanswered(&self) -> Vec<(u64, &'static str)> {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending
+            .iter()
+            .map(|(&ticket, &(_, operation))| (ticket, operation))
+            .collect()
+    }
+
+    /// Marks the store stalled (the watchdog answered a job for it).
+    pub fn stall(&self, why: KernelError) {
+        self.stalled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(why);
+    }
+
+    /// The write the store was stalled on finished (or failed): it takes
+    /// jobs again.
+    pub fn progressed(&self) {
+        self.stalled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// `Err` while the store is stalled.
+    pub fn check_not_stalled(&self) -> KernelResult<()> {
+        match self
+            .stalled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the watchdog.
+    pub fn close(&self) {
+        *self.closed.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.closed.1.notify_all();
+    }
+
+    /// Waits up to `tick`; false once the store closed.
+    pub fn wait_open(&self, tick: Duration) -> bool {
+        let closed = self.closed.0.lock().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return false;
+        }
+        let (closed, _) = self
+            .closed
+            .1
+            .wait_timeout(closed, tick)
+            .unwrap_or_else(|p| p.into_inner());
+        !*closed
+    }
+
+    /// Answers `ticket` unless it was answered already (first answer wins).
+    pub fn answer(&self, ticket: u64, result: KernelResult<u64>, operation: &str) {
+        let fresh = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ticket)
+            .is_some();
+        if fresh {
+            self.push(ticket, result, operation);
+        }
+    }
+
+    fn push(&self, ticket: u64, result: KernelResult<u64>, operation: &str) {
         let encoded = encode_result(result, operation);
         let first = {
             let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
@@ -121,9 +237,9 @@ impl Completions {
     }
 }
 
-/// Answers a job: queues its result for JS.
+/// Answers a job: queues its result for JS (unless the watchdog answered it).
 pub fn reply(completions: &Completions, job: Job, result: KernelResult<u64>) {
-    completions.push(job.ticket(), result, job.operation());
+    completions.answer(job.ticket(), result, job.operation());
 }
 
 /// The store's connection to its committer thread.
@@ -131,13 +247,22 @@ pub fn reply(completions: &Completions, job: Job, result: KernelResult<u64>) {
 pub struct Committer {
     sender: Mutex<Option<SyncSender<Job>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Closed by the committer thread when it and the flusher have ended.
+    done: Mutex<Option<Receiver<()>>>,
 }
 
 impl Committer {
-    /// Connects to a started committer thread.
-    pub fn connect(&self, sender: SyncSender<Job>, thread: std::thread::JoinHandle<()>) {
+    /// Connects to a started committer thread, which drops the sender of
+    /// `done` when it (and the flusher) ended.
+    pub fn connect(
+        &self,
+        sender: SyncSender<Job>,
+        thread: std::thread::JoinHandle<()>,
+        done: Receiver<()>,
+    ) {
         *self.sender.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
         *self.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(done);
     }
 
     /// Queues a job; false when the store is closed.
@@ -154,15 +279,31 @@ impl Committer {
     }
 
     /// Stops the threads once they have answered every queued job (jobs not
-    /// yet applied are answered `CLOSED`) and joins them. Idempotent.
-    pub fn stop(&self) {
+    /// yet applied are answered `CLOSED`) and joins them, waiting at most
+    /// `bound`: a thread stuck in a write that never returns (a dead disk) is
+    /// left behind rather than hanging the close. Returns whether they ended.
+    /// Idempotent.
+    pub fn stop(&self, bound: Duration) -> bool {
         drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = thread {
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(thread) = thread else {
+            return true;
+        };
+        if thread.thread().id() == std::thread::current().id() {
+            return true;
         }
+        let ended = match done {
+            Some(done) => !matches!(
+                done.recv_timeout(bound),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            ),
+            None => true,
+        };
+        if ended {
+            let _ = thread.join();
+        }
+        ended
     }
 }
 

@@ -29,6 +29,8 @@ struct ScanState {
 
 pub struct Scan {
     kernel_id: u64,
+    /// The data dir, named by errors.
+    dir: std::path::PathBuf,
     prefix_len: usize,
     reverse: bool,
     state: Mutex<ScanState>,
@@ -76,7 +78,8 @@ impl Scan {
                     } else {
                         state.iter.next()
                     };
-                    next.transpose()?
+                    next.transpose()
+                        .map_err(|error| super::dir::sled_error(&self.dir, error))?
                 }
             };
             let Some((key, value)) = entry else {
@@ -151,6 +154,7 @@ pub unsafe extern "C" fn krepis_store_scan(
         let iter = tree.store.db.range((Bound::Included(lower), upper_bound));
         let handle = SCANS.insert(Arc::new(Scan {
             kernel_id: tree.kernel_id,
+            dir: tree.store.dir().to_path_buf(),
             prefix_len: tree.prefix.len(),
             reverse: options.reverse,
             state: Mutex::new(ScanState {

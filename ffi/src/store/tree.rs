@@ -8,6 +8,7 @@ use super::keys::{data_key, tree_prefix};
 use crate::boundary::{call, in_bytes};
 use crate::error::{KernelError, KernelResult};
 use crate::handles::{HandleKind, HandleTable};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A named tree of a store, as JS holds it.
@@ -93,7 +94,12 @@ pub unsafe extern "C" fn krepis_store_get(
         // SAFETY: forwarded from this function's contract.
         let key = unsafe { in_bytes(key, key_len, "key")? };
         let tree = TREES.get(tree)?;
-        let Some(value) = tree.store.db.get(data_key(&tree.prefix, key))? else {
+        let Some(value) = tree
+            .store
+            .db
+            .get(data_key(&tree.prefix, key))
+            .map_err(|error| tree.store.sled_error(error))?
+        else {
             return Ok(0);
         };
         let length = i32::try_from(value.len()).map_err(|_| {
@@ -132,7 +138,12 @@ pub unsafe extern "C" fn krepis_store_get_buffer(
         // SAFETY: forwarded from this function's contract.
         let key = unsafe { in_bytes(key, key_len, "key")? };
         let tree = TREES.get(tree)?;
-        let Some(value) = tree.store.db.get(data_key(&tree.prefix, key))? else {
+        let Some(value) = tree
+            .store
+            .db
+            .get(data_key(&tree.prefix, key))
+            .map_err(|error| tree.store.sled_error(error))?
+        else {
             return Ok(0);
         };
         let owner = crate::kernel::kernel_by_id(tree.kernel_id)?;
@@ -147,7 +158,8 @@ pub unsafe extern "C" fn krepis_store_get_buffer(
     })
 }
 
-/// Stores `value` under `key` (not journaled, durable at the next flush).
+/// Stores `value` under `key` (not journaled, durable at the next flush:
+/// until then a crash or a failed flush loses it, and the flush says so).
 ///
 /// # Safety
 /// `key`/`value` must point to `key_len`/`value_len` readable bytes.
@@ -168,11 +180,17 @@ pub unsafe extern "C" fn krepis_store_put(
             )
         };
         let tree = TREES.get(tree)?;
-        tree.store.check_local_write("put")?;
-        tree.store.check_value(value.len())?;
+        let store = &tree.store;
+        store.check_local_write("put")?;
+        store.check_value(value.len())?;
+        store.check_healthy()?;
         let key = data_key(&tree.prefix, key);
-        let _stripe = tree.store.lock_keys([key.as_slice()]);
-        tree.store.db.insert(key, value)?;
+        let _stripe = store.lock_keys([key.as_slice()]);
+        store
+            .db
+            .insert(key, value)
+            .map_err(|error| store.write_error(error))?;
+        store.unflushed.fetch_add(1, Ordering::Relaxed);
         Ok(0)
     })
 }
@@ -187,10 +205,18 @@ pub unsafe extern "C" fn krepis_store_delete(tree: u32, key: *const u8, key_len:
         // SAFETY: forwarded from this function's contract.
         let key = unsafe { in_bytes(key, key_len, "key")? };
         let tree = TREES.get(tree)?;
-        tree.store.check_local_write("delete")?;
+        let store = &tree.store;
+        store.check_local_write("delete")?;
+        store.check_healthy()?;
         let key = data_key(&tree.prefix, key);
-        let _stripe = tree.store.lock_keys([key.as_slice()]);
-        Ok(i32::from(tree.store.db.remove(key)?.is_some()))
+        let _stripe = store.lock_keys([key.as_slice()]);
+        let existed = store
+            .db
+            .remove(key)
+            .map_err(|error| store.write_error(error))?
+            .is_some();
+        store.unflushed.fetch_add(1, Ordering::Relaxed);
+        Ok(i32::from(existed))
     })
 }
 
@@ -205,7 +231,10 @@ pub unsafe extern "C" fn krepis_store_has(tree: u32, key: *const u8, key_len: u3
         let key = unsafe { in_bytes(key, key_len, "key")? };
         let tree = TREES.get(tree)?;
         Ok(i32::from(
-            tree.store.db.contains_key(data_key(&tree.prefix, key))?,
+            tree.store
+                .db
+                .contains_key(data_key(&tree.prefix, key))
+                .map_err(|error| tree.store.sled_error(error))?,
         ))
     })
 }

@@ -4,6 +4,7 @@
 //! (the started link, or the typed error) waits in the transport for JS,
 //! announced by an `EVENT_CONNECT` with that id.
 
+use super::budget::{link_window, ring_bytes, window_charge, Reservation};
 use super::endpoint::Transport;
 use super::link::{client_hello, connection_error, HELLO_TIMEOUT};
 use super::setup::{link_rings, start_link};
@@ -16,8 +17,8 @@ use std::sync::Arc;
 
 /// Starts connecting as `request` asks (`max_packet` and `port` already
 /// checked) with the rings JS made for the link; returns the operation id.
-/// Errors found before anything runs (TLS configuration, rings) are
-/// returned at once.
+/// Errors found before anything runs (TLS configuration, rings, the
+/// kernel's budget: `ResourceExhausted`) are returned at once.
 pub fn start(
     transport: &Arc<Transport>,
     request: ConnectRequest,
@@ -26,7 +27,7 @@ pub fn start(
     recv_ring: u32,
     send_ring: u32,
 ) -> KernelResult<u32> {
-    let config = tls::client_config(&request.ca_pems)?;
+    let config = tls::client_config(&request.ca_pems, link_window(ring_bytes(max_packet)))?;
     let hostname = request.hostname;
     let server_name = if request.server_name.is_empty() {
         hostname.clone()
@@ -34,6 +35,15 @@ pub fn start(
         request.server_name
     };
     let (recv, send) = link_rings(transport, recv_ring, send_ring, max_packet)?;
+    let reservation = match Reservation::take(&[&transport.budget], window_charge(recv.capacity()))
+    {
+        Ok(reservation) => reservation,
+        Err(error) => {
+            recv.close();
+            send.close();
+            return Err(error);
+        }
+    };
     let operation = transport.next_connect.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
     let operation = operation.max(1);
     let task_transport = Arc::clone(transport);
@@ -78,6 +88,7 @@ pub fn start(
                 Arc::clone(&send),
                 max_packet,
                 None,
+                reservation,
             )
         }
         .await;

@@ -8,6 +8,7 @@
 //!
 //! Files, from the bottom up (a file imports only files listed before it):
 //! - [`knul`]: the 40-byte packet header codec;
+//! - [`budget`]: link and window-memory budgets of kernels and listeners;
 //! - [`lease`]: ring records lent to quinn without a copy;
 //! - [`tls`]: rustls for quinn, ALPN `knul/1`, dev certificates;
 //! - [`link`]: one link — hello, framing, pumps, close handshake;
@@ -20,6 +21,7 @@
 
 // cbindgen writes the ABI constants in the order it meets them: this file's
 // first, then its modules' in the order declared here (`knul` before `link`).
+pub mod budget;
 pub mod connect;
 pub mod endpoint;
 pub mod knul;
@@ -32,17 +34,18 @@ pub mod tls;
 use crate::boundary::{call, in_bytes, out_bytes, write_out};
 use crate::error::{KernelError, KernelResult};
 use crate::kernel::kernel;
-use crate::proto::{ConnectRequest, DevCertificateRequest, ErrorCode, ListenRequest, ListenerInfo};
+use crate::proto::{
+    ConnectRequest, DevCertificateRequest, ErrorCode, ListenRequest, ListenerInfo, TransportOptions,
+};
+use budget::Budget;
 use endpoint::{Transport, TRANSPORTS};
 use link::CLOSE_GOING_AWAY;
 use listener::{ListenOptions, LISTENERS};
 use setup::LINKS;
 
 use prost::Message;
-use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default and largest `maxPacketBytes`.
@@ -85,12 +88,25 @@ fn resolve(hostname: &str, port: u32) -> KernelResult<SocketAddr> {
         })
 }
 
-/// Links and listeners of a kernel, for its stats.
+/// Links, listeners and budget of a kernel, for its stats.
 pub fn stats_of(kernel_id: u64) -> crate::proto::TransportStats {
     let count = |owned: bool| u64::from(owned);
+    let budget = |value: fn(&Budget) -> u64| {
+        TRANSPORTS.sum(|transport| {
+            if transport.kernel_id == kernel_id {
+                value(&transport.budget)
+            } else {
+                0
+            }
+        })
+    };
     crate::proto::TransportStats {
         links: LINKS.sum(|link| count(link.kernel_id == kernel_id)) as u32,
         listeners: LISTENERS.sum(|listener| count(listener.kernel_id == kernel_id)) as u32,
+        window_bytes: budget(Budget::window_bytes),
+        max_window_bytes: budget(|budget| budget.max_window_bytes),
+        max_links: budget(|budget| budget.max_links),
+        links_refused: budget(Budget::refused),
     }
 }
 
@@ -106,7 +122,8 @@ pub fn release_owned(kernel_id: u64) {
         endpoints.push(listener.endpoint.clone());
     }
     let mut runtime = None;
-    for transport in TRANSPORTS.drain_where(|transport| transport.kernel_id == kernel_id) {
+    let transports = TRANSPORTS.drain_where(|transport| transport.kernel_id == kernel_id);
+    for transport in &transports {
         endpoints.extend(
             transport
                 .clients
@@ -133,6 +150,9 @@ pub fn release_owned(kernel_id: u64) {
             let _ = tokio::time::timeout(SHUTDOWN_FLUSH, idle).await;
         });
     }
+    for transport in &transports {
+        transport.stop();
+    }
 }
 
 /// How long kernel close waits for links' close frames to go out.
@@ -145,28 +165,44 @@ async fn wait_all<F: std::future::Future>(futures: impl Iterator<Item = F>) {
     }
 }
 
-/// Creates the kernel's transport (its client endpoints, pending connects);
-/// writes the handle to `out`. Its events go to the kernel's event queue.
+/// Creates the kernel's transport (its client endpoints, pending connects,
+/// its budget: `krepis.v1.TransportOptions`); writes the handle to `out`.
+/// Its events go to the kernel's event queue.
 ///
 /// # Safety
-/// `out` must point to a writable, aligned `u32`.
+/// `request` must point to `len` readable bytes; `out` to a writable,
+/// aligned `u32`.
 #[no_mangle]
-pub unsafe extern "C" fn krepis_transport_open(kernel_handle: u32, out: *mut u32) -> i32 {
+pub unsafe extern "C" fn krepis_transport_open(
+    kernel_handle: u32,
+    request: *const u8,
+    len: u32,
+    out: *mut u32,
+) -> i32 {
     call("krepis_transport_open", || {
         if out.is_null() || !out.is_aligned() {
             return Err(KernelError::invalid_argument(
                 "out must point to an aligned u32",
             ));
         }
+        // SAFETY: forwarded from this function's contract.
+        let request = unsafe { in_bytes(request, len, "request")? };
+        let options = TransportOptions::decode(request).map_err(|error| {
+            KernelError::invalid_argument(format!("bad TransportOptions: {error}"))
+        })?;
         let owner = kernel(kernel_handle)?;
-        let transport = Transport {
-            kernel_id: owner.id(),
-            runtime: owner.runtime_handle()?,
-            events: Arc::clone(owner.events()),
-            clients: Mutex::new(HashMap::new()),
-            connects: Mutex::new(HashMap::new()),
-            next_connect: AtomicU32::new(1),
-        };
+        let budget = Budget::new(
+            "kernel",
+            match options.max_links {
+                0 => budget::DEFAULT_MAX_LINKS,
+                max => u64::from(max),
+            },
+            match options.max_window_bytes {
+                0 => budget::default_max_window_bytes(),
+                max => max,
+            },
+        );
+        let transport = Transport::new(owner.id(), Arc::clone(owner.events()), budget)?;
         let handle = TRANSPORTS.insert(Arc::new(transport))?;
         // SAFETY: checked non-null and aligned; the caller guarantees a u32.
         unsafe { out.write(handle) };
@@ -198,7 +234,11 @@ pub unsafe extern "C" fn krepis_transport_listen(
         })?;
         let max_packet = check_max_packet(request.max_packet_bytes)?;
         let address = resolve(&request.hostname, request.port)?;
-        let config = tls::server_config(&request.cert_pem, &request.key_pem)?;
+        let config = tls::server_config(
+            &request.cert_pem,
+            &request.key_pem,
+            budget::link_window(budget::ring_bytes(max_packet)),
+        )?;
         let (handle, bound) = listener::listen(
             &transport,
             ListenOptions {
@@ -207,6 +247,9 @@ pub unsafe extern "C" fn krepis_transport_listen(
                 max_packet,
                 tenants: &request.tenants,
                 backlog: request.backlog,
+                max_links: request.max_links,
+                max_window_bytes: request.max_window_bytes,
+                max_handshakes: request.max_handshakes,
             },
         )?;
         let info = ListenerInfo {
@@ -349,7 +392,8 @@ pub unsafe extern "C" fn krepis_transport_connect_result(
 }
 
 /// Starts closing a link gracefully with a KNUL close code and UTF-8 reason:
-/// everything already published to its send ring is delivered first. An
+/// everything already published to its send ring is delivered first, and
+/// the peer's confirmation awaited at most `timeout_ms` (0: 30 s). An
 /// `EVENT_LINK_CLOSED` follows when it has closed.
 ///
 /// # Safety
@@ -360,20 +404,29 @@ pub unsafe extern "C" fn krepis_link_close(
     code: u32,
     reason: *const u8,
     len: u32,
+    timeout_ms: u32,
 ) -> i32 {
     call("krepis_link_close", || {
         let link = LINKS.get(link)?;
         // SAFETY: forwarded from this function's contract.
         let reason = unsafe { in_bytes(reason, len, "reason")? };
         let reason = String::from_utf8_lossy(reason).into_owned();
-        let runtime = kernel_runtime(link.kernel_id)?;
-        link.close(code, reason, &runtime);
+        let runtime = transport_runtime(link.kernel_id)?;
+        let timeout = match timeout_ms {
+            0 => link::CLOSE_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        link.close(code, reason, timeout, &runtime);
         Ok(0)
     })
 }
 
-fn kernel_runtime(kernel_id: u64) -> KernelResult<tokio::runtime::Handle> {
-    crate::kernel::kernel_by_id(kernel_id)?.runtime_handle()
+/// The runtime a kernel's links run on (their transport's).
+fn transport_runtime(kernel_id: u64) -> KernelResult<tokio::runtime::Handle> {
+    TRANSPORTS
+        .find(|transport| transport.kernel_id == kernel_id)
+        .map(|transport| transport.runtime.clone())
+        .ok_or_else(|| KernelError::new(ErrorCode::Closed, "the kernel's transport is closed"))
 }
 
 /// Writes the link's `krepis.v1.LinkStatus` (open/closed, close code and
@@ -395,9 +448,11 @@ pub unsafe extern "C" fn krepis_link_status(link: u32, out: *mut u8, cap: u32) -
 #[no_mangle]
 pub extern "C" fn krepis_link_free(link: u32) -> i32 {
     call("krepis_link_free", || {
-        LINKS
-            .remove(link)?
-            .abort(CLOSE_GOING_AWAY, "the link was released");
+        let link = LINKS.remove(link)?;
+        link.abort(CLOSE_GOING_AWAY, "the link was released");
+        // JS closed the link's rings before freeing it: their memory and
+        // the connection's buffers go now.
+        link.release_budget();
         Ok(0)
     })
 }

@@ -2,6 +2,7 @@
 //! checking the two rings JS made for it, registering it in `LINKS` and
 //! starting it. Listeners (accept) and connects both end here.
 
+use super::budget::{connection_window, window_charge, Reservation};
 use super::endpoint::Transport;
 use super::knul::{KNUL_HEADER_BYTES, KNUL_VERSION};
 use super::link::{Established, Link, LinkSetup, CLOSE_GOING_AWAY};
@@ -47,6 +48,8 @@ pub fn link_rings(
 }
 
 /// Registers and starts a link; returns what JS needs to know about it.
+/// `reservation` is its share of the budgets (held until the link is
+/// dropped); it grows if JS gave the link a larger ring than was reserved.
 pub fn start_link(
     transport: &Transport,
     established: Established,
@@ -54,7 +57,13 @@ pub fn start_link(
     send: Arc<Ring>,
     max_packet: u32,
     tenants: Option<Arc<HashSet<u64>>>,
+    mut reservation: Reservation,
 ) -> KernelResult<LinkInfo> {
+    let charge = window_charge(recv.capacity());
+    if charge > reservation.bytes() {
+        reservation.grow(charge - reservation.bytes());
+    }
+    let window = connection_window(recv.capacity());
     let link = Link::new(
         established,
         LinkSetup {
@@ -64,6 +73,8 @@ pub fn start_link(
             send_ring: send,
             max_packet,
             tenants,
+            window,
+            reservation,
         },
     );
     let handle = match LINKS.insert(Arc::clone(&link)) {

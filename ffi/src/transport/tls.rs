@@ -1,6 +1,7 @@
 //! TLS for KNUL links: rustls (TLS 1.3 only, ring crypto) configured for
 //! quinn with ALPN `knul/1`, and the development certificate helper.
 
+use super::budget::DATAGRAM_BUFFER_BYTES;
 use crate::error::{KernelError, KernelResult};
 use crate::proto::{DevCertificate, ErrorCode};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -16,13 +17,14 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keep-alive period: QUIC PING frames while a link is otherwise idle.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// Connection receive window before a link reaches JS, and after.
-const INITIAL_RECEIVE_WINDOW: u32 = 256 << 10;
-const LINK_RECEIVE_WINDOW: u32 = 16 << 20;
+/// Connection receive window before a link reaches JS (the hello needs 45
+/// bytes): a connection that is never accepted holds little memory.
+const INITIAL_RECEIVE_WINDOW: u32 = 64 << 10;
 
-/// Opens a started link's receive window to its full size.
-pub fn open_windows(conn: &quinn::Connection) {
-    conn.set_receive_window(quinn::VarInt::from_u32(LINK_RECEIVE_WINDOW));
+/// Opens a started link's connection receive window to its size
+/// (`budget::connection_window`, charged to the budgets with its ring).
+pub fn open_windows(conn: &quinn::Connection, window: u32) {
+    conn.set_receive_window(quinn::VarInt::from_u32(window));
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -47,8 +49,11 @@ fn certificates(pem: &str, field: &str) -> KernelResult<Vec<CertificateDer<'stat
 
 /// The transport parameters both sides use. `server` allows the one
 /// bidirectional control stream the client opens; each side may open one
-/// unidirectional stream (its reliable packets).
-fn transport_config(server: bool) -> quinn::TransportConfig {
+/// unidirectional stream (its reliable packets). `stream_window` is a
+/// stream's receive window (`budget::link_window`): smaller than the
+/// connection's (`budget::connection_window`), so a data stream the
+/// application does not read can never block the control stream's `close`.
+fn transport_config(server: bool, stream_window: u32) -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();
     config
         .max_idle_timeout(Some(
@@ -57,20 +62,23 @@ fn transport_config(server: bool) -> quinn::TransportConfig {
         .keep_alive_interval(Some(KEEP_ALIVE))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(u32::from(server)))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(1))
-        // Windows large enough for loopback/LAN bulk transfer; QUIC flow
-        // control on them is the link's back-pressure.
-        // Small until the link reaches JS (`open_windows`): a connection
-        // that is never accepted holds little memory.
-        .stream_receive_window(quinn::VarInt::from_u32(8 << 20))
+        // QUIC flow control on these windows is the link's back-pressure.
+        // The connection's is small until the link reaches JS
+        // (`open_windows`): a connection never accepted holds little memory.
+        .stream_receive_window(quinn::VarInt::from_u32(stream_window))
         .receive_window(quinn::VarInt::from_u32(INITIAL_RECEIVE_WINDOW))
         .send_window(16 << 20)
-        .datagram_receive_buffer_size(Some(256 << 10))
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER_BYTES as usize))
         .datagram_send_buffer_size(1 << 20);
     config
 }
 
 /// Server configuration from a PEM certificate chain and private key.
-pub fn server_config(cert_pem: &str, key_pem: &str) -> KernelResult<quinn::ServerConfig> {
+pub fn server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    stream_window: u32,
+) -> KernelResult<quinn::ServerConfig> {
     let chain = certificates(cert_pem, "cert")?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|error| {
         KernelError::invalid_argument(format!("key is not a PEM private key: {error}"))
@@ -90,14 +98,14 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> KernelResult<quinn::Serve
     let crypto = QuicServerConfig::try_from(tls)
         .map_err(|error| KernelError::new(ErrorCode::Internal, format!("QUIC TLS: {error}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(true)));
+    config.transport_config(Arc::new(transport_config(true, stream_window)));
     // Connection attempts quinn buffers while handshakes wait their turn.
     config.max_incoming(4096);
     Ok(config)
 }
 
 /// Client configuration trusting exactly `ca_pems`.
-pub fn client_config(ca_pems: &[String]) -> KernelResult<quinn::ClientConfig> {
+pub fn client_config(ca_pems: &[String], stream_window: u32) -> KernelResult<quinn::ClientConfig> {
     if ca_pems.is_empty() {
         return Err(KernelError::invalid_argument(
             "caCerts is empty: KNUL trusts only the certificates you name (for a dev certificate, pass its own cert)",
@@ -122,7 +130,7 @@ pub fn client_config(ca_pems: &[String]) -> KernelResult<quinn::ClientConfig> {
     let crypto = QuicClientConfig::try_from(tls)
         .map_err(|error| KernelError::new(ErrorCode::Internal, format!("QUIC TLS: {error}")))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(false)));
+    config.transport_config(Arc::new(transport_config(false, stream_window)));
     Ok(config)
 }
 
@@ -165,17 +173,20 @@ mod tests {
     #[test]
     fn dev_certificate_is_accepted_by_both_configs() {
         let certificate = dev_certificate(&[]).unwrap();
-        server_config(&certificate.cert_pem, &certificate.key_pem).unwrap();
-        client_config(&[certificate.cert_pem]).unwrap();
+        server_config(&certificate.cert_pem, &certificate.key_pem, 1 << 20).unwrap();
+        client_config(&[certificate.cert_pem], 1 << 20).unwrap();
     }
 
     #[test]
     fn bad_pem_names_the_field() {
-        let error = server_config("nope", "nope").unwrap_err();
+        let error = server_config("nope", "nope", 1 << 20).unwrap_err();
         assert_eq!(error.details["field"], "cert");
         let certificate = dev_certificate(&["example.test".to_owned()]).unwrap();
-        let error = server_config(&certificate.cert_pem, "garbage").unwrap_err();
+        let error = server_config(&certificate.cert_pem, "garbage", 1 << 20).unwrap_err();
         assert_eq!(error.details["field"], "key");
-        assert_eq!(client_config(&[]).unwrap_err().details["field"], "caCerts");
+        assert_eq!(
+            client_config(&[], 1 << 20).unwrap_err().details["field"],
+            "caCerts"
+        );
     }
 }

@@ -165,7 +165,11 @@ pub async fn commit(
         }
         let mut success: Vec<TxnOp> = Vec::with_capacity(writes.len() + 2);
         for write in &writes {
-            let previous = store.db.get(&write.local)?.map(|value| value.to_vec());
+            let previous = store
+                .db
+                .get(&write.local)
+                .map_err(|error| store.sled_error(error))?
+                .map(|value| value.to_vec());
             compares.push(match &previous {
                 Some(value) => {
                     Compare::value(write.etcd_key.clone(), CompareOp::Equal, value.clone())
@@ -370,7 +374,8 @@ fn check_limits(
             .replica
             .store
             .db
-            .get(&write.local)?
+            .get(&write.local)
+            .map_err(|error| cluster.replica.store.sled_error(error))?
             .map_or(0, |value| value.len());
         let value = write.value.as_ref().map_or(0, Vec::len);
         bytes += 2 * write.etcd_key.len() + write.key.len() + write.tree.len();

@@ -91,7 +91,8 @@ pub async fn undo(cluster: &Cluster, tx_id: u64, ctx: Option<proto::Context>) ->
     let deadline = deadline_of(ctx.as_ref(), cluster.timeout);
     sync(cluster, deadline).await?;
     let db = &cluster.replica.store.db;
-    let record = match db.get(journal_key(tx_id))? {
+    let sled_error = |error| cluster.replica.store.sled_error(error);
+    let record = match db.get(journal_key(tx_id)).map_err(sled_error)? {
         Some(bytes) => decode(&bytes)?,
         None => {
             return Err(KernelError::new(
@@ -109,7 +110,7 @@ pub async fn undo(cluster: &Cluster, tx_id: u64, ctx: Option<proto::Context>) ->
         .map(|change| (change.tree.as_str(), change.key.as_slice()))
         .collect();
     for entry in db.range(journal_key(tx_id + 1)..journal_key(u64::MAX)) {
-        let (_, bytes) = entry?;
+        let (_, bytes) = entry.map_err(sled_error)?;
         let later = decode(&bytes)?;
         if let Some(change) = later
             .changes
@@ -179,7 +180,8 @@ pub async fn prune(cluster: &Cluster) -> KernelResult<()> {
             let too_old = store.journal_max_age_ms != 0
                 && store
                     .db
-                    .get(journal_key(tx_id))?
+                    .get(journal_key(tx_id))
+                    .map_err(|error| store.sled_error(error))?
                     .and_then(|bytes| decode(&bytes).ok())
                     .is_some_and(|record| record.time_unix_ms < cutoff);
             if excess == 0 && !too_old {

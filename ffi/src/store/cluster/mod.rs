@@ -26,7 +26,9 @@ use super::queue::{reply, Job};
 use crate::boundary::{call, in_bytes, out_bytes, write_out, write_u64};
 use crate::error::{KernelError, KernelResult};
 use crate::kernel::Kernel;
-use crate::proto::{ClusterConfig, CommitRequest, ErrorCode, StoreConfig, StoreStats};
+use crate::proto::{
+    ClusterConfig, CommitRequest, ErrorCode, StoreConfig, StoreRecovery, StoreStats,
+};
 use prost::Message;
 use replica::Replica;
 pub use shared::Cluster;
@@ -132,18 +134,18 @@ pub fn open_for(
         "opening the cluster store {:?}",
         String::from_utf8_lossy(&cluster.prefix)
     );
+    let label = PathBuf::from(format!(
+        "etcd:{}#{}",
+        String::from_utf8_lossy(&cluster.prefix),
+        kernel.id()
+    ));
     let db = sled::Config::new()
         .temporary(true)
         .cache_capacity(REPLICA_CACHE_BYTES)
         .flush_every_ms(None)
         .mode(sled::Mode::HighThroughput)
         .open()
-        .map_err(KernelError::from)?;
-    let label = PathBuf::from(format!(
-        "etcd:{}#{}",
-        String::from_utf8_lossy(&cluster.prefix),
-        kernel.id()
-    ));
+        .map_err(|error| super::dir::sled_error(&label, error))?;
     let store = Arc::new(Store::new(
         db,
         &label,
@@ -151,6 +153,8 @@ pub fn open_for(
         0,
         config,
         Arc::clone(kernel.events()),
+        // No commit log to recover: the cluster is the durable copy.
+        StoreRecovery::default(),
     ));
     store.mark_replica();
     let replica = Arc::new(Replica::new(
@@ -223,6 +227,8 @@ fn instance_id(kernel_id: u64) -> u64 {
 /// runtime (commits run concurrently; etcd orders them).
 fn start_committer(cluster: &Arc<Cluster>, store: &Arc<Store>) -> KernelResult<()> {
     let (sender, receiver) = std::sync::mpsc::sync_channel::<Job>(4096);
+    // Dropped when the thread ends: `Committer::stop` waits for that.
+    let (ended, done) = std::sync::mpsc::sync_channel::<()>(0);
     let cluster = Arc::clone(cluster);
     let weak = Arc::downgrade(store);
     let thread = std::thread::Builder::new()
@@ -240,9 +246,10 @@ fn start_committer(cluster: &Arc<Cluster>, store: &Arc<Store>) -> KernelResult<(
                 std::thread::sleep(Duration::from_millis(5));
             }
             cluster.replica.stop();
+            drop(ended);
         })
         .map_err(|error| KernelError::io("starting the cluster committer", &error))?;
-    store.committer.connect(sender, thread);
+    store.committer.connect(sender, thread, done);
     Ok(())
 }
 
@@ -269,6 +276,8 @@ pub fn stats_of(kernel: &Kernel) -> Option<StoreStats> {
         commits: cluster.commits.load(Ordering::Relaxed),
         flushes: 0,
         size_on_disk_bytes: 0,
+        // No commit log: nothing is recovered when a cluster store opens.
+        recovery: None,
     })
 }
 
@@ -314,13 +323,18 @@ pub unsafe extern "C" fn krepis_store_sync(
         })?;
         let (cluster, store) = of(kernel)?;
         let ticket = store.completions.ticket();
+        // Tracked like every job, so closing the store answers it if the
+        // cluster has not (the first answer wins).
+        store.completions.track(ticket, "krepis_store_sync");
         let deadline = commit::deadline_of(Some(&ctx), cluster.timeout);
         let task_cluster = Arc::clone(&cluster);
         cluster.runtime.spawn(async move {
             let result = journal::sync(&task_cluster, deadline)
                 .await
                 .map(|revision| revision as u64);
-            store.completions.push(ticket, result, "krepis_store_sync");
+            store
+                .completions
+                .answer(ticket, result, "krepis_store_sync");
         });
         // SAFETY: forwarded from this function's contract.
         unsafe { write_u64(out_ticket, ticket, "out_ticket")? };

@@ -199,7 +199,10 @@ impl Replica {
                 }
             }
         }
-        self.store.db.apply_batch(batch)?;
+        self.store
+            .db
+            .apply_batch(batch)
+            .map_err(|error| self.store.sled_error(error))?;
         drop(journal);
         if last > self.applied() {
             self.applied.send_replace(last);
@@ -216,7 +219,11 @@ impl Replica {
         for kv in &kvs {
             match self.local_key(kv.key()) {
                 Some((local, false)) => {
-                    let current = self.store.db.get(&local)?;
+                    let current = self
+                        .store
+                        .db
+                        .get(&local)
+                        .map_err(|error| self.store.sled_error(error))?;
                     if current.as_deref() != Some(kv.value()) {
                         batch.insert(local.as_slice(), kv.value());
                     }
@@ -224,7 +231,12 @@ impl Replica {
                 }
                 Some((_, true)) => {
                     if let Some((tx_id, encoded)) = Self::journal_entry(kv) {
-                        if !self.store.db.contains_key(journal_key(tx_id))? {
+                        if !self
+                            .store
+                            .db
+                            .contains_key(journal_key(tx_id))
+                            .map_err(|error| self.store.sled_error(error))?
+                        {
                             batch.insert(journal_key(tx_id).as_slice(), encoded);
                         }
                         fresh.by_tx.insert(tx_id, kv.key().to_vec());
@@ -235,7 +247,7 @@ impl Replica {
             }
         }
         for entry in self.store.db.iter() {
-            let (key, _) = entry?;
+            let (key, _) = entry.map_err(|error| self.store.sled_error(error))?;
             let gone = match key.first() {
                 Some(&DATA) => !data.contains(key.as_ref()),
                 Some(&JOURNAL) => crate::store::keys::tx_of(&key)
@@ -247,7 +259,10 @@ impl Replica {
             }
         }
         let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        self.store.db.apply_batch(batch)?;
+        self.store
+            .db
+            .apply_batch(batch)
+            .map_err(|error| self.store.sled_error(error))?;
         *journal = fresh;
         drop(journal);
         self.applied.send_replace(revision);

@@ -21,9 +21,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a close may take before it gives up and reports that delivery
-/// was not confirmed.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a close may take by default before it gives up and reports
+/// that delivery was not confirmed (`link.close({ timeoutMs })` sets it).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one control packet write may take.
 const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -48,7 +48,7 @@ async fn write_control(link: &Link, kind: Kind, flags: u16, payload: &[u8]) -> K
 /// A `close` payload: `[code u32]`, for a confirmation `[discarded u32]`,
 /// then the UTF-8 reason (at most 1024 bytes).
 fn close_payload(code: u32, discarded: Option<u32>, reason: &str) -> Vec<u8> {
-    let mut end = reason.len().min(1024);
+    let mut end = reason.len().min(CLOSE_REASON_MAX_BYTES);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
@@ -60,19 +60,49 @@ fn close_payload(code: u32, discarded: Option<u32>, reason: &str) -> Vec<u8> {
     payload
 }
 
-fn parse_close(payload: &[u8], last: bool) -> PeerClose {
-    let word = |at: usize| {
-        payload
-            .get(at..at + 4)
-            .map(|word| u32::from_le_bytes(word.try_into().expect("4 bytes")))
-    };
-    let reason_at = if last { 8 } else { 4 };
-    PeerClose {
-        code: word(0).unwrap_or(CLOSE_PROTOCOL),
-        reason: String::from_utf8_lossy(payload.get(reason_at..).unwrap_or(&[])).into_owned(),
-        last,
-        discarded: if last { word(4).unwrap_or(0) } else { 0 },
+/// Longest close reason, in bytes.
+pub const CLOSE_REASON_MAX_BYTES: usize = 1024;
+
+/// Reads a `close` payload: `[code u32]` (a confirmation: then
+/// `[discarded u32]`), then a UTF-8 reason of at most 1024 bytes. Anything
+/// else is a protocol error.
+fn parse_close(payload: &[u8], last: bool) -> KernelResult<PeerClose> {
+    let what = if last { "confirmation" } else { "close" };
+    let fixed = if last { 8 } else { 4 };
+    let word = |at: usize| u32::from_le_bytes(payload[at..at + 4].try_into().expect("4 bytes"));
+    if payload.len() < fixed {
+        return Err(protocol_error(
+            CLOSE_PROTOCOL,
+            format!(
+                "the peer's {what} has {} payload bytes (at least {fixed})",
+                payload.len()
+            ),
+        ));
     }
+    let reason = &payload[fixed..];
+    if reason.len() > CLOSE_REASON_MAX_BYTES {
+        return Err(protocol_error(
+            CLOSE_PROTOCOL,
+            format!(
+                "the peer's {what} reason has {} bytes (at most {CLOSE_REASON_MAX_BYTES})",
+                reason.len()
+            ),
+        )
+        .with_detail("field", "reason"));
+    }
+    let reason = std::str::from_utf8(reason).map_err(|_| {
+        protocol_error(
+            CLOSE_PROTOCOL,
+            format!("the peer's {what} reason is not UTF-8"),
+        )
+        .with_detail("field", "reason")
+    })?;
+    Ok(PeerClose {
+        code: word(0),
+        reason: reason.to_owned(),
+        last,
+        discarded: if last { word(4) } else { 0 },
+    })
 }
 
 /// Reads the control stream: answers pings, takes the peer's `close`, and
@@ -98,7 +128,10 @@ async fn read_control_stream(link: &Arc<Link>, mut control: quinn::RecvStream) {
                 }
                 Kind::Pong => {}
                 Kind::Close => {
-                    let close = parse_close(&payload, header.flags & FLAG_FINAL != 0);
+                    let close = match parse_close(&payload, header.flags & FLAG_FINAL != 0) {
+                        Ok(close) => close,
+                        Err(error) => return link.fail(error),
+                    };
                     // A confirmation answers this side's close: legitimate once
                     // this side started closing (its close may still be on its way
                     // out when the peer's answer already arrives).
@@ -261,7 +294,7 @@ fn confirmation(link: &Link) -> Option<KernelResult<()>> {
 
 /// This side's graceful close: deliver what JS published, tell the peer,
 /// wait for its confirmation that it read everything, close the connection.
-pub async fn close_gracefully(link: Arc<Link>, code: u32, reason: String) {
+pub async fn close_gracefully(link: Arc<Link>, code: u32, reason: String, timeout: Duration) {
     let handshake = async {
         // JS published every packet before asking to close: the send pump
         // drains the ring, finishes the stream, and waits for the acks.
@@ -306,15 +339,16 @@ pub async fn close_gracefully(link: Arc<Link>, code: u32, reason: String) {
             }
         }
     };
-    let outcome = match tokio::time::timeout(CLOSE_TIMEOUT, handshake).await {
+    let outcome = match tokio::time::timeout(timeout, handshake).await {
         Ok(outcome) => outcome,
         Err(_) => Err(KernelError::new(
             ErrorCode::Connection,
             format!(
-                "the peer did not confirm within {} s that it read every packet: some may not have been delivered",
-                CLOSE_TIMEOUT.as_secs()
+                "the peer did not confirm within {} ms that it read every packet: some may not have been delivered",
+                timeout.as_millis()
             ),
-        )),
+        )
+        .with_detail("timeoutMs", timeout.as_millis().to_string())),
     };
     match outcome {
         Ok(()) => link.end(Ended {

@@ -17,6 +17,9 @@ pub const CLOSE_PROTOCOL: u32 = 2;
 pub const CLOSE_VERSION: u32 = 3;
 pub const CLOSE_TOO_LARGE: u32 = 4;
 pub const CLOSE_POLICY: u32 = 5;
+/// Refused because the listener is busy: over its link or window-memory
+/// budget, its backlog is full, or its handshake slots went to newer peers.
+pub const CLOSE_BUSY: u32 = 6;
 
 /// Header flag of a `close` that confirms the peer's close: "I have read
 /// everything you sent, up to the end of your stream".

@@ -3,7 +3,7 @@
 //! opens, each a header plus at most `CONTROL_MAX_PAYLOAD` bytes. The hello
 //! exchange and the close handshake both speak through these two functions.
 
-use super::codes::CLOSE_PROTOCOL;
+use super::codes::{CLOSE_PROTOCOL, FLAG_FINAL, FLAG_RELIABLE};
 use super::errors::{header_refused, protocol_error, read_exact_error};
 use crate::error::KernelResult;
 use crate::transport::knul::{Header, Kind, KNUL_HEADER_BYTES, KNUL_VERSION};
@@ -45,6 +45,22 @@ pub async fn read_control(recv: &mut quinn::RecvStream) -> KernelResult<(Header,
         })?;
     let header = Header::decode(&header, CONTROL_MAX_PAYLOAD)
         .map_err(|e| header_refused(&e, "control packet"))?;
+    // Control packets carry the reliable flag; `final` only on a `close`.
+    let allowed = if header.kind == Kind::Close {
+        FLAG_RELIABLE | FLAG_FINAL
+    } else {
+        FLAG_RELIABLE
+    };
+    if header.flags & FLAG_RELIABLE == 0 || header.flags & !allowed != 0 {
+        return Err(protocol_error(
+            CLOSE_PROTOCOL,
+            format!(
+                "the peer sent a {:?} control packet with flags {:#x}",
+                header.kind, header.flags
+            ),
+        )
+        .with_detail("field", "flags"));
+    }
     let mut payload = vec![0u8; header.payload_length as usize];
     recv.read_exact(&mut payload)
         .await

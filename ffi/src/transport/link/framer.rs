@@ -42,6 +42,11 @@ pub trait PacketSink {
     /// The next bytes of the payload of the packet kept last, `offset` bytes
     /// into it. Never reaches past the length its header announced.
     fn payload(&mut self, offset: usize, bytes: &[u8]);
+
+    /// Delivers every whole packet stored so far. The framer calls it before
+    /// it fails on a header, so packets that came before the violation in
+    /// the same chunk still reach the application (docs/knul.md).
+    fn flush(&mut self);
 }
 
 /// The framing state of one reliable stream.
@@ -115,9 +120,22 @@ impl Framer {
     /// Takes the next chunk of the stream: completes the pending header or
     /// payload, then every packet the chunk holds, and keeps the rest for
     /// the next chunk. A refused header stops at once with its error (close
-    /// code 4 for a length over the limit, 3 for a version, 2 otherwise);
-    /// packets before it in the chunk have already gone to the sink.
-    pub async fn feed<S: PacketSink>(&mut self, mut data: &[u8], sink: &mut S) -> KernelResult<()> {
+    /// code 4 for a length over the limit, 3 for a version, 2 otherwise,
+    /// or the sink's); packets before it in the chunk have gone to the sink
+    /// and were flushed.
+    pub async fn feed<S: PacketSink>(&mut self, data: &[u8], sink: &mut S) -> KernelResult<()> {
+        let fed = self.feed_packets(data, sink).await;
+        if fed.is_err() {
+            sink.flush();
+        }
+        fed
+    }
+
+    async fn feed_packets<S: PacketSink>(
+        &mut self,
+        mut data: &[u8],
+        sink: &mut S,
+    ) -> KernelResult<()> {
         while !data.is_empty() {
             if self.skip > 0 {
                 let take = self.skip.min(data.len());
@@ -172,6 +190,8 @@ mod tests {
         /// Skip every packet, as a link that closed does.
         skipping: bool,
         skipped: usize,
+        /// Packets delivered by `flush`.
+        flushed: usize,
     }
 
     impl PacketSink for Packets {
@@ -194,6 +214,10 @@ mod tests {
             assert_eq!(offset, payload.len(), "payload bytes arrive in order");
             payload.extend_from_slice(bytes);
             assert!(payload.len() <= header.payload_length as usize);
+        }
+
+        fn flush(&mut self) {
+            self.flushed = self.stored.len();
         }
     }
 
@@ -356,13 +380,10 @@ mod tests {
         assert_eq!(close_code(&error), "4");
     }
 
-    /// Today's behaviour, recorded, not endorsed: the framer hands the
-    /// packets before a malformed header to its sink, then fails. The link
-    /// still loses them: the receive pump (`pumps.rs`) publishes the receive
-    /// ring only after a whole read and returns on the error before that, so
-    /// packets of the same read never reach JS (they stay reserved but
-    /// unpublished when the link ends). Fixed by the KNUL hardening issue
-    /// (publish what was framed before failing); this test then still holds.
+    /// A valid packet that arrives in the same read as a later malformed
+    /// header is delivered: the framer flushes the packets before the bad
+    /// header to its sink (the receive pump publishes them to JS) and only
+    /// then fails.
     #[test]
     fn a_malformed_header_after_valid_packets_in_the_same_chunk() {
         let first = payload_of(4, 1);
@@ -381,6 +402,7 @@ mod tests {
             [&first[..], &second[..]],
             "handed over before the error"
         );
+        assert_eq!(sink.flushed, 2, "and flushed (delivered) before the error");
     }
 
     #[test]

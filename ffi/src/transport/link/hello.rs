@@ -8,10 +8,11 @@ use super::codes::{CLOSE_PROTOCOL, CLOSE_VERSION, FLAG_RELIABLE};
 use super::control::{control_packet, read_control};
 use super::errors::{connection_error, protocol_error, write_error};
 use crate::error::KernelResult;
-use crate::transport::knul::{Kind, KNUL_VERSION};
+use crate::transport::knul::{Header, Kind, KNUL_VERSION};
 use std::time::Duration;
 
-/// How long the hello exchange may take after TLS.
+/// How long the hello exchange may take after TLS (a listener under
+/// pressure gives newcomers less: `listener.rs`).
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection that finished TLS and the hello exchange.
@@ -39,8 +40,23 @@ pub async fn client_hello(conn: quinn::Connection, max_packet: u32) -> KernelRes
     let (mut control_send, mut control_recv) =
         conn.open_bi().await.map_err(|e| connection_error(&e))?;
     write_hello(&mut control_send, max_packet).await?;
-    let (header, payload) = read_control(&mut control_recv).await?;
-    if header.kind != Kind::Hello || payload.len() != 5 || payload[4] != KNUL_VERSION {
+    let (header, payload) = match read_control(&mut control_recv).await {
+        Ok(packet) => packet,
+        Err(error) => {
+            // A malformed answer: the server learns why, with its code.
+            if let Some(code) = error.details.get("closeCode").and_then(|c| c.parse().ok()) {
+                conn.close(quinn::VarInt::from_u32(code), error.message.as_bytes());
+            }
+            return Err(error);
+        }
+    };
+    // The server's hello: on its half of the control stream, flags exactly
+    // `reliable`, `[max_packet_bytes u32][the chosen version]`.
+    if header.kind != Kind::Hello
+        || header.flags != FLAG_RELIABLE
+        || payload.len() != 5
+        || payload[4] != KNUL_VERSION
+    {
         let error = protocol_error(
             CLOSE_PROTOCOL,
             "the server answered the hello with something else than a KNUL v1 hello".into(),
@@ -60,41 +76,98 @@ pub async fn client_hello(conn: quinn::Connection, max_packet: u32) -> KernelRes
     })
 }
 
-/// Server side of the hello exchange. A refusal closes the connection with
-/// the close code and reason (the peer sees both) and returns the error.
-pub async fn server_hello(conn: quinn::Connection, max_packet: u32) -> KernelResult<Established> {
+/// Checks the client's hello: kind `hello`, flags exactly `reliable`,
+/// `[max_packet_bytes u32]` then at least one version. Returns the peer's
+/// limit. A hello too short for its limit is malformed (code 2); one that
+/// offers no version this side speaks, none at all included, is a version
+/// mismatch (code 3).
+pub fn check_client_hello(header: &Header, payload: &[u8]) -> KernelResult<u32> {
+    if header.kind != Kind::Hello {
+        return Err(protocol_error(
+            CLOSE_PROTOCOL,
+            format!(
+                "the peer's first packet was a {:?}, not a hello",
+                header.kind
+            ),
+        ));
+    }
+    if header.flags != FLAG_RELIABLE {
+        return Err(protocol_error(
+            CLOSE_PROTOCOL,
+            format!(
+                "the peer's hello has flags {:#x} (a hello carries exactly the reliable flag)",
+                header.flags
+            ),
+        )
+        .with_detail("field", "flags"));
+    }
+    if payload.len() < 4 {
+        return Err(protocol_error(
+            CLOSE_PROTOCOL,
+            format!(
+                "the peer's hello has {} payload bytes (at least 4: its maxPacketBytes)",
+                payload.len()
+            ),
+        ));
+    }
+    if !payload[4..].contains(&KNUL_VERSION) {
+        return Err(protocol_error(
+            CLOSE_VERSION,
+            format!(
+                "knul: this peer speaks version {KNUL_VERSION} only (offered: {:?})",
+                &payload[4..]
+            ),
+        ));
+    }
+    Ok(u32::from_le_bytes(
+        payload[..4].try_into().expect("4 bytes"),
+    ))
+}
+
+/// Server side of the hello exchange, within `deadline`. Nothing but the
+/// hello may come before it: a stream or datagram that arrives first is a
+/// protocol error (the client cannot know this side's limit yet). `admit`
+/// runs between the client's hello and the answer (the listener's budget):
+/// its error refuses the link with its `closeCode`. A refusal closes the
+/// connection with the close code and reason (the peer sees both) and
+/// returns the error.
+pub async fn server_hello<R>(
+    conn: quinn::Connection,
+    max_packet: u32,
+    deadline: Duration,
+    admit: impl FnOnce() -> KernelResult<R>,
+) -> KernelResult<(Established, R)> {
     let outcome = async {
-        let (mut control_send, mut control_recv) =
-            conn.accept_bi().await.map_err(|e| connection_error(&e))?;
-        let (header, payload) = read_control(&mut control_recv).await?;
-        if header.kind != Kind::Hello || payload.len() < 5 {
-            return Err(protocol_error(
+        let early = || {
+            protocol_error(
                 CLOSE_PROTOCOL,
-                format!(
-                    "the peer's first packet was a {:?}, not a hello",
-                    header.kind
-                ),
-            ));
-        }
-        if !payload[4..].contains(&KNUL_VERSION) {
-            return Err(protocol_error(
-                CLOSE_VERSION,
-                format!(
-                    "knul: this peer speaks version {KNUL_VERSION} only (offered: {:?})",
-                    &payload[4..]
-                ),
-            ));
-        }
-        let peer_max = u32::from_le_bytes(payload[..4].try_into().expect("4 bytes"));
+                "the peer sent data before the hello exchange".into(),
+            )
+        };
+        let (mut control_send, mut control_recv) = tokio::select! {
+            biased;
+            control = conn.accept_bi() => control.map_err(|e| connection_error(&e))?,
+            Ok(_) = conn.accept_uni() => return Err(early()),
+            Ok(_) = conn.read_datagram() => return Err(early()),
+        };
+        let (header, payload) = tokio::select! {
+            biased;
+            hello = read_control(&mut control_recv) => hello?,
+            Ok(_) = conn.accept_uni() => return Err(early()),
+            Ok(_) = conn.read_datagram() => return Err(early()),
+        };
+        let peer_max = check_client_hello(&header, &payload)?;
+        let admitted = admit()?;
         write_hello(&mut control_send, max_packet).await?;
-        Ok(Established {
+        let established = Established {
             conn: conn.clone(),
             control_send,
             control_recv,
             peer_max,
-        })
+        };
+        Ok((established, admitted))
     };
-    match tokio::time::timeout(HELLO_TIMEOUT, outcome).await {
+    match tokio::time::timeout(deadline, outcome).await {
         Ok(Ok(established)) => Ok(established),
         Ok(Err(error)) => {
             let code = error
@@ -106,7 +179,10 @@ pub async fn server_hello(conn: quinn::Connection, max_packet: u32) -> KernelRes
             Err(error)
         }
         Err(_) => {
-            let error = protocol_error(CLOSE_PROTOCOL, "the peer sent no hello within 10 s".into());
+            let error = protocol_error(
+                CLOSE_PROTOCOL,
+                format!("the peer sent no hello within {} ms", deadline.as_millis()),
+            );
             conn.close(
                 quinn::VarInt::from_u32(CLOSE_PROTOCOL),
                 error.message.as_bytes(),

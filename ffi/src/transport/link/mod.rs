@@ -22,9 +22,10 @@ pub mod hello;
 pub mod pumps;
 pub mod state;
 
+pub use close::CLOSE_TIMEOUT;
 pub use codes::{
-    CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_LARGE, CLOSE_VERSION,
-    FLAG_FINAL, FLAG_RELIABLE, LINK_RECORD_PACKET,
+    CLOSE_BUSY, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_LARGE,
+    CLOSE_VERSION, FLAG_FINAL, FLAG_RELIABLE, LINK_RECORD_PACKET,
 };
 pub use errors::connection_error;
 pub use hello::{client_hello, server_hello, Established, HELLO_TIMEOUT};
@@ -65,13 +66,15 @@ impl Link {
             receive_exited: Exited::default(),
             send_exited: Exited::default(),
             counters: Counters::default(),
+            window: setup.window,
+            reservation: Mutex::new(Some(setup.reservation)),
         })
     }
 
     /// Starts the pumps and the control reader (after the handle is known).
     pub fn start(self: &Arc<Self>, handle: u32, runtime: &tokio::runtime::Handle) {
         let _ = self.handle.set(handle);
-        crate::transport::tls::open_windows(&self.conn);
+        crate::transport::tls::open_windows(&self.conn, self.window);
         runtime.spawn(pumps::receive_pump(Arc::clone(self)));
         runtime.spawn(pumps::send_pump(Arc::clone(self)));
         let control = self
@@ -87,7 +90,14 @@ impl Link {
     /// Starts a graceful close (docs/knul.md, "Close"): everything JS
     /// published is delivered and confirmed, packets JS has not read are
     /// dropped, then the connection closes. Idempotent.
-    pub fn close(self: &Arc<Self>, code: u32, reason: String, runtime: &tokio::runtime::Handle) {
+    /// `timeout` bounds the whole close (docs/knul.md: 30 s by default).
+    pub fn close(
+        self: &Arc<Self>,
+        code: u32,
+        reason: String,
+        timeout: std::time::Duration,
+        runtime: &tokio::runtime::Handle,
+    ) {
         if self.closing.swap(true, Ordering::SeqCst) || self.is_ended() {
             return;
         }
@@ -95,7 +105,12 @@ impl Link {
         // receive pump drops what still arrives instead of blocking.
         self.discarding.store(true, Ordering::SeqCst);
         self.recv_ring.close();
-        runtime.spawn(close::close_gracefully(Arc::clone(self), code, reason));
+        runtime.spawn(close::close_gracefully(
+            Arc::clone(self),
+            code,
+            reason,
+            timeout,
+        ));
     }
 
     /// Ends the link at once (kernel or listener closing).

@@ -10,7 +10,7 @@
 //!   large ones leased out of the ring instead of copied, see `lease.rs`),
 //!   unreliable ones become datagrams.
 
-use super::codes::{CLOSE_POLICY, CLOSE_PROTOCOL, FLAG_RELIABLE, LINK_RECORD_PACKET};
+use super::codes::{CLOSE_POLICY, CLOSE_PROTOCOL, FLAG_FINAL, FLAG_RELIABLE, LINK_RECORD_PACKET};
 use super::errors::{connection_error, header_refused, protocol_error, read_error, write_error};
 use super::framer::{Framer, PacketSink, Payload};
 use super::state::Link;
@@ -39,6 +39,14 @@ fn check_data(link: &Link, header: &Header, reliable: bool) -> KernelResult<()> 
                 header.kind
             ),
         ));
+    }
+    if header.flags & FLAG_FINAL != 0 {
+        return Err(protocol_error(
+            CLOSE_PROTOCOL,
+            "the peer sent a data packet with the final flag (only a close confirmation carries it)"
+                .into(),
+        )
+        .with_detail("field", "flags"));
     }
     if (header.flags & FLAG_RELIABLE != 0) != reliable {
         return Err(protocol_error(
@@ -118,6 +126,10 @@ impl PacketSink for RingSink<'_> {
                 bytes.len(),
             )
         };
+    }
+
+    fn flush(&mut self) {
+        self.producer.publish();
     }
 }
 

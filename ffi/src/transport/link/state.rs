@@ -8,6 +8,7 @@ use crate::error::{KernelError, KernelResult};
 use crate::events::{EventQueue, EVENT_LINK_CLOSED};
 use crate::proto::ErrorCode;
 use crate::ring::Ring;
+use crate::transport::budget::Reservation;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -54,6 +55,10 @@ pub struct LinkSetup {
     pub max_packet: u32,
     /// Allowed tenant hashes (None = any).
     pub tenants: Option<Arc<HashSet<u64>>>,
+    /// The QUIC connection receive window once the link runs.
+    pub window: u32,
+    /// The link's share of the budgets, given back when it is dropped.
+    pub reservation: Reservation,
 }
 
 /// One KNUL link. Its fields are shared with the files of `link/` (the
@@ -96,6 +101,11 @@ pub struct Link {
     pub(super) receive_exited: Exited,
     pub(super) send_exited: Exited,
     pub(super) counters: Counters,
+    /// The QUIC connection receive window once the link runs.
+    pub(super) window: u32,
+    /// Given back when JS frees the link (its memory goes then), or with
+    /// the link.
+    pub(super) reservation: Mutex<Option<Reservation>>,
 }
 
 /// A flag plus a notification: "this pump has stopped".
@@ -199,6 +209,16 @@ impl Link {
             by_peer,
             error: Some(error),
         });
+    }
+
+    /// Gives the link's share of the budgets back (JS freed it).
+    pub fn release_budget(&self) {
+        drop(
+            self.reservation
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
     }
 
     pub fn is_ended(&self) -> bool {

@@ -64,6 +64,13 @@ export interface TransportStats {
   links: number;
   /** Listeners not yet closed. */
   listeners: number;
+  /** Window bytes reserved by links now, and the kernel's budget for them. */
+  windowBytes: bigint;
+  maxWindowBytes: bigint;
+  /** The kernel's link budget. */
+  maxLinks: bigint;
+  /** Links refused because the kernel's budget was spent. */
+  linksRefused: bigint;
 }
 
 function createBaseKernelConfig(): KernelConfig {
@@ -322,7 +329,7 @@ export const Stats: MessageFns<Stats> = {
 };
 
 function createBaseTransportStats(): TransportStats {
-  return { links: 0, listeners: 0 };
+  return { links: 0, listeners: 0, windowBytes: 0n, maxWindowBytes: 0n, maxLinks: 0n, linksRefused: 0n };
 }
 
 export const TransportStats: MessageFns<TransportStats> = {
@@ -332,6 +339,30 @@ export const TransportStats: MessageFns<TransportStats> = {
     }
     if (message.listeners !== 0) {
       writer.uint32(16).uint32(message.listeners);
+    }
+    if (message.windowBytes !== 0n) {
+      if (BigInt.asUintN(64, message.windowBytes) !== message.windowBytes) {
+        throw new globalThis.Error("value provided for field message.windowBytes of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.windowBytes);
+    }
+    if (message.maxWindowBytes !== 0n) {
+      if (BigInt.asUintN(64, message.maxWindowBytes) !== message.maxWindowBytes) {
+        throw new globalThis.Error("value provided for field message.maxWindowBytes of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.maxWindowBytes);
+    }
+    if (message.maxLinks !== 0n) {
+      if (BigInt.asUintN(64, message.maxLinks) !== message.maxLinks) {
+        throw new globalThis.Error("value provided for field message.maxLinks of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.maxLinks);
+    }
+    if (message.linksRefused !== 0n) {
+      if (BigInt.asUintN(64, message.linksRefused) !== message.linksRefused) {
+        throw new globalThis.Error("value provided for field message.linksRefused of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.linksRefused);
     }
     return writer;
   },
@@ -363,6 +394,38 @@ export const TransportStats: MessageFns<TransportStats> = {
             }
 
             message.listeners = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.windowBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.maxWindowBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.maxLinks = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.linksRefused = reader.uint64() as bigint;
             continue;
           }
         }

@@ -23,6 +23,18 @@ export interface StoreConfig {
   /** Largest value accepted (0 = 256 MiB). */
   maxValueBytes: bigint;
   /**
+   * What to do when the commit log cannot be replayed completely (damaged,
+   * missing or emptied): "refuse" (or "") = fail with ERROR_CODE_CORRUPT,
+   * "truncate" = open anyway, drop what cannot be replayed and report it in
+   * StoreStats.recovery.
+   */
+  recover: string;
+  /**
+   * How long a commit, flush or undo may wait for the disk before it is
+   * answered ERROR_CODE_IO (0 = 30000).
+   */
+  ioTimeoutMs: bigint;
+  /**
    * Set: the store is a replica of a prefix of an etcd cluster instead of
    * sled files in the data dir (ffi/src/store/cluster/).
    */
@@ -151,10 +163,51 @@ export interface StoreStats {
   commits: bigint;
   flushes: bigint;
   sizeOnDiskBytes: bigint;
+  /** What recovery did when the store opened. */
+  recovery: StoreRecovery | undefined;
+}
+
+/** What recovering the commit log did when the store opened. */
+export interface StoreRecovery {
+  /** "refuse" or "truncate" (StoreConfig.recover). */
+  mode: string;
+  /** Acknowledged commits re-applied from the commit log. */
+  replayed: bigint;
+  /**
+   * A last record cut short by a crash (never acknowledged) was dropped at
+   * this offset of commit.log; 0 = none.
+   */
+  tornOffset: bigint;
+  /** The transaction id that record would have had. */
+  tornTxId: bigint;
+  /** Acknowledged commits were dropped (only with recover "truncate"). */
+  dropped: boolean;
+  /** Where the damage starts in commit.log (0 when the log was missing). */
+  droppedOffset: bigint;
+  /** The transaction ids that may have been dropped (inclusive). */
+  droppedFirstTxId: bigint;
+  droppedLastTxId: bigint;
+  /** What was wrong. */
+  droppedReason: string;
+  /** Damaged records skipped because the store had them already. */
+  skipped: string[];
+  /**
+   * The id the next transaction gets (past every id ever handed out when
+   * commits were dropped).
+   */
+  nextTxId: bigint;
 }
 
 function createBaseStoreConfig(): StoreConfig {
-  return { journalMaxRecords: 0n, journalMaxAgeMs: 0n, cacheCapacityBytes: 0n, maxValueBytes: 0n, cluster: undefined };
+  return {
+    journalMaxRecords: 0n,
+    journalMaxAgeMs: 0n,
+    cacheCapacityBytes: 0n,
+    maxValueBytes: 0n,
+    recover: "",
+    ioTimeoutMs: 0n,
+    cluster: undefined,
+  };
 }
 
 export const StoreConfig: MessageFns<StoreConfig> = {
@@ -182,6 +235,15 @@ export const StoreConfig: MessageFns<StoreConfig> = {
         throw new globalThis.Error("value provided for field message.maxValueBytes of type uint64 too large");
       }
       writer.uint32(32).uint64(message.maxValueBytes);
+    }
+    if (message.recover !== "") {
+      writer.uint32(42).string(message.recover);
+    }
+    if (message.ioTimeoutMs !== 0n) {
+      if (BigInt.asUintN(64, message.ioTimeoutMs) !== message.ioTimeoutMs) {
+        throw new globalThis.Error("value provided for field message.ioTimeoutMs of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.ioTimeoutMs);
     }
     if (message.cluster !== undefined) {
       ClusterConfig.encode(message.cluster, writer.uint32(162).fork()).join();
@@ -232,6 +294,22 @@ export const StoreConfig: MessageFns<StoreConfig> = {
             }
 
             message.maxValueBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.recover = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.ioTimeoutMs = reader.uint64() as bigint;
             continue;
           }
           case 20: {
@@ -1190,7 +1268,7 @@ export const ScanOptions: MessageFns<ScanOptions> = {
 };
 
 function createBaseStoreStats(): StoreStats {
-  return { nextTxId: 0n, journalRecords: 0n, commits: 0n, flushes: 0n, sizeOnDiskBytes: 0n };
+  return { nextTxId: 0n, journalRecords: 0n, commits: 0n, flushes: 0n, sizeOnDiskBytes: 0n, recovery: undefined };
 }
 
 export const StoreStats: MessageFns<StoreStats> = {
@@ -1224,6 +1302,9 @@ export const StoreStats: MessageFns<StoreStats> = {
         throw new globalThis.Error("value provided for field message.sizeOnDiskBytes of type uint64 too large");
       }
       writer.uint32(40).uint64(message.sizeOnDiskBytes);
+    }
+    if (message.recovery !== undefined) {
+      StoreRecovery.encode(message.recovery, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -1279,6 +1360,203 @@ export const StoreStats: MessageFns<StoreStats> = {
             }
 
             message.sizeOnDiskBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.recovery = StoreRecovery.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+};
+
+function createBaseStoreRecovery(): StoreRecovery {
+  return {
+    mode: "",
+    replayed: 0n,
+    tornOffset: 0n,
+    tornTxId: 0n,
+    dropped: false,
+    droppedOffset: 0n,
+    droppedFirstTxId: 0n,
+    droppedLastTxId: 0n,
+    droppedReason: "",
+    skipped: [],
+    nextTxId: 0n,
+  };
+}
+
+export const StoreRecovery: MessageFns<StoreRecovery> = {
+  encode(message: StoreRecovery, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.mode !== "") {
+      writer.uint32(10).string(message.mode);
+    }
+    if (message.replayed !== 0n) {
+      if (BigInt.asUintN(64, message.replayed) !== message.replayed) {
+        throw new globalThis.Error("value provided for field message.replayed of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.replayed);
+    }
+    if (message.tornOffset !== 0n) {
+      if (BigInt.asUintN(64, message.tornOffset) !== message.tornOffset) {
+        throw new globalThis.Error("value provided for field message.tornOffset of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.tornOffset);
+    }
+    if (message.tornTxId !== 0n) {
+      if (BigInt.asUintN(64, message.tornTxId) !== message.tornTxId) {
+        throw new globalThis.Error("value provided for field message.tornTxId of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.tornTxId);
+    }
+    if (message.dropped !== false) {
+      writer.uint32(40).bool(message.dropped);
+    }
+    if (message.droppedOffset !== 0n) {
+      if (BigInt.asUintN(64, message.droppedOffset) !== message.droppedOffset) {
+        throw new globalThis.Error("value provided for field message.droppedOffset of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.droppedOffset);
+    }
+    if (message.droppedFirstTxId !== 0n) {
+      if (BigInt.asUintN(64, message.droppedFirstTxId) !== message.droppedFirstTxId) {
+        throw new globalThis.Error("value provided for field message.droppedFirstTxId of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.droppedFirstTxId);
+    }
+    if (message.droppedLastTxId !== 0n) {
+      if (BigInt.asUintN(64, message.droppedLastTxId) !== message.droppedLastTxId) {
+        throw new globalThis.Error("value provided for field message.droppedLastTxId of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.droppedLastTxId);
+    }
+    if (message.droppedReason !== "") {
+      writer.uint32(74).string(message.droppedReason);
+    }
+    for (const v of message.skipped) {
+      writer.uint32(82).string(v!);
+    }
+    if (message.nextTxId !== 0n) {
+      if (BigInt.asUintN(64, message.nextTxId) !== message.nextTxId) {
+        throw new globalThis.Error("value provided for field message.nextTxId of type uint64 too large");
+      }
+      writer.uint32(88).uint64(message.nextTxId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StoreRecovery {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStoreRecovery();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.mode = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.replayed = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.tornOffset = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.tornTxId = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.dropped = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.droppedOffset = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.droppedFirstTxId = reader.uint64() as bigint;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.droppedLastTxId = reader.uint64() as bigint;
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.droppedReason = reader.string();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.skipped.push(reader.string());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.nextTxId = reader.uint64() as bigint;
             continue;
           }
         }

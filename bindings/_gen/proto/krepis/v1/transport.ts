@@ -32,6 +32,32 @@ export interface ListenRequest {
   tenants: string[];
   /** Established links waiting for accept() at most; more are refused. */
   backlog: number;
+  /**
+   * Links of this listener at most (backlog and accepted, until freed);
+   * 0 = only the kernel's budget.
+   */
+  maxLinks: number;
+  /**
+   * Window bytes (receive ring + QUIC receive window + datagram buffer) of
+   * this listener's links at most; 0 = only the kernel's budget.
+   */
+  maxWindowBytes: bigint;
+  /**
+   * Connections between their first packet and their hello at most
+   * (0 = 256); a newcomer takes the oldest one's slot when all are taken.
+   */
+  maxHandshakes: number;
+}
+
+/** A kernel's transport budget (docs/knul.md, "Limits"). */
+export interface TransportOptions {
+  /** Links of the kernel at most (listeners' and connects'); 0 = 10000. */
+  maxLinks: number;
+  /**
+   * Window bytes of all its links at most; 0 = a quarter of the machine's
+   * memory, at least 256 MiB.
+   */
+  maxWindowBytes: bigint;
 }
 
 export interface ListenerInfo {
@@ -101,6 +127,16 @@ export interface ListenerStats {
   refused: bigint;
   /** Why the last connection was refused. */
   lastRefusal: string;
+  /** Refused because a budget (the listener's or the kernel's) was spent. */
+  refusedOverBudget: bigint;
+  /** Handshakes in progress now. */
+  handshakes: number;
+  /** Handshakes dropped to make room for newer ones (all slots were taken). */
+  handshakesEvicted: bigint;
+  /** Links of this listener holding budget now (backlog and accepted, until freed). */
+  links: number;
+  /** Window bytes they hold. */
+  windowBytes: bigint;
 }
 
 export interface DevCertificateRequest {
@@ -114,7 +150,18 @@ export interface DevCertificate {
 }
 
 function createBaseListenRequest(): ListenRequest {
-  return { hostname: "", port: 0, certPem: "", keyPem: "", maxPacketBytes: 0, tenants: [], backlog: 0 };
+  return {
+    hostname: "",
+    port: 0,
+    certPem: "",
+    keyPem: "",
+    maxPacketBytes: 0,
+    tenants: [],
+    backlog: 0,
+    maxLinks: 0,
+    maxWindowBytes: 0n,
+    maxHandshakes: 0,
+  };
 }
 
 export const ListenRequest: MessageFns<ListenRequest> = {
@@ -139,6 +186,18 @@ export const ListenRequest: MessageFns<ListenRequest> = {
     }
     if (message.backlog !== 0) {
       writer.uint32(56).uint32(message.backlog);
+    }
+    if (message.maxLinks !== 0) {
+      writer.uint32(64).uint32(message.maxLinks);
+    }
+    if (message.maxWindowBytes !== 0n) {
+      if (BigInt.asUintN(64, message.maxWindowBytes) !== message.maxWindowBytes) {
+        throw new globalThis.Error("value provided for field message.maxWindowBytes of type uint64 too large");
+      }
+      writer.uint32(72).uint64(message.maxWindowBytes);
+    }
+    if (message.maxHandshakes !== 0) {
+      writer.uint32(80).uint32(message.maxHandshakes);
     }
     return writer;
   },
@@ -210,6 +269,90 @@ export const ListenRequest: MessageFns<ListenRequest> = {
             }
 
             message.backlog = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.maxLinks = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.maxWindowBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.maxHandshakes = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+};
+
+function createBaseTransportOptions(): TransportOptions {
+  return { maxLinks: 0, maxWindowBytes: 0n };
+}
+
+export const TransportOptions: MessageFns<TransportOptions> = {
+  encode(message: TransportOptions, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.maxLinks !== 0) {
+      writer.uint32(8).uint32(message.maxLinks);
+    }
+    if (message.maxWindowBytes !== 0n) {
+      if (BigInt.asUintN(64, message.maxWindowBytes) !== message.maxWindowBytes) {
+        throw new globalThis.Error("value provided for field message.maxWindowBytes of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.maxWindowBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TransportOptions {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTransportOptions();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.maxLinks = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.maxWindowBytes = reader.uint64() as bigint;
             continue;
           }
         }
@@ -772,7 +915,16 @@ export const LinkStatus: MessageFns<LinkStatus> = {
 };
 
 function createBaseListenerStats(): ListenerStats {
-  return { accepted: 0n, refused: 0n, lastRefusal: "" };
+  return {
+    accepted: 0n,
+    refused: 0n,
+    lastRefusal: "",
+    refusedOverBudget: 0n,
+    handshakes: 0,
+    handshakesEvicted: 0n,
+    links: 0,
+    windowBytes: 0n,
+  };
 }
 
 export const ListenerStats: MessageFns<ListenerStats> = {
@@ -791,6 +943,30 @@ export const ListenerStats: MessageFns<ListenerStats> = {
     }
     if (message.lastRefusal !== "") {
       writer.uint32(26).string(message.lastRefusal);
+    }
+    if (message.refusedOverBudget !== 0n) {
+      if (BigInt.asUintN(64, message.refusedOverBudget) !== message.refusedOverBudget) {
+        throw new globalThis.Error("value provided for field message.refusedOverBudget of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.refusedOverBudget);
+    }
+    if (message.handshakes !== 0) {
+      writer.uint32(40).uint32(message.handshakes);
+    }
+    if (message.handshakesEvicted !== 0n) {
+      if (BigInt.asUintN(64, message.handshakesEvicted) !== message.handshakesEvicted) {
+        throw new globalThis.Error("value provided for field message.handshakesEvicted of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.handshakesEvicted);
+    }
+    if (message.links !== 0) {
+      writer.uint32(56).uint32(message.links);
+    }
+    if (message.windowBytes !== 0n) {
+      if (BigInt.asUintN(64, message.windowBytes) !== message.windowBytes) {
+        throw new globalThis.Error("value provided for field message.windowBytes of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.windowBytes);
     }
     return writer;
   },
@@ -830,6 +1006,46 @@ export const ListenerStats: MessageFns<ListenerStats> = {
             }
 
             message.lastRefusal = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.refusedOverBudget = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.handshakes = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.handshakesEvicted = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.links = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.windowBytes = reader.uint64() as bigint;
             continue;
           }
         }
