@@ -21,6 +21,7 @@
  */
 
 export {
+  type ClusterOptions,
   Kernel,
   type KernelOptions,
   type KernelStats,
@@ -36,6 +37,7 @@ export {
   type CommitOptions,
   type CommitResult,
   JsonStore,
+  type ReplicaState,
   type ScanOptions,
   Store,
   type StoreBytes,
@@ -45,6 +47,7 @@ export {
   StoreScan,
   StoreValue,
   StoreWatch,
+  type SyncOptions,
 } from "./bindings/store/store.ts";
 export { Journal, type JournalReadOptions, type JournalRecord } from "./bindings/store/journal.ts";
 export {

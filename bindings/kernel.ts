@@ -21,7 +21,16 @@ import { Http } from "./http/http.ts";
 import { Runtimes } from "./runtimes/runtimes.ts";
 import { requirePermission } from "./_permissions.ts";
 import { ClosedError, InvalidArgumentError, PermissionError } from "./errors.ts";
-import { checkInteger, checkOptions } from "./_check.ts";
+import {
+  checkInteger,
+  checkObject,
+  checkOptions,
+  checkString,
+  checkStringList,
+  invalidArgument,
+} from "./_check.ts";
+import { requireNetPermission } from "./_net.ts";
+import type { ClusterConfig } from "./_gen/proto/krepis/v1/store.ts";
 
 /** Most worker threads a kernel accepts. */
 export const MAX_WORKER_THREADS = 256;
@@ -61,14 +70,54 @@ export interface StoreOptions {
    * offset and the transaction ids at risk, and changes nothing; `"truncate"`
    * opens anyway, replays what it can, drops the rest and reports exactly what
    * in `kernel.stats().store.recovery`. Transaction ids of dropped commits are
-   * never handed out again.
+   * never handed out again. A cluster store has no commit log: it checks the
+   * value and ignores it.
    */
   recover?: "refuse" | "truncate";
   /**
    * How long a commit, flush or undo may wait for the disk before it is
    * rejected with `IoError` (its outcome then unknown), in ms. Default 30000.
+   * A cluster store bounds its commits with {@linkcode ClusterOptions.timeoutMs}
+   * instead (the ioTimeoutMs still bounds closing it).
    */
   ioTimeoutMs?: number;
+  /**
+   * Keep the store on an etcd v3 cluster instead of `<dataDir>/store`: the
+   * same API, with reads served by a local replica of `prefix` (see
+   * {@linkcode ClusterOptions}). Needs net permission for each endpoint.
+   */
+  cluster?: ClusterOptions;
+}
+
+/**
+ * The store on a prefix of an etcd v3 cluster: several kernels (processes,
+ * machines) opened with the same endpoints and prefix share one store,
+ * journal and watches.
+ *
+ * @example
+ * ```ts
+ * import { Kernel } from "@krepis/sdk";
+ * await using kernel = await Kernel.open({
+ *   dataDir: null,
+ *   store: { cluster: { endpoints: ["127.0.0.1:2379"], prefix: "/shop/" } },
+ * });
+ * await kernel.store.commit([{ type: "put", key: "sku-1", value: "3" }]);
+ * ```
+ */
+export interface ClusterOptions {
+  /** etcd members, `"host:port"` or `"http://host:port"` (at least one). */
+  endpoints: string[];
+  /** Every key of the store lives under this etcd key prefix (non-empty). */
+  prefix: string;
+  /**
+   * Deadline of a commit, undo or linearizable read without a context
+   * deadline, and of opening, in ms (default 5000).
+   */
+  timeoutMs?: number;
+  /** The cluster's `--max-txn-ops` (default 128, etcd's default). */
+  maxTxnOps?: number;
+  /** The cluster's `--max-request-bytes` (default 1572864, etcd's default). */
+  maxRequestBytes?: number;
 }
 
 /** What recovering the commit log did when the store opened. */
@@ -152,6 +201,34 @@ export interface TransportStats {
   readonly maxLinks: number;
   /** Links refused because the kernel's budget was spent. */
   readonly linksRefused: number;
+}
+
+/** The cluster options as the kernel takes them, checked; net permission for every member. */
+function clusterConfig(cluster: unknown): ClusterConfig | undefined {
+  if (cluster === undefined) return undefined;
+  const options = checkObject("store.cluster", cluster);
+  const endpoints = checkStringList("store.cluster.endpoints", options.endpoints);
+  if (endpoints.length === 0) {
+    invalidArgument("store.cluster.endpoints", 'needs at least one etcd member ("host:port")');
+  }
+  for (const endpoint of endpoints) {
+    const host = endpoint.replace(/^http:\/\//, "");
+    if (host === "" || host.includes("/")) {
+      invalidArgument("store.cluster.endpoints", `${JSON.stringify(endpoint)} is not "host:port"`);
+    }
+    requireNetPermission(host, `connecting to the etcd member ${host}`);
+  }
+  const limit = (field: "timeoutMs" | "maxTxnOps" | "maxRequestBytes", max: number): number =>
+    options[field] === undefined
+      ? 0
+      : checkInteger(`store.cluster.${field}`, options[field], 1, max);
+  return {
+    endpoints,
+    prefix: new TextEncoder().encode(checkString("store.cluster.prefix", options.prefix)),
+    timeoutMs: limit("timeoutMs", 3_600_000),
+    maxTxnOps: limit("maxTxnOps", 1_000_000),
+    maxRequestBytes: limit("maxRequestBytes", 0x7fffffff),
+  };
 }
 
 function resolveDataDir(dataDir: string | URL | null | undefined): string {
@@ -268,6 +345,8 @@ export class Kernel implements AsyncDisposable {
   readonly #handle: number;
   readonly #owner: KernelOwner;
   readonly #dataDir: string | null;
+  /** The store is on an etcd cluster (it needs no data dir). */
+  readonly #cluster: boolean;
   readonly #transportOptions: Uint8Array;
   #closing: Promise<void> | undefined;
 
@@ -276,9 +355,11 @@ export class Kernel implements AsyncDisposable {
     handle: number,
     events: KernelEvents,
     dataDir: string | null,
+    cluster: boolean,
     transportOptions: Uint8Array,
   ) {
     this.#dataDir = dataDir;
+    this.#cluster = cluster;
     this.#transportOptions = transportOptions;
     this.#native = native;
     this.#handle = handle;
@@ -330,12 +411,13 @@ export class Kernel implements AsyncDisposable {
       });
     }
     const storeNumber = (
-      field: Exclude<keyof StoreOptions, "recover">,
+      field: Exclude<keyof StoreOptions, "recover" | "cluster">,
       max = Number.MAX_SAFE_INTEGER,
     ) =>
       BigInt(
         store[field] === undefined ? 0 : checkInteger(`store.${field}`, store[field], 1, max),
       );
+    const cluster = clusterConfig(store.cluster);
     if (store.recover !== undefined && store.recover !== "refuse" && store.recover !== "truncate") {
       throw new InvalidArgumentError(
         `store.recover must be "refuse" or "truncate", got ${JSON.stringify(store.recover)}`,
@@ -354,6 +436,7 @@ export class Kernel implements AsyncDisposable {
         maxValueBytes: storeNumber("maxValueBytes"),
         recover: store.recover ?? "",
         ioTimeoutMs: storeNumber("ioTimeoutMs", 3_600_000),
+        cluster,
       },
     }).finish();
     const out = new Uint32Array(1);
@@ -370,6 +453,7 @@ export class Kernel implements AsyncDisposable {
       out[0],
       events,
       dataDir === "" ? null : dataDir,
+      cluster !== undefined,
       transportOptions,
     );
   }
@@ -382,13 +466,19 @@ export class Kernel implements AsyncDisposable {
    */
   get store(): Store {
     this.#assertOpen("Kernel.store");
-    if (this.#dataDir === null) {
+    if (this.#dataDir === null && !this.#cluster) {
       throw new InvalidArgumentError(
         "this kernel has no store: it was opened with dataDir: null",
         { details: { field: "dataDir" } },
       );
     }
-    return this.#store ??= Store.open(this.#owner, this.buffers, this, this.#commits);
+    return this.#store ??= Store.open(
+      this.#owner,
+      this.buffers,
+      this,
+      this.#commits,
+      this.#cluster,
+    );
   }
 
   /** The transaction journal of the kernel's store. */

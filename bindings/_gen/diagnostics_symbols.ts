@@ -14,6 +14,7 @@ export const diagnosticsSymbols = {
   krepis_debug_wake_lab_wait: { parameters: ["u32", "u32"], result: "i32", nonblocking: true },
   krepis_ring_debug_consume: { parameters: ["u32", "u32"], result: "i32" },
   krepis_ring_debug_produce: { parameters: ["u32", "u32", "u32", "u32"], result: "i32" },
+  krepis_store_debug_pause_replica: { parameters: ["u32", "u32"], result: "i32" },
 } as const;
 
 /** Constants of the diagnostics exports. */

@@ -2,7 +2,7 @@
 // deno-lint-ignore-file
 
 /** SHA-256 of ffi/include/krepis.h: the ABI these bindings were generated from. */
-export const ABI_HASH = "8477ca401d01ab0af7e9f84ee9d15b49418af56f66d009c0b063976b82c42878";
+export const ABI_HASH = "a22b13d0b26456d1d616c39e57e897b5a174369cdd18240962a2bbbe5475ccd6";
 
 /** Every export of the kernel, for `Deno.dlopen`. */
 export const symbols = {
@@ -49,9 +49,11 @@ export const symbols = {
   krepis_store_get_buffer: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_store_has: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_store_put: { parameters: ["u32", "buffer", "u32", "buffer", "u32"], result: "i32" },
+  krepis_store_replica: { parameters: ["u32", "buffer", "u32"], result: "i32" },
   krepis_store_scan: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_store_scan_close: { parameters: ["u32"], result: "i32" },
   krepis_store_scan_next: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
+  krepis_store_sync: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_store_tree: { parameters: ["u32", "buffer", "u32", "buffer"], result: "i32" },
   krepis_store_tree_close: { parameters: ["u32"], result: "i32" },
   krepis_store_watch: { parameters: ["u32", "buffer", "u32", "u32"], result: "i32" },
@@ -124,6 +126,7 @@ export const KREPIS_RUNTIME_KIND_PONG = 4;
 export const KREPIS_RUNTIME_FLAG_HTTP = 256;
 export const KREPIS_RUNTIME_RECORD_FRAME = 1;
 export const KREPIS_RUNTIME_RECORD_PROTOCOL_ERROR = 2;
+export const KREPIS_MAX_DECODING_BYTES = 67108864;
 export const KREPIS_MAX_TREE_NAME_BYTES = 255;
 export const KREPIS_COMPLETION_HEADER_BYTES = 16;
 export const KREPIS_SCAN_ENTRY_HEADER_BYTES = 8;

@@ -12,6 +12,13 @@
  *   the same atomic step, and resolves only once durable. Concurrent commits
  *   share one flush (group commit).
  *
+ * On a cluster store (`store: { cluster }`, an etcd prefix shared by every
+ * kernel opened on it) reads are served by a local replica kept current from
+ * an etcd watch ({@linkcode Store.replica} says which revision it reflects;
+ * {@linkcode Store.sync} and {@linkcode Store.getLinearizable} wait for the
+ * cluster), commits are etcd transactions, and single `put`/`delete` are
+ * refused with `UnsupportedError` (use `commit`).
+ *
  * The rest of the store's folder: `_feeds.ts` (scans and watches),
  * `_commit.ts` (collecting commit results), `_commit_codec.ts` (the commit
  * request encoder) and `journal.ts` (`kernel.journal`).
@@ -19,10 +26,14 @@
  * @module
  */
 
-import { ScanOptions as ScanOptionsMessage } from "../_gen/proto/krepis/v1/store.ts";
+import {
+  ReplicaState as ReplicaStateMessage,
+  ScanOptions as ScanOptionsMessage,
+} from "../_gen/proto/krepis/v1/store.ts";
+import { Context as ContextMessage } from "../_gen/proto/krepis/v1/context.ts";
 import type { ReadonlyBytes } from "../_bytes.ts";
 import { checkOptions, invalidArgument } from "../_check.ts";
-import { encodedContext } from "../_context.ts";
+import { contextMessage, encodedContext } from "../_context.ts";
 import type { KernelOwner } from "../_owner.ts";
 import { openRing } from "../_ring.ts";
 import { adoptKernelBuffer, type Buffers, type SharedBuffer } from "../buffers.ts";
@@ -61,6 +72,30 @@ export interface CommitOptions {
   ctx?: Context;
   /** Preconditions; any failing one rejects the whole batch with `ConflictError`. */
   checks?: CommitCheck[];
+}
+
+/**
+ * What the local replica of a cluster store reflects, from
+ * {@linkcode Store.replica}. A read made right after this call reflects at
+ * least `revision` (exactly it when a second call reports the same revision).
+ */
+export interface ReplicaState {
+  /** The cluster revision the replica has applied (tx ids are revisions). */
+  readonly revision: number;
+  /** The replica is not following the cluster (disconnected or resyncing): reads may be old. */
+  readonly stale: boolean;
+  /** Since when it is stale, or `null`. */
+  readonly staleSince: Date | null;
+  /** Why it is stale (`""` when not). */
+  readonly reason: string;
+  /** Full resyncs since open (after a compaction outran the watch). */
+  readonly resyncs: number;
+}
+
+/** Options of {@linkcode Store.sync} and {@linkcode Store.getLinearizable}. */
+export interface SyncOptions {
+  /** Its deadline bounds the wait (default: the cluster's `timeoutMs`). */
+  ctx?: Context;
 }
 
 /** Options of {@linkcode Store.scan}. */
@@ -202,6 +237,9 @@ interface StoreShared {
   keyScratch: Uint8Array<ArrayBuffer>;
   bufferOut: BigUint64Array<ArrayBuffer>;
   commits: CommitPump;
+  /** The store is a replica of an etcd prefix. */
+  cluster: boolean;
+  replicaOut: Uint8Array<ArrayBuffer>;
 }
 
 /**
@@ -247,7 +285,13 @@ export class Store {
   }
 
   /** @internal Creates the default tree of a kernel; `commits` collects job results. */
-  static open(owner: KernelOwner, buffers: Buffers, kernel: object, commits: CommitPump): Store {
+  static open(
+    owner: KernelOwner,
+    buffers: Buffers,
+    kernel: object,
+    commits: CommitPump,
+    cluster: boolean,
+  ): Store {
     const shared: StoreShared = {
       owner,
       buffers,
@@ -256,6 +300,8 @@ export class Store {
       keyScratch: new Uint8Array(4096),
       bufferOut: new BigUint64Array(3),
       commits,
+      cluster,
+      replicaOut: new Uint8Array(1024),
     };
     return new Store(shared, "", new Map());
   }
@@ -349,6 +395,101 @@ export class Store {
     }
   }
 
+  /**
+   * What the local replica reflects on a cluster store (its revision, and
+   * whether it is stale because the cluster is out of reach); `null` on a
+   * local store, whose reads are always current.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({
+   *   dataDir: null,
+   *   store: { cluster: { endpoints: ["127.0.0.1:2379"], prefix: "/app/" } },
+   * });
+   * const state = kernel.store.replica();
+   * if (state?.stale) console.warn(`reads are from revision ${state.revision}: ${state.reason}`);
+   * ```
+   */
+  replica(): ReplicaState | null {
+    const shared = this.#shared;
+    shared.owner.assertOpen("store.replica");
+    if (!shared.cluster) return null;
+    const { native, handle } = shared.owner;
+    const length = native.check(
+      native.symbols.krepis_store_replica(handle, shared.replicaOut, shared.replicaOut.length),
+    );
+    if (length > shared.replicaOut.length) {
+      shared.replicaOut = new Uint8Array(length);
+      return this.replica();
+    }
+    const state = ReplicaStateMessage.decode(shared.replicaOut.subarray(0, length));
+    const since = Number(state.staleSinceUnixMs);
+    return {
+      revision: Number(state.revision),
+      stale: state.stale,
+      staleSince: state.stale ? new Date(since) : null,
+      reason: state.reason,
+      resyncs: Number(state.resyncs),
+    };
+  }
+
+  /**
+   * Waits until this kernel's replica reflects every commit made on the
+   * cluster before the call (one linearizable etcd read, then the replica
+   * catching up); reads made after it resolves are linearizable. Resolves
+   * with the replica's revision. On a local store it resolves at once with
+   * `revision: 0` (local reads are always current).
+   *
+   * @throws {ConnectionError} the cluster did not answer within the deadline.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({
+   *   dataDir: null,
+   *   store: { cluster: { endpoints: ["127.0.0.1:2379"], prefix: "/app/" } },
+   * });
+   * await kernel.store.sync();
+   * console.log(kernel.store.get("config")?.text()); // as of now, cluster-wide
+   * ```
+   */
+  async sync(options: SyncOptions = {}): Promise<{ revision: number }> {
+    const shared = this.#shared;
+    shared.owner.assertOpen("store.sync");
+    checkOptions("sync", options);
+    const message = contextMessage(options.ctx);
+    if (!shared.cluster) return { revision: 0 };
+    const ctx = message === undefined
+      ? new Uint8Array(0)
+      : ContextMessage.encode(message).finish() as Uint8Array<ArrayBuffer>;
+    const { native, handle } = shared.owner;
+    const { txId } = await shared.commits.run((ticket) =>
+      native.symbols.krepis_store_sync(handle, ctx, ctx.length, ticket)
+    );
+    return { revision: txId };
+  }
+
+  /**
+   * A linearizable read of `key`: {@linkcode sync}, then {@linkcode get}
+   * (the value as of a moment between the call and its result, cluster-wide).
+   * On a local store it is `get`.
+   *
+   * @example
+   * ```ts
+   * import { Kernel } from "@krepis/sdk";
+   * await using kernel = await Kernel.open({
+   *   dataDir: null,
+   *   store: { cluster: { endpoints: ["127.0.0.1:2379"], prefix: "/app/" } },
+   * });
+   * using stock = await kernel.store.getLinearizable("sku-1");
+   * ```
+   */
+  async getLinearizable(key: StoreKey, options: SyncOptions = {}): Promise<StoreValue | null> {
+    await this.sync(options);
+    return this.get(key);
+  }
+
   /** True when `key` exists. */
   has(key: StoreKey): boolean {
     const [bytes, length] = this.#key(key);
@@ -371,6 +512,8 @@ export class Store {
    * no `flush()` reported them). Commits that resolved are never affected.
    *
    * @throws {IoError} the store failed an earlier write (reopen the kernel).
+   * @throws {UnsupportedError} on a cluster store: a cluster write is neither
+   * synchronous nor unjournaled; use `commit([{ type: "put", key, value }])`.
    */
   put(key: StoreKey, value: StoreBytes): void {
     const valueBytes = toBytes("value", value);
@@ -381,7 +524,11 @@ export class Store {
     );
   }
 
-  /** Deletes `key`; true when it existed (not journaled; durable like {@linkcode put}). */
+  /**
+   * Deletes `key`; true when it existed (not journaled; durable like {@linkcode put}).
+   *
+   * @throws {UnsupportedError} on a cluster store; use `commit([{ type: "delete", key }])`.
+   */
   delete(key: StoreKey): boolean {
     const [bytes, length] = this.#key(key);
     const { native } = this.#shared.owner;
@@ -453,6 +600,14 @@ export class Store {
    * with `IoError` and `details.outcome === "unknown"` (the disk failed or did
    * not answer within `store.ioTimeoutMs`) may or may not be in the store
    * once it is reopened; a resolved commit always is.
+   *
+   * On a cluster store a commit is one etcd transaction (checks are
+   * compares, the journal record is written in it); it resolves once etcd
+   * committed it and this kernel's replica applied it, and its `txId` is the
+   * cluster revision it committed at. etcd's limits are checked first
+   * (`InvalidArgumentError` with `details.reason` `"too_many_ops"` or
+   * `"request_too_large"`); a cluster out of reach rejects it with
+   * `ConnectionError` within the context's deadline.
    */
   async commit(ops: CommitOp[], options: CommitOptions = {}): Promise<CommitResult> {
     this.#shared.owner.assertOpen("store.commit");

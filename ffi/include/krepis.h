@@ -183,6 +183,10 @@
 // the last record before the ring closes.
 #define KREPIS_RUNTIME_RECORD_PROTOCOL_ERROR 2
 
+// Largest gRPC message read from etcd (a page of the snapshot, a watch
+// response of one big transaction): above etcd's 1.5 MiB request limit.
+#define KREPIS_MAX_DECODING_BYTES (64 << 20)
+
 #define KREPIS_MAX_TREE_NAME_BYTES 255
 
 // Bytes of one completion's header in `krepis_store_completions` output.
@@ -613,6 +617,13 @@ int32_t krepis_store_put(uint32_t tree,
                          const uint8_t *value,
                          uint32_t value_len);
 
+// Writes what the replica reflects (a `krepis.v1.ReplicaState`: revision,
+// staleness) into `out` and returns its length. `UNSUPPORTED` on a local store.
+//
+// # Safety
+// `out` must point to `cap` writable bytes.
+int32_t krepis_store_replica(uint32_t kernel, uint8_t *out, uint32_t cap);
+
 // Opens a scan of `tree` configured by `options` (an encoded
 // `krepis.v1.ScanOptions`: prefix, start/end bounds, limit, reverse).
 //
@@ -633,6 +644,19 @@ int32_t krepis_store_scan_close(uint32_t scan);
 // # Safety
 // `out` must point to `cap` writable bytes; `info` to two aligned u32.
 int32_t krepis_store_scan_next(uint32_t scan, uint8_t *out, uint32_t cap, uint32_t *info);
+
+// Queues a linearizable barrier: once it resolves (a
+// `krepis.v1.CommitResult` through `krepis_store_completions` whose `tx_id`
+// is the replica's revision), the replica reflects every commit made on
+// the cluster before the call. `ctx` (an encoded `krepis.v1.Context`, may be
+// empty) bounds it with its deadline. `UNSUPPORTED` on a local store.
+//
+// # Safety
+// `ctx` must point to `ctx_len` readable bytes; `out_ticket` to one aligned u64.
+int32_t krepis_store_sync(uint32_t kernel,
+                          const uint8_t *ctx,
+                          uint32_t ctx_len,
+                          uint64_t *out_ticket);
 
 // Opens the named tree `name` (UTF-8, `name_len` bytes; empty = the default
 // tree) of the kernel's store and writes its handle to `out_handle`.

@@ -112,6 +112,11 @@ int32_t krepis_ring_debug_produce(uint32_t ring,
                                   uint32_t payload_len,
                                   uint32_t flags);
 
+// Diagnostics: holds a cluster store's replica watch off (`paused` 1) or
+// lets it resume (0), as if the kernel were cut off from the cluster; tests
+// use it to let a compaction outrun the replica.
+int32_t krepis_store_debug_pause_replica(uint32_t kernel, uint32_t paused);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

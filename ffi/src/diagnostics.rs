@@ -459,6 +459,17 @@ pub unsafe extern "C" fn krepis_debug_clock(out: *mut u64) -> i32 {
     })
 }
 
+/// Diagnostics: holds a cluster store's replica watch off (`paused` 1) or
+/// lets it resume (0), as if the kernel were cut off from the cluster; tests
+/// use it to let a compaction outrun the replica.
+#[no_mangle]
+pub extern "C" fn krepis_store_debug_pause_replica(kernel: u32, paused: u32) -> i32 {
+    call("krepis_store_debug_pause_replica", || {
+        crate::store::cluster::debug_pause(kernel, paused != 0)?;
+        Ok(0)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,6 +89,8 @@ pub struct Store {
     failed: AtomicBool,
     failure: Mutex<Option<KernelError>>,
     watchdog: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// A cluster store's replica (`super::cluster`): no local writes.
+    replica: AtomicBool,
 }
 
 impl Store {
@@ -131,6 +133,7 @@ impl Store {
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             watchdog: Mutex::new(None),
+            replica: AtomicBool::new(false),
         }
     }
 
@@ -220,6 +223,24 @@ impl Store {
             return Err(closed());
         }
         Ok(ticket)
+    }
+
+    /// Marks this store as the replica of a cluster store: single-key writes
+    /// are refused (commits go to the cluster).
+    pub fn mark_replica(&self) {
+        self.replica.store(true, Ordering::SeqCst);
+    }
+
+    /// `UNSUPPORTED` on a cluster store's replica, naming what to use.
+    pub fn check_local_write(&self, operation: &str) -> KernelResult<()> {
+        if self.replica.load(Ordering::Relaxed) {
+            return Err(KernelError::new(
+                ErrorCode::Unsupported,
+                format!("{operation} is refused on a cluster store: it is synchronous and unjournaled, and a cluster write can be neither; use `await store.commit([{{ type: \"{operation}\", ... }}])`, a durable, journaled cluster transaction"),
+            )
+            .with_detail("use", "commit"));
+        }
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {

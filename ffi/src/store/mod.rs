@@ -13,8 +13,11 @@
 //! - [`tree`]: named trees as JS holds them, single-key operations;
 //! - [`commit`]: the committer and flusher threads, commit exports;
 //! - [`scan`], [`watch`]: streaming scans and change feeds;
+//! - [`cluster`]: the same store on a prefix of an etcd cluster (a local
+//!   replica read by the files above; commits go to etcd);
 //! - this file: opening and closing a kernel's store, its stats.
 
+pub mod cluster;
 pub mod commit;
 pub mod db;
 pub mod dir;
@@ -46,6 +49,11 @@ const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 /// Opens the store of `kernel`'s data dir (if it has one) and attaches it to
 /// the kernel. Never reinitialises anything it does not recognise.
 pub fn open_for(kernel: &Kernel, config: &StoreConfig) -> KernelResult<()> {
+    // Validated on a cluster store too (it has no commit log to recover).
+    recover_mode(config)?;
+    if let Some(cluster) = &config.cluster {
+        return cluster::open_for(kernel, config, cluster);
+    }
     let Some(data_dir) = kernel.data_dir() else {
         return Ok(());
     };
@@ -59,6 +67,7 @@ pub fn open_for(kernel: &Kernel, config: &StoreConfig) -> KernelResult<()> {
 /// or deletes that were acknowledged were not made durable (see
 /// [`Store::close`]); the store is closed either way.
 pub fn close_of(kernel: &Kernel) -> KernelResult<()> {
+    cluster::close_of(kernel);
     match kernel.detach::<Store>() {
         Some(store) => store.close(),
         None => Ok(()),
@@ -73,6 +82,9 @@ pub fn release_owned(kernel_id: u64) {
 
 /// The store's part of `kernel.stats()`; `None` without a store.
 pub fn stats_of(kernel: &Kernel) -> Option<StoreStats> {
+    if let Some(stats) = cluster::stats_of(kernel) {
+        return Some(stats);
+    }
     let store = kernel.attached::<Store>()?;
     Some(StoreStats {
         next_tx_id: store.next_tx.load(Ordering::SeqCst),

@@ -181,6 +181,7 @@ pub unsafe extern "C" fn krepis_store_put(
         };
         let tree = TREES.get(tree)?;
         let store = &tree.store;
+        store.check_local_write("put")?;
         store.check_value(value.len())?;
         store.check_healthy()?;
         let key = data_key(&tree.prefix, key);
@@ -205,6 +206,7 @@ pub unsafe extern "C" fn krepis_store_delete(tree: u32, key: *const u8, key_len:
         let key = unsafe { in_bytes(key, key_len, "key")? };
         let tree = TREES.get(tree)?;
         let store = &tree.store;
+        store.check_local_write("delete")?;
         store.check_healthy()?;
         let key = data_key(&tree.prefix, key);
         let _stripe = store.lock_keys([key.as_slice()]);

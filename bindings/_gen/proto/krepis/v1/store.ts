@@ -34,6 +34,39 @@ export interface StoreConfig {
    * answered ERROR_CODE_IO (0 = 30000).
    */
   ioTimeoutMs: bigint;
+  /**
+   * Set: the store is a replica of a prefix of an etcd cluster instead of
+   * sled files in the data dir (ffi/src/store/cluster/).
+   */
+  cluster: ClusterConfig | undefined;
+}
+
+/** The cluster backend: etcd v3 members and the key prefix this store owns. */
+export interface ClusterConfig {
+  /** "host:port" or "http://host:port" of etcd members (at least one). */
+  endpoints: string[];
+  /** Every key of the store lives under this etcd key prefix (non-empty). */
+  prefix: Uint8Array;
+  /** Deadline of a commit without a context deadline, and of opening (0 = 5000 ms). */
+  timeoutMs: number;
+  /** The cluster's --max-txn-ops (0 = 128, etcd's default). */
+  maxTxnOps: number;
+  /** The cluster's --max-request-bytes (0 = 1572864, etcd's default). */
+  maxRequestBytes: number;
+}
+
+/** What the local replica of a cluster store reflects (krepis_store_replica). */
+export interface ReplicaState {
+  /** The cluster revision the replica has applied. */
+  revision: bigint;
+  /** The replica is not following the cluster right now (disconnected or resyncing). */
+  stale: boolean;
+  /** Since when it is stale (Unix ms; 0 when not stale). */
+  staleSinceUnixMs: bigint;
+  /** Full resyncs since open (after a compaction outran the watch). */
+  resyncs: bigint;
+  /** Why it is stale (last error), empty when not stale. */
+  reason: string;
 }
 
 /** One write of a commit. The tree defaults to the tree the commit is made on. */
@@ -173,6 +206,7 @@ function createBaseStoreConfig(): StoreConfig {
     maxValueBytes: 0n,
     recover: "",
     ioTimeoutMs: 0n,
+    cluster: undefined,
   };
 }
 
@@ -210,6 +244,9 @@ export const StoreConfig: MessageFns<StoreConfig> = {
         throw new globalThis.Error("value provided for field message.ioTimeoutMs of type uint64 too large");
       }
       writer.uint32(48).uint64(message.ioTimeoutMs);
+    }
+    if (message.cluster !== undefined) {
+      ClusterConfig.encode(message.cluster, writer.uint32(162).fork()).join();
     }
     return writer;
   },
@@ -273,6 +310,203 @@ export const StoreConfig: MessageFns<StoreConfig> = {
             }
 
             message.ioTimeoutMs = reader.uint64() as bigint;
+            continue;
+          }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.cluster = ClusterConfig.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+};
+
+function createBaseClusterConfig(): ClusterConfig {
+  return { endpoints: [], prefix: new Uint8Array(0), timeoutMs: 0, maxTxnOps: 0, maxRequestBytes: 0 };
+}
+
+export const ClusterConfig: MessageFns<ClusterConfig> = {
+  encode(message: ClusterConfig, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.endpoints) {
+      writer.uint32(10).string(v!);
+    }
+    if (message.prefix.length !== 0) {
+      writer.uint32(18).bytes(message.prefix);
+    }
+    if (message.timeoutMs !== 0) {
+      writer.uint32(24).uint32(message.timeoutMs);
+    }
+    if (message.maxTxnOps !== 0) {
+      writer.uint32(32).uint32(message.maxTxnOps);
+    }
+    if (message.maxRequestBytes !== 0) {
+      writer.uint32(40).uint32(message.maxRequestBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterConfig {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterConfig();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.endpoints.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.prefix = reader.bytes();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.timeoutMs = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.maxTxnOps = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.maxRequestBytes = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+};
+
+function createBaseReplicaState(): ReplicaState {
+  return { revision: 0n, stale: false, staleSinceUnixMs: 0n, resyncs: 0n, reason: "" };
+}
+
+export const ReplicaState: MessageFns<ReplicaState> = {
+  encode(message: ReplicaState, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.revision !== 0n) {
+      if (BigInt.asIntN(64, message.revision) !== message.revision) {
+        throw new globalThis.Error("value provided for field message.revision of type int64 too large");
+      }
+      writer.uint32(8).int64(message.revision);
+    }
+    if (message.stale !== false) {
+      writer.uint32(16).bool(message.stale);
+    }
+    if (message.staleSinceUnixMs !== 0n) {
+      if (BigInt.asUintN(64, message.staleSinceUnixMs) !== message.staleSinceUnixMs) {
+        throw new globalThis.Error("value provided for field message.staleSinceUnixMs of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.staleSinceUnixMs);
+    }
+    if (message.resyncs !== 0n) {
+      if (BigInt.asUintN(64, message.resyncs) !== message.resyncs) {
+        throw new globalThis.Error("value provided for field message.resyncs of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.resyncs);
+    }
+    if (message.reason !== "") {
+      writer.uint32(42).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplicaState {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplicaState();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.revision = reader.int64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.stale = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.staleSinceUnixMs = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.resyncs = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.reason = reader.string();
             continue;
           }
         }
