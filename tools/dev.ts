@@ -33,6 +33,20 @@ async function run(cmd: string, args: string[], env: Record<string, string> = {}
   }
 }
 
+/** The test files whose tests each run in a process of their own. */
+function isolatedTestFiles(): string[] {
+  return [...Deno.readDirSync(`${rootPath}/tests`)]
+    .filter((entry) => entry.name.endsWith("_isolated_test.ts"))
+    .map((entry) => `tests/${entry.name}`)
+    .sort();
+}
+
+/** The names of the `Deno.test({ name: "..." })` declarations in `file`. */
+function testNames(file: string): string[] {
+  const source = Deno.readTextFileSync(`${rootPath}/${file}`);
+  return [...source.matchAll(/Deno\.test\(\{\s*name: "([^"]+)"/g)].map((match) => match[1]);
+}
+
 /** Builds the kernel and returns the path cargo reports for the cdylib. */
 export async function buildLibrary(release: boolean): Promise<string> {
   const args = ["build", "-p", "krepis", "--message-format=json-render-diagnostics"];
@@ -154,15 +168,23 @@ async function main(command: string, rest: string[]): Promise<void> {
     // falls through
     case "test-deno": {
       const library = await buildLibrary(false);
+      const testArgs = ["test", "--allow-all", "--unstable-net", "--v8-flags=--expose-gc"];
+      const env = { KREPIS_LIBRARY_PATH: library };
+      // Files named *_isolated_test.ts run each of their tests in a process
+      // of its own (after the rest): a fault they inject can leave a native
+      // thread stuck for the life of the process (sled's flush after a full
+      // disk), and it must not take the tests after it down with it.
+      const isolated = rest.length > 0 ? [] : isolatedTestFiles();
       await run(Deno.execPath(), [
-        "test",
-        "--allow-all",
-        "--unstable-net",
-        "--v8-flags=--expose-gc",
+        ...testArgs,
+        ...isolated.map((file) => `--ignore=${file}`),
         ...rest,
-      ], {
-        KREPIS_LIBRARY_PATH: library,
-      });
+      ], env);
+      for (const file of isolated) {
+        for (const name of testNames(file)) {
+          await run(Deno.execPath(), [...testArgs, `--filter=${name}`, file], env);
+        }
+      }
       break;
     }
     case "bench": {
