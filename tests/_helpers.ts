@@ -94,3 +94,36 @@ export async function writeLibraryCopy(path: string, bytes: Uint8Array): Promise
     if (code !== 0) throw new Error(`codesign failed for ${path}`);
   }
 }
+
+/**
+ * The names of this process's threads (Linux, from `/proc/self/task`); a
+ * thread that exits while they are read (Deno's idle pool threads do) reads
+ * as "".
+ */
+export function threadNames(): string[] {
+  return [...Deno.readDirSync("/proc/self/task")].map((task) => {
+    try {
+      return Deno.readTextFileSync(`/proc/self/task/${task.name}/comm`).trim();
+    } catch {
+      return "";
+    }
+  });
+}
+
+/**
+ * The thread names that `matches` selects, once none are left or after
+ * `timeoutMs`. A joined thread can still show in `/proc/self/task` for a
+ * moment: `pthread_join` returns when the exiting thread clears its tid, a
+ * little before the OS removes the task.
+ */
+export async function threadsLeft(
+  matches: (name: string) => boolean,
+  timeoutMs = 1000,
+): Promise<string[]> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const left = threadNames().filter(matches);
+    if (left.length === 0 || performance.now() > deadline) return left;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}

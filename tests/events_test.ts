@@ -4,7 +4,7 @@
 // them spins.
 import assert from "node:assert/strict";
 import { Kernel, type Link } from "../mod.ts";
-import { libraryPath } from "./_helpers.ts";
+import { libraryPath, threadNames, threadsLeft } from "./_helpers.ts";
 
 /** CPU time (µs) this process spent so far, from /proc (Linux). */
 function processCpuMicros(): number {
@@ -74,13 +74,7 @@ Deno.test({
   ignore: Deno.build.os !== "linux",
   async fn() {
     const threads = (): string[] =>
-      [...Deno.readDirSync("/proc/self/task")].map((task) => {
-        try {
-          return Deno.readTextFileSync(`/proc/self/task/${task.name}/comm`).trim();
-        } catch {
-          return ""; // exited meanwhile
-        }
-      }).filter((name) => name === "krepis-waker" || name === "krepis-knul");
+      threadNames().filter((name) => name === "krepis-waker" || name === "krepis-knul");
     const before = threads().length;
     for (let round = 0; round < 5; round++) {
       const server = await Kernel.open({ libraryPath: libraryPath(), dataDir: null });
@@ -92,7 +86,8 @@ Deno.test({
       closeListener();
       await client.close();
       await server.close();
-      assert.equal(threads().length, before, threads().join(","));
+      const left = await threadsLeft((name) => name === "krepis-waker" || name === "krepis-knul");
+      assert.equal(left.length, before, left.join(","));
     }
   },
 });

@@ -11,7 +11,7 @@ import {
 import { loadLibrary } from "../bindings/_loader.ts";
 import { ABI_HASH } from "../bindings/_gen/symbols.ts";
 import { KernelConfig } from "../bindings/_gen/proto/krepis/v1/kernel.ts";
-import { libraryPath, tempDir } from "./_helpers.ts";
+import { libraryPath, tempDir, threadNames, threadsLeft } from "./_helpers.ts";
 import { diagnostics } from "./_diagnostics.ts";
 
 const libraryOptions = { libraryPath: libraryPath() };
@@ -193,18 +193,11 @@ Deno.test("open/close cycles do not leak kernels or threads", async () => {
   await baseline.close();
   if (Deno.build.os === "linux") {
     // Every runtime thread is joined on close: none named "krepis" remain.
-    const names = [...Deno.readDirSync("/proc/self/task")].map((task) => {
-      try {
-        return Deno.readTextFileSync(`/proc/self/task/${task.name}/comm`).trim();
-      } catch {
-        return ""; // the thread exited meanwhile (Deno's idle pool threads do)
-      }
-    });
     // "krepis-netns" is process-wide by design (it keeps spare network
     // namespaces for the guard, like the loaded library itself): not a kernel's.
-    const kernelThreads = names.filter((name) =>
+    const kernelThreads = await threadsLeft((name) =>
       name.startsWith("krepis") && name !== "krepis-netns"
     );
-    assert.equal(kernelThreads.length, 0, names.join(","));
+    assert.equal(kernelThreads.length, 0, threadNames().join(","));
   }
 });
